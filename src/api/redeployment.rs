@@ -1,0 +1,208 @@
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::CustomResource;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::schema;
+
+/// One accepted hook call (or `kubectl redeploy` call): the durable record of
+/// what was asked, the plan resolved when it was accepted, and what happened.
+#[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[kube(
+    group = "redeploy.dev",
+    version = "v1alpha1",
+    kind = "Redeployment",
+    namespaced,
+    status = "RedeploymentStatus",
+    shortname = "rd",
+    category = "redeploy",
+    doc = "One accepted redeployment request and its progress",
+    printcolumn(name = "App", type_ = "string", json_path = ".spec.app"),
+    printcolumn(name = "Trigger", type_ = "string", json_path = ".spec.trigger.provider"),
+    printcolumn(name = "Event", type_ = "string", json_path = ".spec.trigger.event", priority = 1),
+    printcolumn(name = "Phase", type_ = "string", json_path = ".status.phase"),
+    printcolumn(name = "Services", type_ = "string", json_path = ".spec.plan[*].service"),
+    printcolumn(name = "Ref", type_ = "string", json_path = ".spec.git.sha", priority = 1),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+)]
+#[serde(rename_all = "camelCase")]
+#[schemars(extend("x-kubernetes-validations" = [
+    {
+        "rule": "self == oldSelf",
+        "message": "a Redeployment records a request: its spec cannot change; create a new Redeployment instead",
+    },
+]))]
+pub struct RedeploymentSpec {
+    /// Name of the App (same namespace) being redeployed.
+    #[schemars(length(min = 1, max = 253), regex(pattern = schema::DNS_SUBDOMAIN))]
+    pub app: String,
+    pub trigger: Trigger,
+    /// Git information the payload carried; absent when it carried none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub git: Option<GitInfo>,
+    /// The `services=` modifier: only these Services.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<String>,
+    /// The `deployment_profile=` modifier, resolved to the profile's name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub profile: Option<String>,
+    /// The `git_ref=` modifier: deploy this ref instead of the payload's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub git_ref: Option<String>,
+    /// What was resolved to happen when the request was accepted.
+    #[serde(default)]
+    pub plan: Vec<PlannedService>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Trigger {
+    pub provider: Provider,
+    /// The provider's event name, e.g. `push`, `repo:push`, `Push Hook`.
+    #[schemars(length(max = 128))]
+    pub event: String,
+    /// The provider's delivery id, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub delivery_id: Option<String>,
+    /// Who caused the call, as the provider names them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub sender: Option<String>,
+}
+
+/// Where a redeployment request came from.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Provider {
+    #[serde(rename = "github")]
+    GitHub,
+    BitbucketCloud,
+    BitbucketServer,
+    #[serde(rename = "gitlab")]
+    GitLab,
+    Gitea,
+    Forgejo,
+    Gogs,
+    AzureDevOps,
+    DockerHub,
+    /// A JSON body of no known provider (`{"repository","ref"|"branch","sha"}`).
+    Generic,
+    /// No body at all, e.g. `curl -X POST`.
+    #[default]
+    Empty,
+    /// Created by a person, e.g. with `kubectl redeploy`.
+    Manual,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GitInfo {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repository: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub branch: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sha: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PlannedService {
+    /// Name of the Service.
+    pub service: String,
+    pub action: PlanAction,
+    /// Git ref to build (commit, branch or tag); absent for image-based Services.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum PlanAction {
+    /// Build the image at the ref (unless reusable), then roll it out.
+    #[default]
+    Build,
+    /// Restart the workload's pods, as `kubectl rollout restart` does.
+    Restart,
+    /// Pin the tag's current digest; roll out only when it changed.
+    PinDigest,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Phase {
+    #[default]
+    Pending,
+    Building,
+    Deploying,
+    Succeeded,
+    Failed,
+    Superseded,
+    Canceled,
+}
+
+impl Phase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Superseded | Self::Canceled)
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum ServicePhase {
+    #[default]
+    Pending,
+    Building,
+    Deploying,
+    Succeeded,
+    Failed,
+    /// Nothing to do, e.g. the pinned digest is already running.
+    Skipped,
+    Superseded,
+    Canceled,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RedeploymentStatus {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<Phase>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// The newer Redeployment that took over, when `Superseded`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub superseded_by: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceResult>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(schema_with = "schema::conditions")]
+    pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceResult {
+    pub service: String,
+    pub phase: ServicePhase,
+    /// Commit built or digest pinned.
+    #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
+    pub git_ref: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build_job: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Time>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Time>,
+}

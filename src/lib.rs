@@ -1,0 +1,5 @@
+//! redeploy-operator: a secret redeployment hook for every application, and
+//! the reconcilers that turn each accepted call into tracked rollouts.
+
+pub mod api;
+pub mod cli;
