@@ -3,3 +3,6 @@
 
 pub mod api;
 pub mod cli;
+pub mod hook;
+pub mod plan;
+pub mod repo;

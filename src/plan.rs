@@ -1,0 +1,1 @@
+//! Pure planning: which Services a hook call redeploys, and how.

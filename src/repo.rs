@@ -1,0 +1,1 @@
+//! Repository URL matching: every spelling of one repository compares equal.
