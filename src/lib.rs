@@ -6,3 +6,4 @@ pub mod cli;
 pub mod hook;
 pub mod plan;
 pub mod repo;
+pub mod install;

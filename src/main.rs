@@ -1,10 +1,8 @@
 use clap::Parser;
-use redeploy_operator::cli::{Cli, Command, crds_yaml};
+use redeploy_operator::cli::{Cli, Command, run_crds};
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
-    match cli.command {
-        Command::Crds => print!("{}", crds_yaml()?),
+    match Cli::parse().command {
+        Command::Crds { dir } => run_crds(dir),
     }
-    Ok(())
 }

@@ -26,7 +26,7 @@ use kube::CustomResourceExt;
 /// API group of every resource of this operator.
 pub const GROUP: &str = "redeploy.dev";
 
-/// The CRDs of this operator, in the order `redeploy-operator crds` prints them.
+/// The CRDs of this operator, ordered by plural name (as `crds/*.yaml` sort).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![App::crd(), Service::crd(), DeploymentProfile::crd(), Redeployment::crd()]
+    vec![App::crd(), DeploymentProfile::crd(), Redeployment::crd(), Service::crd()]
 }

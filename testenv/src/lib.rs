@@ -53,6 +53,9 @@ impl ControlPlane {
         extern "C" fn stop_shared() {
             if let Some(cp) = SHARED.get() {
                 cp.stop();
+                if cp._temp.is_some() {
+                    let _ = fs::remove_dir_all(&cp.dir);
+                }
             }
         }
         SHARED.get_or_init(|| {
