@@ -4,6 +4,6 @@
 pub mod api;
 pub mod cli;
 pub mod hook;
+pub mod install;
 pub mod plan;
 pub mod repo;
-pub mod install;

@@ -46,8 +46,14 @@ async fn crds_are_established_with_names_for_kubectl() -> anyhow::Result<()> {
         assert_eq!(crd.spec.names.short_names, Some(vec![short.to_string()]), "{name}");
         assert_eq!(crd.spec.names.categories, Some(vec!["redeploy".to_string()]), "{name}");
         let version = &crd.spec.versions[0];
-        assert!(version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(), "{name} has no status subresource");
-        assert!(!version.additional_printer_columns.clone().unwrap_or_default().is_empty(), "{name} has no printer columns");
+        assert!(
+            version.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some(),
+            "{name} has no status subresource"
+        );
+        assert!(
+            !version.additional_printer_columns.clone().unwrap_or_default().is_empty(),
+            "{name} has no printer columns"
+        );
     }
     Ok(())
 }
@@ -126,7 +132,8 @@ async fn invalid_objects_are_rejected_with_the_rule_message() -> anyhow::Result<
     let build = json!({"image": "registry.example.com/o/r"});
     let image = json!({"reference": "nginx:1.27"});
 
-    let both = rejection(&client, &namespace, service("both", json!({"git": git, "build": build, "image": image}))).await;
+    let both =
+        rejection(&client, &namespace, service("both", json!({"git": git, "build": build, "image": image}))).await;
     assert!(both.contains("built from Git or deployed from an image, not both"), "{both}");
 
     let neither = rejection(&client, &namespace, service("neither", json!({}))).await;
@@ -196,7 +203,11 @@ async fn a_deployment_becomes_available_on_the_kwok_node() -> anyhow::Result<()>
     let status = web.status.unwrap_or_default();
     assert_eq!(status.available_replicas, Some(2));
     assert_eq!(status.ready_replicas, Some(2));
-    let available = status.conditions.unwrap_or_default().into_iter().any(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True"));
+    let available = status
+        .conditions
+        .unwrap_or_default()
+        .into_iter()
+        .any(|c| c.type_.as_deref() == Some("Available") && c.status.as_deref() == Some("True"));
     assert!(available, "Deployment web is not Available");
 
     let pods = Api::<Pod>::namespaced(client, &namespace)

@@ -7,6 +7,8 @@ use super::{Provider, SecretKeyRef, schema};
 
 /// One application (a Cloud 66 "stack"). Each App owns a secret redeployment
 /// hook whose URL is kept in the Secret named by `status.hook.secretName`.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "redeploy.dev",

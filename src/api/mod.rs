@@ -10,7 +10,9 @@ mod schema;
 mod service;
 
 pub use app::{App, AppSpec, AppStatus, GitHubSpec, HistorySpec, HookSpec, HookStatus, SignatureSecrets};
-pub use profile::{BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy};
+pub use profile::{
+    BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy,
+};
 pub use redeployment::{
     GitInfo, Phase, PlanAction, PlannedService, Provider, Redeployment, RedeploymentSpec, RedeploymentStatus,
     ServicePhase, ServiceResult, Trigger,

@@ -7,6 +7,8 @@ use super::schema;
 
 /// A named way to deploy an App (a Cloud 66 "deployment profile"), chosen with
 /// the hook's `deployment_profile=` modifier by name or display name.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "redeploy.dev",

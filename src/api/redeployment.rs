@@ -7,6 +7,8 @@ use super::schema;
 
 /// One accepted hook call (or `kubectl redeploy` call): the durable record of
 /// what was asked, the plan resolved when it was accepted, and what happened.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "redeploy.dev",

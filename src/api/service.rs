@@ -10,6 +10,8 @@ use super::schema;
 
 /// One deployable part of an App: built from Git (`git` + `build`) or
 /// deployed from a registry image (`image`), rolled out to one workload.
+// Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.
+#[allow(clippy::duplicated_attributes)]
 #[derive(CustomResource, Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[kube(
     group = "redeploy.dev",

@@ -100,11 +100,9 @@ impl ControlPlane {
         // Run the async parts on a runtime of their own, so this works from
         // plain threads and from inside async tests alike.
         std::thread::scope(|s| {
-            s.spawn(|| {
-                tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(cp.boot())
-            })
-            .join()
-            .unwrap_or_else(|_| Err(anyhow::anyhow!("control plane start-up panicked")))
+            s.spawn(|| tokio::runtime::Builder::new_current_thread().enable_all().build()?.block_on(cp.boot()))
+                .join()
+                .unwrap_or_else(|_| Err(anyhow::anyhow!("control plane start-up panicked")))
         })?;
         Ok(cp)
     }
@@ -399,10 +397,14 @@ fn free_port() -> anyhow::Result<u16> {
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 
-
 async fn node_ready(client: &Client) -> anyhow::Result<bool> {
     let node = Api::<Node>::all(client.clone()).get(NODE_NAME).await?;
-    Ok(node.status.and_then(|s| s.conditions).unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    Ok(node
+        .status
+        .and_then(|s| s.conditions)
+        .unwrap_or_default()
+        .iter()
+        .any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
 fn http_get(path: &str) -> anyhow::Result<http::Request<Vec<u8>>> {

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 use redeploy_testenv::ControlPlane;
 
 fn main() -> anyhow::Result<()> {
-    let dir = std::env::args_os().nth(1).map(PathBuf::from).ok_or_else(|| anyhow::anyhow!("usage: redeploy-testenv DIR"))?;
+    let dir =
+        std::env::args_os().nth(1).map(PathBuf::from).ok_or_else(|| anyhow::anyhow!("usage: redeploy-testenv DIR"))?;
     let ready = dir.join("ready");
     let _ = std::fs::remove_file(&ready);
     let control_plane = ControlPlane::start_in(Some(dir))?;

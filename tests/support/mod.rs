@@ -21,8 +21,7 @@ pub async fn setup(prefix: &str) -> anyhow::Result<(&'static ControlPlane, Clien
     let control_plane = ControlPlane::shared();
     let client = control_plane.client().await?;
     static CRDS: OnceCell<()> = OnceCell::const_new();
-    CRDS.get_or_try_init(|| async { apply_crds(&client, Duration::from_secs(60)).await })
-        .await?;
+    CRDS.get_or_try_init(|| async { apply_crds(&client, Duration::from_secs(60)).await }).await?;
     let namespace = control_plane.namespace(&client, prefix).await?;
     Ok((control_plane, client, namespace))
 }
