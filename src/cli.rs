@@ -1,6 +1,6 @@
 //! The `redeploy-operator` command line.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use clap::{Parser, Subcommand};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -14,12 +14,54 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Run the operator: the hook server, the admin server and the reconcilers.
+    /// Connects with the usual kubeconfig (KUBECONFIG, ~/.kube/config) or in-cluster configuration.
+    Run(RunArgs),
     /// Print the CustomResourceDefinitions as one YAML stream (the files of `crds/`, concatenated).
     Crds {
         /// Write one file per kind, `<plural>.yaml`, into this directory instead.
         #[arg(long)]
         dir: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+pub struct RunArgs {
+    /// Address the hook listens on.
+    #[arg(long, env = "REDEPLOY_HOOK_ADDR", default_value = "0.0.0.0:8080")]
+    pub hook_addr: SocketAddr,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, env = "REDEPLOY_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: SocketAddr,
+    /// Externally visible base URL of the hook, e.g. https://hooks.example.com; hook URLs start with it.
+    #[arg(long, env = "REDEPLOY_PUBLIC_URL")]
+    pub public_url: url::Url,
+    /// Largest hook body accepted, in bytes.
+    #[arg(long, env = "REDEPLOY_BODY_LIMIT", default_value_t = 5 * 1024 * 1024)]
+    pub body_limit: usize,
+    /// Seconds a client has to send its request headers, and again its body.
+    #[arg(long, env = "REDEPLOY_READ_TIMEOUT", default_value_t = 10)]
+    pub read_timeout: u64,
+    /// Hook calls of one App handled at once; more get 429 with Retry-After.
+    #[arg(long, env = "REDEPLOY_CONCURRENCY_PER_APP", default_value_t = 32)]
+    pub concurrency_per_app: usize,
+}
+
+impl RunArgs {
+    pub fn config(&self) -> crate::operator::Config {
+        let read_timeout = Duration::from_secs(self.read_timeout);
+        crate::operator::Config {
+            hook_addr: self.hook_addr,
+            admin_addr: self.metrics_addr,
+            settings: crate::context::Settings { public_url: self.public_url.as_str().trim_end_matches('/').to_string() },
+            limits: crate::hook::handler::Limits {
+                body_bytes: self.body_limit,
+                body_timeout: read_timeout,
+                concurrent_per_app: self.concurrency_per_app,
+            },
+            header_timeout: read_timeout,
+        }
+    }
 }
 
 /// The file under `crds/` that holds `crd`.

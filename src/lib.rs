@@ -7,3 +7,8 @@ pub mod hook;
 pub mod install;
 pub mod plan;
 pub mod repo;
+pub mod metrics;
+pub mod context;
+pub mod reconcile;
+pub mod server;
+pub mod operator;

@@ -98,6 +98,26 @@ pub enum Provider {
     Manual,
 }
 
+impl Provider {
+    /// The provider's name as people write it, for messages.
+    pub fn display_name(self) -> &'static str {
+        match self {
+            Provider::GitHub => "GitHub",
+            Provider::BitbucketCloud => "Bitbucket Cloud",
+            Provider::BitbucketServer => "Bitbucket Server",
+            Provider::GitLab => "GitLab",
+            Provider::Gitea => "Gitea",
+            Provider::Forgejo => "Forgejo",
+            Provider::Gogs => "Gogs",
+            Provider::AzureDevOps => "Azure DevOps",
+            Provider::DockerHub => "Docker Hub",
+            Provider::Generic => "a generic caller",
+            Provider::Empty => "an empty call",
+            Provider::Manual => "a manual trigger",
+        }
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct GitInfo {

@@ -1,6 +1,11 @@
 //! The redeployment hook: HTTP routes, authentication, one payload parser per
 //! Git host, and responses.
 
+pub mod credentials;
 pub mod event;
+pub mod handler;
+pub mod index;
+pub mod record;
+pub mod routes;
 pub mod providers;
 pub mod signature;

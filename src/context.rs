@@ -1,0 +1,82 @@
+//! What every reconciler and the hook handler share: the client, the watched
+//! caches, settings and metrics.
+
+use std::sync::Arc;
+
+use kube::{
+    Client, ResourceExt,
+    core::error_boundary::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store, store::WriterDropped},
+};
+
+use crate::{
+    api::{App, DeploymentProfile, Service},
+    hook::index::HookIndex,
+    metrics::Metrics,
+};
+
+/// Settings of a running operator.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// Externally visible base URL of the hook, e.g. `https://hooks.example.com`.
+    pub public_url: String,
+}
+
+/// Watched copies of the objects the hook handler reads on every call.
+/// Objects that do not deserialize stay in the stores as errors and are
+/// skipped (with a warning when they are first seen), never stalling a watch.
+#[derive(Clone)]
+pub struct Caches {
+    pub apps: Store<DeserializeGuard<App>>,
+    pub services: Store<DeserializeGuard<Service>>,
+    pub profiles: Store<DeserializeGuard<DeploymentProfile>>,
+    pub hooks: HookIndex,
+}
+
+impl Caches {
+    pub fn app(&self, namespace: &str, name: &str) -> Option<App> {
+        let guard = self.apps.get(&ObjectRef::new(name).within(namespace))?;
+        guard.0.as_ref().ok().cloned()
+    }
+
+    /// The valid Services of `app`, by name.
+    pub fn services_of(&self, namespace: &str, app: &str) -> Vec<Service> {
+        let mut services: Vec<Service> = self
+            .services
+            .state()
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|s| s.namespace().as_deref() == Some(namespace) && s.spec.app == app)
+            .cloned()
+            .collect();
+        services.sort_by_key(|s| s.name_any());
+        services
+    }
+
+    /// The valid DeploymentProfiles of `app`.
+    pub fn profiles_of(&self, namespace: &str, app: &str) -> Vec<DeploymentProfile> {
+        self.profiles
+            .state()
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.app == app)
+            .cloned()
+            .collect()
+    }
+
+    /// Returns once every cache holds a full list.
+    pub async fn wait_synced(&self) -> Result<(), WriterDropped> {
+        self.apps.wait_until_ready().await?;
+        self.services.wait_until_ready().await?;
+        self.profiles.wait_until_ready().await?;
+        self.hooks.wait_synced().await;
+        Ok(())
+    }
+}
+
+pub struct Context {
+    pub client: Client,
+    pub settings: Settings,
+    pub caches: Caches,
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,376 @@
+//! `POST /stacks/redeploy/{id}/{token}`: authenticate, read, plan, store.
+//!
+//! The handler's only side effect is creating one Redeployment. Everything
+//! it reads comes from watched caches, except an App's signature secret.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{
+    body::Body,
+    extract::{Path, RawQuery, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    response::{IntoResponse, Response},
+};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, Resource, ResourceExt, api::PostParams};
+use serde_json::json;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use super::{
+    event::{EventKind, HookEvent},
+    providers,
+    record::{self, planned_services, same_delivery},
+    signature::{self, SignatureCheck, SignatureError},
+};
+use crate::{
+    api::{App, Provider, Redeployment, SecretKeyRef},
+    context::Context,
+    install::FIELD_MANAGER,
+    metrics::{EventLabel, Outcome, ProviderLabel},
+    plan::{self, Modifiers},
+};
+
+/// Limits on what one hook call may cost.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest body accepted (`413` beyond).
+    pub body_bytes: usize,
+    /// Time allowed to receive the whole body (`408` beyond).
+    pub body_timeout: Duration,
+    /// Calls of one App handled at once (`429` beyond).
+    pub concurrent_per_app: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self { body_bytes: 5 * 1024 * 1024, body_timeout: Duration::from_secs(10), concurrent_per_app: 32 }
+    }
+}
+
+pub struct HookState {
+    pub context: Arc<Context>,
+    pub limits: Limits,
+    in_flight: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+}
+
+impl HookState {
+    pub fn new(context: Arc<Context>, limits: Limits) -> Self {
+        Self { context, limits, in_flight: Mutex::default() }
+    }
+
+    fn permit(&self, namespace: &str, app: &str) -> Option<OwnedSemaphorePermit> {
+        let semaphore = {
+            let mut in_flight = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+            in_flight
+                .entry((namespace.to_string(), app.to_string()))
+                .or_insert_with(|| Arc::new(Semaphore::new(self.limits.concurrent_per_app)))
+                .clone()
+        };
+        semaphore.try_acquire_owned().ok()
+    }
+}
+
+/// A hook answer: status, JSON body, and what the metrics record of it.
+#[derive(Debug)]
+pub struct Reply {
+    status: StatusCode,
+    outcome: Outcome,
+    body: serde_json::Value,
+    retry_after: Option<u64>,
+}
+
+impl Reply {
+    fn new(status: StatusCode, outcome: Outcome, message: impl Into<String>) -> Self {
+        Self { status, outcome, body: json!({ "message": message.into() }), retry_after: None }
+    }
+
+    fn stored(status: StatusCode, outcome: Outcome, message: String, redeployment: &Redeployment) -> Self {
+        let body = json!({
+            "message": message,
+            "redeployment": redeployment.name_any(),
+            "services": planned_services(redeployment),
+        });
+        Self { status, outcome, body, retry_after: None }
+    }
+
+    fn retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            Outcome::not_found,
+            "no redeployment hook at this URL: copy the URL from the App's hook Secret (key `url`)",
+        )
+    }
+}
+
+impl IntoResponse for Reply {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, axum::Json(self.body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
+
+/// What was learnt about the call, for the metrics.
+#[derive(Default)]
+struct Seen {
+    provider: Option<Provider>,
+    kind: Option<EventKind>,
+}
+
+pub async fn redeploy(
+    State(state): State<Arc<HookState>>,
+    Path((id, token)): Path<(String, String)>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Body,
+) -> Reply {
+    let started = Instant::now();
+    let mut seen = Seen::default();
+    let reply = match accept(&state, &id, &token, query.as_deref(), &headers, body, &mut seen).await {
+        Ok(reply) | Err(reply) => reply,
+    };
+    state.context.metrics.hook_answered(
+        ProviderLabel::from(seen.provider),
+        EventLabel::from(seen.kind),
+        reply.outcome,
+        started.elapsed(),
+    );
+    if reply.status.is_server_error() {
+        tracing::warn!(status = %reply.status, body = %reply.body, "hook call not accepted");
+    } else {
+        tracing::debug!(status = %reply.status, body = %reply.body, "hook call answered");
+    }
+    reply
+}
+
+async fn accept(
+    state: &HookState,
+    id: &str,
+    token: &str,
+    query: Option<&str>,
+    headers: &HeaderMap,
+    body: Body,
+    seen: &mut Seen,
+) -> Result<Reply, Reply> {
+    let context = &state.context;
+    let target = context.caches.hooks.authenticate(id, token).ok_or_else(Reply::not_found)?;
+    let app = context.caches.app(&target.namespace, &target.app).ok_or_else(Reply::not_found)?;
+    let _permit = state.permit(&target.namespace, &target.app).ok_or_else(|| {
+        Reply::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            Outcome::rate_limited,
+            format!(
+                "App `{}` is already handling {} hook calls: retry after the Retry-After seconds",
+                target.app, state.limits.concurrent_per_app
+            ),
+        )
+        .retry_after(1)
+    })?;
+    let body = read_body(headers, body, &state.limits).await?;
+
+    let event = providers::parse(headers, &body)
+        .map_err(|e| Reply::new(StatusCode::BAD_REQUEST, Outcome::bad_request, e.to_string()))?;
+    seen.provider = Some(event.provider);
+    seen.kind = Some(event.kind);
+    check_provider_allowed(&app, event.provider)?;
+    verify_signature(context, &app, &event, headers, &body).await?;
+
+    let form_body = is_form(headers).then_some(body.as_ref());
+    let modifiers = Modifiers::parse(query, form_body).map_err(unprocessable)?;
+    if matches!(event.kind, EventKind::Ping | EventKind::Ignored) {
+        let what = if event.kind == EventKind::Ping { "ping received" } else { "event acknowledged and ignored" };
+        return Ok(Reply::new(
+            StatusCode::OK,
+            Outcome::ignored,
+            format!("{what} ({} `{}`): nothing to deploy", event.provider.display_name(), event.event),
+        ));
+    }
+    let profiles = context.caches.profiles_of(&target.namespace, &target.app);
+    let profile = match &modifiers.profile {
+        Some(wanted) => Some(plan::find_profile(&target.app, &profiles, wanted).map_err(unprocessable)?),
+        None => None,
+    };
+    let services = context.caches.services_of(&target.namespace, &target.app);
+    let plan = plan::plan(&event, &app, &services, profile, &modifiers).map_err(unprocessable)?;
+    if plan.is_empty() {
+        let reason = plan.reason.clone().unwrap_or_else(|| "no Service matched".into());
+        return Ok(Reply::new(StatusCode::OK, Outcome::no_match, format!("nothing to deploy: {reason}")));
+    }
+
+    let redeployment = record::redeployment(
+        app.meta(),
+        app.controller_owner_ref(&()),
+        &event,
+        &modifiers,
+        profile.map(|p| p.name_any()),
+        &plan,
+    );
+    store(context, redeployment).await
+}
+
+/// Creates the Redeployment; a redelivery gets the original one back.
+async fn store(context: &Context, redeployment: Redeployment) -> Result<Reply, Reply> {
+    let namespace = redeployment.namespace().unwrap_or_default();
+    let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    match api.create(&params, &redeployment).await {
+        Ok(created) => Ok(Reply::stored(
+            StatusCode::ACCEPTED,
+            Outcome::accepted,
+            format!("accepted: Redeployment {} will deploy {}", created.name_any(), planned_services(&created).join(", ")),
+            &created,
+        )),
+        Err(kube::Error::Api(status)) if status.code == 409 => {
+            let existing = api.get(&redeployment.name_any()).await.map_err(unavailable)?;
+            if !same_delivery(&existing, &redeployment) {
+                return Err(unavailable(kube::Error::Api(status)));
+            }
+            Ok(Reply::stored(
+                StatusCode::OK,
+                Outcome::redelivery,
+                format!(
+                    "already accepted: this delivery is Redeployment {}; it is not deployed twice",
+                    existing.name_any()
+                ),
+                &existing,
+            ))
+        }
+        Err(error) => Err(unavailable(error)),
+    }
+}
+
+async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<axum::body::Bytes, Reply> {
+    let too_large = || {
+        Reply::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::too_large,
+            format!("the body is larger than the hook accepts ({} bytes)", limits.body_bytes),
+        )
+    };
+    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    if declared.is_some_and(|length| length > limits.body_bytes) {
+        return Err(too_large());
+    }
+    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.body_bytes)).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(error)) if is_length_limit(&error) => Err(too_large()),
+        Ok(Err(error)) => Err(Reply::new(
+            StatusCode::BAD_REQUEST,
+            Outcome::bad_request,
+            format!("the body could not be read: {error}"),
+        )),
+        Err(_) => Err(Reply::new(
+            StatusCode::REQUEST_TIMEOUT,
+            Outcome::timeout,
+            format!("the body was not received within {:?}", limits.body_timeout),
+        )),
+    }
+}
+
+fn is_length_limit(error: &axum::Error) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
+    while let Some(current) = source {
+        if current.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        source = current.source();
+    }
+    false
+}
+
+fn check_provider_allowed(app: &App, provider: Provider) -> Result<(), Reply> {
+    let allowed = &app.spec.hook.allowed_providers;
+    if allowed.is_empty() || allowed.contains(&provider) {
+        return Ok(());
+    }
+    Err(Reply::new(
+        StatusCode::FORBIDDEN,
+        Outcome::forbidden,
+        format!(
+            "App `{}` does not accept calls from {} (spec.hook.allowedProviders)",
+            app.name_any(),
+            provider.display_name()
+        ),
+    ))
+}
+
+/// Checks the provider's signature when the App configures a secret for it.
+async fn verify_signature(
+    context: &Context,
+    app: &App,
+    event: &HookEvent,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<(), Reply> {
+    let secrets = &app.spec.hook.signature_secrets;
+    let (check, reference) = match event.provider {
+        Provider::GitHub => (SignatureCheck::GitHubSha256, &secrets.github),
+        Provider::BitbucketCloud | Provider::BitbucketServer => (SignatureCheck::BitbucketSha256, &secrets.bitbucket),
+        Provider::GitLab => (SignatureCheck::GitLabToken, &secrets.gitlab),
+        Provider::Gitea | Provider::Forgejo => (SignatureCheck::Gitea, &secrets.gitea),
+        Provider::Gogs => (SignatureCheck::Gogs, &secrets.gogs),
+        _ => return Ok(()),
+    };
+    let Some(reference) = reference else { return Ok(()) };
+    let key = signature_key(context, app, reference).await?;
+    signature::verify(check, &key, headers, body).map_err(|error| {
+        let status = match error {
+            SignatureError::Malformed { .. } => (StatusCode::BAD_REQUEST, Outcome::bad_request),
+            _ => (StatusCode::UNAUTHORIZED, Outcome::unauthorized),
+        };
+        Reply::new(status.0, status.1, error.to_string())
+    })
+}
+
+async fn signature_key(context: &Context, app: &App, reference: &SecretKeyRef) -> Result<Vec<u8>, Reply> {
+    let namespace = app.namespace().unwrap_or_default();
+    let secret = Api::<Secret>::namespaced(context.client.clone(), &namespace)
+        .get_opt(&reference.name)
+        .await
+        .map_err(unavailable)?;
+    let key = secret.and_then(|s| s.data).and_then(|mut data| data.remove(&reference.key)).map(|v| v.0);
+    key.filter(|k| !k.is_empty()).ok_or_else(|| {
+        Reply::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            Outcome::unavailable,
+            format!(
+                "App `{}` requires a signature, but its key {}/{} (key `{}`) is missing: ask its owner to create it",
+                app.name_any(),
+                namespace,
+                reference.name,
+                reference.key
+            ),
+        )
+    })
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"))
+}
+
+fn unprocessable(error: plan::PlanError) -> Reply {
+    Reply::new(StatusCode::UNPROCESSABLE_ENTITY, Outcome::unprocessable, error.to_string())
+}
+
+fn unavailable(error: kube::Error) -> Reply {
+    Reply::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        Outcome::unavailable,
+        format!("the Kubernetes API server did not take the Redeployment ({error}); nothing was deployed: retry"),
+    )
+    .retry_after(5)
+}

@@ -1,0 +1,189 @@
+//! Prometheus metrics, served on `/metrics` of the admin port. Every label
+//! takes values from a closed set, so series stay bounded whatever callers send.
+
+use std::time::Duration;
+
+use prometheus_client::{
+    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    metrics::{
+        counter::Counter,
+        family::Family,
+        histogram::{Histogram, exponential_buckets},
+    },
+    registry::Registry,
+};
+
+use crate::{api::Provider, hook::event::EventKind};
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HookLabels {
+    pub provider: ProviderLabel,
+    pub event: EventLabel,
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabels {
+    pub outcome: Outcome,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileErrorLabels {
+    pub controller: &'static str,
+    pub error: &'static str,
+}
+
+/// The provider, or `unknown` before the payload was parsed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum ProviderLabel {
+    github,
+    bitbucket_cloud,
+    bitbucket_server,
+    gitlab,
+    gitea,
+    forgejo,
+    gogs,
+    azure_devops,
+    dockerhub,
+    generic,
+    empty,
+    manual,
+    unknown,
+}
+
+impl From<Option<Provider>> for ProviderLabel {
+    fn from(provider: Option<Provider>) -> Self {
+        match provider {
+            Some(Provider::GitHub) => Self::github,
+            Some(Provider::BitbucketCloud) => Self::bitbucket_cloud,
+            Some(Provider::BitbucketServer) => Self::bitbucket_server,
+            Some(Provider::GitLab) => Self::gitlab,
+            Some(Provider::Gitea) => Self::gitea,
+            Some(Provider::Forgejo) => Self::forgejo,
+            Some(Provider::Gogs) => Self::gogs,
+            Some(Provider::AzureDevOps) => Self::azure_devops,
+            Some(Provider::DockerHub) => Self::dockerhub,
+            Some(Provider::Generic) => Self::generic,
+            Some(Provider::Empty) => Self::empty,
+            Some(Provider::Manual) => Self::manual,
+            None => Self::unknown,
+        }
+    }
+}
+
+/// The kind of event, or `unknown` before the payload was parsed.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum EventLabel {
+    push,
+    deployment,
+    image_push,
+    ping,
+    ignored,
+    no_git_info,
+    unknown,
+}
+
+impl From<Option<EventKind>> for EventLabel {
+    fn from(kind: Option<EventKind>) -> Self {
+        match kind {
+            Some(EventKind::Push) => Self::push,
+            Some(EventKind::Deployment) => Self::deployment,
+            Some(EventKind::ImagePush) => Self::image_push,
+            Some(EventKind::Ping) => Self::ping,
+            Some(EventKind::Ignored) => Self::ignored,
+            Some(EventKind::NoGitInfo) => Self::no_git_info,
+            None => Self::unknown,
+        }
+    }
+}
+
+/// How a hook call ended.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
+#[allow(non_camel_case_types)]
+pub enum Outcome {
+    accepted,
+    redelivery,
+    no_match,
+    ignored,
+    bad_request,
+    unauthorized,
+    forbidden,
+    not_found,
+    too_large,
+    unprocessable,
+    rate_limited,
+    timeout,
+    unavailable,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub hooks: Family<HookLabels, Counter>,
+    pub hook_duration: Family<OutcomeLabels, Histogram>,
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
+    pub reconcile_duration: Family<ReconcileLabels, Histogram>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        let mut registry = Registry::with_prefix("redeploy");
+        let hooks = Family::<HookLabels, Counter>::default();
+        registry.register("hook_requests", "Hook calls by provider, event kind and outcome", hooks.clone());
+        let hook_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.0005, 2.0, 14))
+        });
+        registry.register_with_unit(
+            "hook_duration",
+            "Time to answer a hook call, by outcome",
+            prometheus_client::registry::Unit::Seconds,
+            hook_duration.clone(),
+        );
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register("reconciliations", "Reconciliations by controller", reconciles.clone());
+        let reconcile_errors = Family::<ReconcileErrorLabels, Counter>::default();
+        registry.register("reconcile_errors", "Failed reconciliations by controller and error", reconcile_errors.clone());
+        let reconcile_duration = Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.001, 2.0, 14))
+        });
+        registry.register_with_unit(
+            "reconcile_duration",
+            "Time one reconciliation took",
+            prometheus_client::registry::Unit::Seconds,
+            reconcile_duration.clone(),
+        );
+        Self { registry, hooks, hook_duration, reconciles, reconcile_errors, reconcile_duration }
+    }
+}
+
+impl Metrics {
+    pub fn hook_answered(&self, provider: ProviderLabel, event: EventLabel, outcome: Outcome, took: Duration) {
+        self.hooks.get_or_create(&HookLabels { provider, event, outcome }).inc();
+        self.hook_duration.get_or_create(&OutcomeLabels { outcome }).observe(took.as_secs_f64());
+    }
+
+    pub fn reconciled(&self, controller: &'static str, took: Duration) {
+        let labels = ReconcileLabels { controller };
+        self.reconciles.get_or_create(&labels).inc();
+        self.reconcile_duration.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    pub fn reconcile_failed(&self, controller: &'static str, error: &'static str) {
+        self.reconcile_errors.get_or_create(&ReconcileErrorLabels { controller, error }).inc();
+    }
+
+    /// The metrics in the Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut out, &self.registry);
+        out
+    }
+}

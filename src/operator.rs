@@ -1,0 +1,171 @@
+//! Assembles the running operator: watched caches, the reconcilers, the hook
+//! server and the admin server, all in one process.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use futures::{FutureExt, StreamExt, future::BoxFuture};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    core::error_boundary::DeserializeGuard,
+    runtime::{
+        Controller, WatchStreamExt,
+        reflector::{self, ObjectRef},
+        watcher,
+    },
+};
+use tokio::{net::TcpListener, sync::watch, task::JoinSet};
+
+use crate::{
+    api::{App, DeploymentProfile, Service},
+    context::{Caches, Context, Settings},
+    hook::{
+        credentials::HOOK_LABEL,
+        handler::{HookState, Limits},
+        index::HookIndex,
+        routes::{AdminState, admin_router, hook_router},
+    },
+    metrics::Metrics,
+    reconcile::{self, app},
+    server::serve,
+};
+
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub hook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub settings: Settings,
+    pub limits: Limits,
+    /// Time a client has to send its request headers.
+    pub header_timeout: Duration,
+}
+
+/// A running operator. Dropping it does not stop it: call [`Running::shutdown`].
+pub struct Running {
+    pub hook_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub context: Arc<Context>,
+    pub ready: Arc<AtomicBool>,
+    stop: watch::Sender<bool>,
+    /// Servers and reconcilers: they finish on their own once stopped.
+    tasks: JoinSet<()>,
+    /// Watches feeding the caches: aborted once the rest has finished.
+    background: JoinSet<()>,
+}
+
+impl Running {
+    /// Stops everything and waits for it to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        while self.tasks.join_next().await.is_some() {}
+        self.background.shutdown().await;
+    }
+
+    /// Runs until SIGINT or SIGTERM, then shuts down.
+    pub async fn until_signal(self) {
+        let terminate = async {
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(mut term) => {
+                    term.recv().await;
+                }
+                Err(_) => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            () = terminate => {},
+        }
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire)
+    }
+}
+
+fn stopped(stop: &watch::Sender<bool>) -> BoxFuture<'static, ()> {
+    let mut stop = stop.subscribe();
+    async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    }
+    .boxed()
+}
+
+/// Binds the ports and starts the caches, the reconcilers and both servers.
+pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
+    let (stop, _) = watch::channel(false);
+    let mut tasks = JoinSet::new();
+    let mut background = JoinSet::new();
+    let metrics = Arc::new(Metrics::default());
+
+    let (services, services_writer) = reflector::store();
+    let services_changes = watcher(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default())
+        .default_backoff()
+        .reflect(services_writer)
+        .applied_objects();
+
+    let (profiles, profiles_writer) = reflector::store();
+    let profile_changes =
+        watcher(Api::<DeserializeGuard<DeploymentProfile>>::all(client.clone()), watcher::Config::default())
+            .default_backoff()
+            .reflect(profiles_writer)
+            .applied_objects();
+    background.spawn(profile_changes.for_each(|change| async move {
+        if let Ok(DeserializeGuard(Err(invalid))) = change {
+            tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "skipping a malformed DeploymentProfile");
+        }
+    }));
+
+    let hooks = HookIndex::default();
+    background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone())));
+
+    let app_controller = Controller::new(Api::<DeserializeGuard<App>>::all(client.clone()), watcher::Config::default())
+        .owns(Api::<Secret>::all(client.clone()), watcher::Config::default().labels(&format!("{HOOK_LABEL}=true")))
+        .watches_stream(services_changes, |guard: DeserializeGuard<Service>| match &guard.0 {
+            Ok(service) => Some(ObjectRef::new(&service.spec.app).within(&service.namespace().unwrap_or_default())),
+            Err(invalid) => {
+                tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "skipping a malformed Service");
+                None
+            }
+        });
+
+    let caches = Caches { apps: app_controller.store(), services, profiles, hooks };
+    let context =
+        Arc::new(Context { client: client.clone(), settings: config.settings.clone(), caches, metrics: metrics.clone() });
+
+    let ready = Arc::new(AtomicBool::new(false));
+    {
+        let (caches, ready) = (context.caches.clone(), ready.clone());
+        background.spawn(async move {
+            if caches.wait_synced().await.is_ok() {
+                ready.store(true, Ordering::Release);
+                tracing::info!("caches synced; ready");
+            }
+        });
+    }
+
+    tasks.spawn(
+        app_controller
+            .graceful_shutdown_on(stopped(&stop))
+            .run(app::reconcile, reconcile::error_policy(app::CONTROLLER), context.clone())
+            .for_each(|_| async {}),
+    );
+
+    let hook_listener = TcpListener::bind(config.hook_addr).await?;
+    let admin_listener = TcpListener::bind(config.admin_addr).await?;
+    let (hook_addr, admin_addr) = (hook_listener.local_addr()?, admin_listener.local_addr()?);
+    let hook_state = Arc::new(HookState::new(context.clone(), config.limits.clone()));
+    tasks.spawn(serve(hook_listener, hook_router(hook_state), config.header_timeout, stopped(&stop)));
+    let admin = AdminState { metrics, ready: ready.clone() };
+    tasks.spawn(serve(admin_listener, admin_router(admin), config.header_timeout, stopped(&stop)));
+    tracing::info!(%hook_addr, %admin_addr, "serving");
+    Ok(Running { hook_addr, admin_addr, context, ready, stop, tasks, background })
+}

@@ -1,0 +1,119 @@
+//! The App reconciler: gives each App its hook Secret and publishes the
+//! hook's masked path, the App's Services and a `Ready` condition.
+
+use std::{sync::Arc, time::Instant};
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{Patch, PatchParams, PostParams},
+    core::error_boundary::DeserializeGuard,
+    runtime::controller::Action,
+};
+use serde_json::json;
+
+use super::Error;
+use crate::{
+    api::{App, AppStatus, HookStatus, conditions},
+    context::Context,
+    hook::credentials::{self, HookCredentials},
+    install::FIELD_MANAGER,
+};
+
+pub const CONTROLLER: &str = "app";
+
+pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = Instant::now();
+    let app = match &guard.0 {
+        Ok(app) => app,
+        Err(invalid) => {
+            return Err(Error::Malformed {
+                kind: "App",
+                namespace: invalid.metadata.namespace.clone().unwrap_or_default(),
+                name: invalid.metadata.name.clone().unwrap_or_default(),
+                message: invalid.error.clone(),
+            });
+        }
+    };
+    let namespace = app.namespace().ok_or_else(|| Error::NoNamespace(app.name_any()))?;
+    let secrets = Api::<Secret>::namespaced(context.client.clone(), &namespace);
+    let secret_name = credentials::secret_name(app);
+
+    let existing = secrets.get_opt(&secret_name).await?;
+    let hook = match existing.as_ref().filter(|secret| !owned_by(secret, app)) {
+        Some(_) => Err(format!(
+            "Secret {secret_name} exists and is not owned by this App: delete it, or set spec.hook.secretName to another name"
+        )),
+        None => {
+            let desired = credentials::desired_secret(app, existing.as_ref(), &context.settings.public_url);
+            match existing {
+                None => {
+                    secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &desired).await?;
+                }
+                Some(existing) if differs(&existing, &desired) => {
+                    let params = PatchParams::apply(FIELD_MANAGER).force();
+                    secrets.patch(&secret_name, &params, &Patch::Apply(&desired)).await?;
+                }
+                Some(_) => {}
+            }
+            HookCredentials::from_secret(&desired).ok_or_else(|| format!("Secret {secret_name} has no credentials"))
+        }
+    };
+
+    let status = desired_status(app, &context, &secret_name, hook);
+    let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
+    Api::<App>::namespaced(context.client.clone(), &namespace)
+        .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    context.metrics.reconciled(CONTROLLER, started.elapsed());
+    Ok(Action::await_change())
+}
+
+/// The App's status, from what the reconciliation found (pure).
+fn desired_status(
+    app: &App,
+    context: &Context,
+    secret_name: &str,
+    hook: Result<HookCredentials, String>,
+) -> AppStatus {
+    let previous = app.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let generation = app.metadata.generation;
+    let namespace = app.namespace().unwrap_or_default();
+    let services = context.caches.services_of(&namespace, &app.name_any()).iter().map(|s| s.name_any()).collect();
+    let (hook, ready) = match hook {
+        Ok(credentials) => (
+            Some(HookStatus {
+                id: credentials.id.clone(),
+                path: credentials::masked_path(&credentials.id),
+                secret_name: secret_name.to_string(),
+            }),
+            conditions::condition(
+                previous,
+                conditions::READY,
+                true,
+                "HookReady",
+                format!("the hook URL is in Secret {secret_name}, key url"),
+                generation,
+            ),
+        ),
+        Err(message) => (None, conditions::condition(previous, conditions::READY, false, "SecretConflict", message, generation)),
+    };
+    AppStatus {
+        observed_generation: generation,
+        hook,
+        services,
+        last_redeployment: app.status.as_ref().and_then(|s| s.last_redeployment.clone()),
+        conditions: vec![ready],
+    }
+}
+
+fn owned_by(secret: &Secret, app: &App) -> bool {
+    let uid = app.meta().uid.as_deref();
+    secret.owner_references().iter().any(|owner| owner.controller == Some(true) && Some(owner.uid.as_str()) == uid)
+}
+
+fn differs(existing: &Secret, desired: &Secret) -> bool {
+    let labels_missing = desired.labels().iter().any(|(k, v)| existing.labels().get(k) != Some(v));
+    let annotations_missing = desired.annotations().iter().any(|(k, v)| existing.annotations().get(k) != Some(v));
+    labels_missing || annotations_missing || existing.data != desired.data
+}
