@@ -118,7 +118,7 @@ fn generic(payload: &Value) -> Result<HookEvent, ParseError> {
     ) {
         (false, true, _) => EventKind::Ignored,
         (_, _, true) => EventKind::Push,
-        (_, _, false) => EventKind::NoGitInfo,
+        (_, _, false) => return Ok(unknown()),
     };
     Ok(HookEvent {
         repository_urls,

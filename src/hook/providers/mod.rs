@@ -56,6 +56,8 @@ pub enum ParseError {
 ///
 /// - an empty or whitespace-only body, or a form-encoded body (it carries
 ///   modifiers such as `git_ref=`), is provider `Empty`, kind `NoGitInfo`;
+///   except that a form's `payload` field (GitHub's and Gitea's
+///   `application/x-www-form-urlencoded` content type) is read as the JSON body;
 /// - a JSON body of no known shape is provider `Generic`, kind `NoGitInfo`;
 /// - an event a provider sends that this operator does not act on (GitHub
 ///   `deployment_status`, GitLab `Merge Request Hook`, ...) is kind `Ignored`

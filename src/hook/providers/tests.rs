@@ -157,6 +157,15 @@ fn unknown_json_carries_no_git_info() {
         );
         assert!(!event.has_git_info());
     }
+    // Generic fields that are all blank carry nothing either.
+    let event = parse_ok(&json(), br#"{"repository": " ", "branch": ""}"#);
+    assert_eq!(
+        event,
+        HookEvent {
+            provider: Provider::Generic,
+            ..HookEvent::default()
+        }
+    );
     // A `repository` object of an unknown shape is not a repository URL.
     let event = parse_ok(
         &json(),
