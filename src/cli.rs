@@ -53,7 +53,9 @@ impl RunArgs {
         crate::operator::Config {
             hook_addr: self.hook_addr,
             admin_addr: self.metrics_addr,
-            settings: crate::context::Settings { public_url: self.public_url.as_str().trim_end_matches('/').to_string() },
+            settings: crate::context::Settings {
+                public_url: self.public_url.as_str().trim_end_matches('/').to_string(),
+            },
             limits: crate::hook::handler::Limits {
                 body_bytes: self.body_limit,
                 body_timeout: read_timeout,

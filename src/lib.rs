@@ -3,12 +3,12 @@
 
 pub mod api;
 pub mod cli;
+pub mod context;
 pub mod hook;
 pub mod install;
-pub mod plan;
-pub mod repo;
 pub mod metrics;
-pub mod context;
-pub mod reconcile;
-pub mod server;
 pub mod operator;
+pub mod plan;
+pub mod reconcile;
+pub mod repo;
+pub mod server;

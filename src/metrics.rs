@@ -149,7 +149,11 @@ impl Default for Metrics {
         let reconciles = Family::<ReconcileLabels, Counter>::default();
         registry.register("reconciliations", "Reconciliations by controller", reconciles.clone());
         let reconcile_errors = Family::<ReconcileErrorLabels, Counter>::default();
-        registry.register("reconcile_errors", "Failed reconciliations by controller and error", reconcile_errors.clone());
+        registry.register(
+            "reconcile_errors",
+            "Failed reconciliations by controller and error",
+            reconcile_errors.clone(),
+        );
         let reconcile_duration = Family::<ReconcileLabels, Histogram>::new_with_constructor(|| {
             Histogram::new(exponential_buckets(0.001, 2.0, 14))
         });

@@ -91,12 +91,41 @@ impl Running {
     }
 }
 
+/// Completes once `stop` is set.
 fn stopped(stop: &watch::Sender<bool>) -> BoxFuture<'static, ()> {
     let mut stop = stop.subscribe();
     async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     }
     .boxed()
+}
+
+/// [`stopped`] as a `Sync` future, as `Controller::graceful_shutdown_on` wants.
+fn stopped_sync(
+    stop: &watch::Sender<bool>,
+    tasks: &mut JoinSet<()>,
+) -> impl std::future::Future<Output = ()> + Send + Sync + 'static {
+    let (fire, fired) = tokio::sync::oneshot::channel();
+    let stopped = stopped(stop);
+    tasks.spawn(async move {
+        stopped.await;
+        let _ = fire.send(());
+    });
+    fired.map(|_| ())
+}
+
+/// Malformed objects stay in the caches as errors, skipped by every reader;
+/// the watch goes on.
+fn warn_if_malformed<K>(kind: &str, change: Result<DeserializeGuard<K>, watcher::Error>) {
+    if let Ok(DeserializeGuard(Err(invalid))) = change {
+        tracing::warn!(
+            kind,
+            name = ?invalid.metadata.name,
+            namespace = ?invalid.metadata.namespace,
+            error = %invalid.error,
+            "skipping a malformed object"
+        );
+    }
 }
 
 /// Binds the ports and starts the caches, the reconcilers and both servers.
@@ -107,7 +136,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
 
     let (services, services_writer) = reflector::store();
-    let services_changes = watcher(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default())
+    let service_changes = watcher(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default())
         .default_backoff()
         .reflect(services_writer)
         .applied_objects();
@@ -118,28 +147,30 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             .default_backoff()
             .reflect(profiles_writer)
             .applied_objects();
-    background.spawn(profile_changes.for_each(|change| async move {
-        if let Ok(DeserializeGuard(Err(invalid))) = change {
-            tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "skipping a malformed DeploymentProfile");
-        }
-    }));
+    background.spawn(profile_changes.for_each(|change| async move { warn_if_malformed("DeploymentProfile", change) }));
+    background.spawn(service_changes.for_each(|change| async move { warn_if_malformed("Service", change) }));
 
     let hooks = HookIndex::default();
     background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone())));
 
     let app_controller = Controller::new(Api::<DeserializeGuard<App>>::all(client.clone()), watcher::Config::default())
         .owns(Api::<Secret>::all(client.clone()), watcher::Config::default().labels(&format!("{HOOK_LABEL}=true")))
-        .watches_stream(services_changes, |guard: DeserializeGuard<Service>| match &guard.0 {
-            Ok(service) => Some(ObjectRef::new(&service.spec.app).within(&service.namespace().unwrap_or_default())),
-            Err(invalid) => {
-                tracing::warn!(name = ?invalid.metadata.name, namespace = ?invalid.metadata.namespace, error = %invalid.error, "skipping a malformed Service");
-                None
-            }
-        });
+        .watches(
+            Api::<DeserializeGuard<Service>>::all(client.clone()),
+            watcher::Config::default(),
+            |guard: DeserializeGuard<Service>| {
+                let service = guard.0.ok()?;
+                Some(ObjectRef::new(&service.spec.app).within(&service.namespace()?))
+            },
+        );
 
     let caches = Caches { apps: app_controller.store(), services, profiles, hooks };
-    let context =
-        Arc::new(Context { client: client.clone(), settings: config.settings.clone(), caches, metrics: metrics.clone() });
+    let context = Arc::new(Context {
+        client: client.clone(),
+        settings: config.settings.clone(),
+        caches,
+        metrics: metrics.clone(),
+    });
 
     let ready = Arc::new(AtomicBool::new(false));
     {
@@ -154,7 +185,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
 
     tasks.spawn(
         app_controller
-            .graceful_shutdown_on(stopped(&stop))
+            .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(app::reconcile, reconcile::error_policy(app::CONTROLLER), context.clone())
             .for_each(|_| async {}),
     );

@@ -111,9 +111,9 @@ impl Provider {
             Provider::Gogs => "Gogs",
             Provider::AzureDevOps => "Azure DevOps",
             Provider::DockerHub => "Docker Hub",
-            Provider::Generic => "a generic caller",
-            Provider::Empty => "an empty call",
-            Provider::Manual => "a manual trigger",
+            Provider::Generic => "generic JSON",
+            Provider::Empty => "an empty body",
+            Provider::Manual => "manual",
         }
     }
 }

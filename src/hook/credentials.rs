@@ -47,9 +47,7 @@ impl HookCredentials {
     /// Reads the credentials of a hook Secret; `None` when a key is missing or empty.
     pub fn from_secret(secret: &Secret) -> Option<Self> {
         let data = secret.data.as_ref()?;
-        let get = |key: &str| {
-            data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty())
-        };
+        let get = |key: &str| data.get(key).and_then(|v| String::from_utf8(v.0.clone()).ok()).filter(|v| !v.is_empty());
         Some(Self { id: get(ID_KEY)?, token: get(TOKEN_KEY)? })
     }
 

@@ -228,7 +228,11 @@ async fn store(context: &Context, redeployment: Redeployment) -> Result<Reply, R
         Ok(created) => Ok(Reply::stored(
             StatusCode::ACCEPTED,
             Outcome::accepted,
-            format!("accepted: Redeployment {} will deploy {}", created.name_any(), planned_services(&created).join(", ")),
+            format!(
+                "accepted: Redeployment {} will deploy {}",
+                created.name_any(),
+                planned_services(&created).join(", ")
+            ),
             &created,
         )),
         Err(kube::Error::Api(status)) if status.code == 409 => {

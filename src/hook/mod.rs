@@ -5,7 +5,7 @@ pub mod credentials;
 pub mod event;
 pub mod handler;
 pub mod index;
+pub mod providers;
 pub mod record;
 pub mod routes;
-pub mod providers;
 pub mod signature;

@@ -51,10 +51,8 @@ pub fn redeployment(
     if app_name.len() <= 63 {
         labels.insert(APP_LABEL.to_string(), app_name.clone());
     }
-    let annotations = event
-        .delivery_id
-        .as_ref()
-        .map(|id| BTreeMap::from([(DELIVERY_ANNOTATION.to_string(), bounded(id, 256))]));
+    let annotations =
+        event.delivery_id.as_ref().map(|id| BTreeMap::from([(DELIVERY_ANNOTATION.to_string(), bounded(id, 256))]));
     let spec = RedeploymentSpec {
         app: app_name,
         trigger: Trigger {

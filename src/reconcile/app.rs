@@ -48,7 +48,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
             let desired = credentials::desired_secret(app, existing.as_ref(), &context.settings.public_url);
             match existing {
                 None => {
-                    secrets.create(&PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &desired).await?;
+                    secrets
+                        .create(
+                            &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
+                            &desired,
+                        )
+                        .await?;
                 }
                 Some(existing) if differs(&existing, &desired) => {
                     let params = PatchParams::apply(FIELD_MANAGER).force();
@@ -70,12 +75,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
 }
 
 /// The App's status, from what the reconciliation found (pure).
-fn desired_status(
-    app: &App,
-    context: &Context,
-    secret_name: &str,
-    hook: Result<HookCredentials, String>,
-) -> AppStatus {
+fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<HookCredentials, String>) -> AppStatus {
     let previous = app.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = app.metadata.generation;
     let namespace = app.namespace().unwrap_or_default();
@@ -96,7 +96,9 @@ fn desired_status(
                 generation,
             ),
         ),
-        Err(message) => (None, conditions::condition(previous, conditions::READY, false, "SecretConflict", message, generation)),
+        Err(message) => {
+            (None, conditions::condition(previous, conditions::READY, false, "SecretConflict", message, generation))
+        }
     };
     AppStatus {
         observed_generation: generation,

@@ -1,1 +1,357 @@
-//! One parser per Git host or registry, each producing a [`HookEvent`](super::event::HookEvent).
+//! One parser per Git host or registry, each producing a [`HookEvent`].
+//!
+//! [`parse`] recognises the sender by its headers first (`X-GitHub-Event`,
+//! `X-Event-Key`, `X-Gitlab-Event`, `X-Forgejo-Event`, ...), then by the shape
+//! of the JSON body (Azure DevOps, Docker Hub and the generic
+//! `{"repository","ref"|"branch","sha"}` carry no distinctive header). It never
+//! panics on payload data: a body it cannot read is a [`ParseError`], which the
+//! hook answers with `400`.
+
+mod azure_devops;
+mod bitbucket_cloud;
+mod bitbucket_server;
+mod dockerhub;
+mod generic;
+mod gitea;
+mod github;
+mod gitlab;
+#[cfg(test)]
+mod tests;
+
+use http::HeaderMap;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::event::{EventKind, HookEvent};
+use crate::api::Provider;
+
+/// Why a hook body could not be read. Every message says what is wrong with
+/// the payload, so the sender can fix it; the hook answers `400`.
+#[derive(Debug, thiserror::Error)]
+pub enum ParseError {
+    /// The body is neither empty, nor JSON, nor a form.
+    #[error("the body is not valid JSON: {0}")]
+    NotJson(serde_json::Error),
+    /// A form-encoded body's `payload` field (GitHub's and Gitea's form content type) is not JSON.
+    #[error("the `payload` form field is not valid JSON: {0}")]
+    FormPayloadNotJson(serde_json::Error),
+    /// The payload is JSON, but a field has the wrong type.
+    #[error("{} {event} payload does not have the expected shape: {error}", provider.display_name())]
+    Shape { provider: Provider, event: String, error: serde_json::Error },
+    /// The payload lacks a field this event needs.
+    #[error("{} {event} payload has no `{field}`", provider.display_name())]
+    Missing { provider: Provider, event: String, field: &'static str },
+}
+
+/// Reads a hook call: which provider sent it, what happened, and the Git
+/// information it carries.
+///
+/// - an empty or whitespace-only body, or a form-encoded body (it carries
+///   modifiers such as `git_ref=`), is provider `Empty`, kind `NoGitInfo`;
+///   except that a form's `payload` field (GitHub's and Gitea's
+///   `application/x-www-form-urlencoded` content type) is read as the JSON body;
+/// - a JSON body of no known shape is provider `Generic`, kind `NoGitInfo`;
+/// - an event a provider sends that this operator does not act on (GitHub
+///   `deployment_status`, GitLab `Merge Request Hook`, ...) is kind `Ignored`
+///   and its body is not read at all;
+/// - any other body that cannot be read is a [`ParseError`].
+pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<HookEvent, ParseError> {
+    let detected = detect_by_headers(headers);
+    let handling = detected.as_ref().map(Detected::handling);
+    if let (Some(detected), Some(Handling::Ignore)) = (&detected, handling) {
+        return Ok(bounded(detected.ignored()));
+    }
+    let payload = read_body(headers, body)?;
+    let event = match (detected, payload) {
+        (Some(detected), Some(payload)) => detected.parse(&payload)?,
+        (Some(detected), None) if handling == Some(Handling::Ping) => detected.ping(),
+        (_, None) => HookEvent::default(),
+        (None, Some(payload)) => by_shape(&payload)?,
+    };
+    Ok(bounded(event))
+}
+
+/// What a parser does with an event its provider names.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Handling {
+    /// Read the payload.
+    Parse,
+    /// A check that the hook works: deploys nothing.
+    Ping,
+    /// Acknowledged and ignored; the body is not read.
+    Ignore,
+}
+
+/// A provider recognised by its headers.
+#[derive(Debug)]
+struct Detected {
+    provider: Provider,
+    event: String,
+    delivery_id: Option<String>,
+}
+
+impl Detected {
+    fn handling(&self) -> Handling {
+        match self.provider {
+            Provider::GitHub => github::handling(&self.event),
+            Provider::BitbucketCloud => bitbucket_cloud::handling(&self.event),
+            Provider::BitbucketServer => bitbucket_server::handling(&self.event),
+            Provider::GitLab => gitlab::handling(&self.event),
+            Provider::Gitea | Provider::Forgejo | Provider::Gogs => gitea::handling(&self.event),
+            _ => Handling::Ignore,
+        }
+    }
+
+    fn parse(&self, payload: &Value) -> Result<HookEvent, ParseError> {
+        let event = &self.event;
+        let mut parsed = match self.provider {
+            Provider::GitHub => github::parse(event, payload)?,
+            Provider::BitbucketCloud => bitbucket_cloud::parse(event, payload)?,
+            Provider::BitbucketServer => bitbucket_server::parse(event, payload)?,
+            Provider::GitLab => gitlab::parse(event, payload)?,
+            Provider::Gitea | Provider::Forgejo | Provider::Gogs => gitea::parse(self.provider, event, payload)?,
+            _ => self.ignored(),
+        };
+        if parsed.delivery_id.is_none() {
+            parsed.delivery_id.clone_from(&self.delivery_id);
+        }
+        Ok(parsed)
+    }
+
+    fn ping(&self) -> HookEvent {
+        HookEvent { delivery_id: self.delivery_id.clone(), ..event(self.provider, &self.event, EventKind::Ping) }
+    }
+
+    fn ignored(&self) -> HookEvent {
+        HookEvent { delivery_id: self.delivery_id.clone(), ..event(self.provider, &self.event, EventKind::Ignored) }
+    }
+}
+
+/// The provider named by the headers, if any. Gitea also sends `X-Gogs-*` and
+/// `X-GitHub-*` headers, and Forgejo also sends `X-Gitea-*`, so the most
+/// specific header is looked at first.
+fn detect_by_headers(headers: &HeaderMap) -> Option<Detected> {
+    let detected = |provider, event, delivery_header: &[&str]| {
+        Some(Detected { provider, event, delivery_id: delivery_header.iter().find_map(|name| header(headers, name)) })
+    };
+    if let Some(event) = header(headers, "x-forgejo-event") {
+        return detected(Provider::Forgejo, event, &["x-forgejo-delivery", "x-gitea-delivery"]);
+    }
+    if let Some(event) = header(headers, "x-gitea-event") {
+        return detected(Provider::Gitea, event, &["x-gitea-delivery"]);
+    }
+    if let Some(event) = header(headers, "x-gogs-event") {
+        return detected(Provider::Gogs, event, &["x-gogs-delivery"]);
+    }
+    if let Some(event) = header(headers, "x-github-event") {
+        return detected(Provider::GitHub, event, &["x-github-delivery"]);
+    }
+    if let Some(event) = header(headers, "x-gitlab-event") {
+        return detected(Provider::GitLab, event, &["x-gitlab-event-uuid"]);
+    }
+    if let Some(event) = header(headers, "x-event-key") {
+        let cloud = match event.as_str() {
+            "repo:push" => true,
+            "repo:refs_changed" => false,
+            _ => header(headers, "x-request-uuid").is_some() || header(headers, "x-hook-uuid").is_some(),
+        };
+        return if cloud {
+            detected(Provider::BitbucketCloud, event, &["x-request-uuid"])
+        } else {
+            detected(Provider::BitbucketServer, event, &["x-request-id"])
+        };
+    }
+    None
+}
+
+/// Recognises a payload that came without a provider header by its shape.
+fn by_shape(payload: &Value) -> Result<HookEvent, ParseError> {
+    let Some(object) = payload.as_object() else {
+        return Ok(generic::unknown());
+    };
+    if azure_devops::matches(object) {
+        return azure_devops::parse(payload);
+    }
+    if dockerhub::matches(object) {
+        return dockerhub::parse(payload);
+    }
+    if let Some(event) = bitbucket_server::event_from_shape(object) {
+        return bitbucket_server::parse(&event, payload);
+    }
+    if bitbucket_cloud::matches(object) {
+        return bitbucket_cloud::parse(bitbucket_cloud::PUSH, payload);
+    }
+    if let Some(event) = gitlab::event_from_shape(object) {
+        return gitlab::parse(&event, payload);
+    }
+    generic::parse(object, payload)
+}
+
+/// The body as JSON, or `None` when it carries no payload (empty, whitespace,
+/// or a form without a `payload` field).
+fn read_body(headers: &HeaderMap, body: &[u8]) -> Result<Option<Value>, ParseError> {
+    let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice(body) {
+        Ok(payload) => Ok(Some(payload)),
+        Err(_) if is_form(headers) => {
+            let payload = url::form_urlencoded::parse(body).find(|(key, _)| key == "payload").map(|(_, value)| value);
+            match payload {
+                Some(payload) if !payload.trim().is_empty() => {
+                    serde_json::from_str(&payload).map(Some).map_err(ParseError::FormPayloadNotJson)
+                }
+                _ => Ok(None),
+            }
+        }
+        Err(error) => Err(ParseError::NotJson(error)),
+    }
+}
+
+fn is_form(headers: &HeaderMap) -> bool {
+    header(headers, "content-type").is_some_and(|value| {
+        value
+            .split(';')
+            .next()
+            .is_some_and(|media_type| media_type.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+    })
+}
+
+/// A header's value, trimmed; `None` when absent or blank.
+fn header(headers: &HeaderMap, name: &str) -> Option<String> {
+    let value = headers.get(name)?;
+    let value = String::from_utf8_lossy(value.as_bytes());
+    let value = value.trim();
+    (!value.is_empty()).then(|| value.to_owned())
+}
+
+/// Keeps the strings a Redeployment records within the lengths its schema allows.
+fn bounded(mut event: HookEvent) -> HookEvent {
+    truncate(&mut event.event, 128);
+    if let Some(sender) = &mut event.sender {
+        truncate(sender, 256);
+    }
+    // A cut delivery id would no longer identify the delivery.
+    if event.delivery_id.as_ref().is_some_and(|id| id.chars().count() > 256) {
+        event.delivery_id = None;
+    }
+    event
+}
+
+fn truncate(value: &mut String, max_chars: usize) {
+    if let Some((index, _)) = value.char_indices().nth(max_chars) {
+        value.truncate(index);
+    }
+}
+
+// ---- helpers shared by the parsers ----
+
+/// An event with nothing but its provider, name and kind.
+fn event(provider: Provider, event: &str, kind: EventKind) -> HookEvent {
+    HookEvent { provider, event: event.to_owned(), kind, ..HookEvent::default() }
+}
+
+/// Reads a payload into a parser's lenient serde struct.
+fn deserialize<T: DeserializeOwned>(provider: Provider, event: &str, payload: &Value) -> Result<T, ParseError> {
+    T::deserialize(payload).map_err(|error| ParseError::Shape { provider, event: event.to_owned(), error })
+}
+
+fn missing(provider: Provider, event: &str, field: &'static str) -> ParseError {
+    ParseError::Missing { provider, event: event.to_owned(), field }
+}
+
+/// A Git ref as a push names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RefName {
+    Branch(String),
+    Tag(String),
+    /// `refs/notes/...`, `refs/pull/...`, or empty: neither a branch nor a tag.
+    Other,
+}
+
+impl RefName {
+    /// `refs/heads/x` is branch `x`, `refs/tags/v1` tag `v1`; a name without
+    /// a `refs/` prefix is taken as a branch.
+    fn parse(git_ref: &str) -> RefName {
+        let git_ref = git_ref.trim();
+        if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
+            return if branch.is_empty() { RefName::Other } else { RefName::Branch(branch.to_owned()) };
+        }
+        if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
+            return if tag.is_empty() { RefName::Other } else { RefName::Tag(tag.to_owned()) };
+        }
+        if git_ref.is_empty() || git_ref.starts_with("refs/") {
+            return RefName::Other;
+        }
+        RefName::Branch(git_ref.to_owned())
+    }
+}
+
+/// What a push says, in the terms every provider shares.
+struct Push<'a> {
+    provider: Provider,
+    event: &'a str,
+    ref_name: RefName,
+    /// The commit the ref points to after the push; all zeros for a deletion.
+    sha: Option<&'a str>,
+    /// The provider says the push deleted the ref.
+    deleted: bool,
+    repository_urls: Vec<String>,
+    sender: Option<String>,
+}
+
+impl Push<'_> {
+    /// A push to a branch or tag is kind `Push`; a push to any other ref
+    /// (`refs/notes/...`) deploys nothing and is `Ignored`.
+    fn into_event(self) -> HookEvent {
+        let deleted = self.deleted || self.sha.is_some_and(is_zero_sha);
+        let (branch, tag, kind) = match self.ref_name {
+            RefName::Branch(branch) => (Some(branch), None, EventKind::Push),
+            RefName::Tag(tag) => (None, Some(tag), EventKind::Push),
+            RefName::Other => (None, None, EventKind::Ignored),
+        };
+        HookEvent {
+            repository_urls: self.repository_urls,
+            branch,
+            tag,
+            sha: commit_sha(self.sha),
+            deleted,
+            sender: self.sender,
+            ..event(self.provider, self.event, kind)
+        }
+    }
+}
+
+/// Forty (or sixty-four) zeros: the "no commit" of a created or deleted ref.
+fn is_zero_sha(sha: &str) -> bool {
+    let sha = sha.trim();
+    !sha.is_empty() && sha.bytes().all(|byte| byte == b'0')
+}
+
+/// A full SHA-1 or SHA-256 commit id.
+fn looks_like_sha(value: &str) -> bool {
+    matches!(value.len(), 40 | 64) && value.bytes().all(|byte| byte.is_ascii_hexdigit())
+}
+
+/// A commit id, unless blank or all zeros.
+fn commit_sha(sha: Option<&str>) -> Option<String> {
+    let sha = sha?.trim();
+    (!sha.is_empty() && !is_zero_sha(sha)).then(|| sha.to_owned())
+}
+
+/// The first non-blank value.
+fn first<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Option<String> {
+    values.into_iter().flatten().map(str::trim).find(|value| !value.is_empty()).map(str::to_owned)
+}
+
+/// The non-blank values, without repeats, in order.
+fn urls<'a>(values: impl IntoIterator<Item = Option<&'a str>>) -> Vec<String> {
+    let mut urls: Vec<String> = Vec::new();
+    for url in values.into_iter().flatten().map(str::trim) {
+        if !url.is_empty() && !urls.iter().any(|known| known == url) {
+            urls.push(url.to_owned());
+        }
+    }
+    urls
+}

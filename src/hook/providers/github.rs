@@ -1,0 +1,328 @@
+//! GitHub: `push`, `ping` and `deployment` (`X-GitHub-Event`). The push shape
+//! is shared by Gitea, Forgejo, Gogs and header-less GitHub-like payloads.
+
+use serde::Deserialize;
+use serde_json::Value;
+
+use super::{
+    Handling, ParseError, Push, RefName, commit_sha, deserialize, event, first, looks_like_sha, missing, urls,
+};
+use crate::api::Provider;
+use crate::hook::event::{EventKind, HookEvent};
+
+const PROVIDER: Provider = Provider::GitHub;
+
+pub(super) fn handling(event: &str) -> Handling {
+    match event {
+        "push" | "deployment" => Handling::Parse,
+        "ping" => Handling::Ping,
+        _ => Handling::Ignore,
+    }
+}
+
+pub(super) fn parse(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+    match event_name {
+        "push" => {
+            let push: PushPayload = deserialize(PROVIDER, event_name, payload)?;
+            let sender = first([
+                push.sender.as_ref().and_then(|s| s.login.as_deref()),
+                push.pusher.as_ref().and_then(|p| p.name.as_deref()),
+            ]);
+            push.into_event(PROVIDER, event_name, sender)
+        }
+        "ping" => {
+            let ping: PingPayload = deserialize(PROVIDER, event_name, payload)?;
+            Ok(HookEvent {
+                repository_urls: ping.repository.as_ref().map(Repository::urls).unwrap_or_default(),
+                sender: first([ping.sender.as_ref().and_then(|s| s.login.as_deref())]),
+                ..event(PROVIDER, event_name, EventKind::Ping)
+            })
+        }
+        "deployment" => deployment(event_name, payload),
+        _ => Ok(event(PROVIDER, event_name, EventKind::Ignored)),
+    }
+}
+
+/// A repository as GitHub, Gitea, Forgejo and Gogs describe it.
+#[derive(Debug, Deserialize)]
+pub(super) struct Repository {
+    clone_url: Option<String>,
+    ssh_url: Option<String>,
+    html_url: Option<String>,
+    git_url: Option<String>,
+}
+
+impl Repository {
+    /// Clone URL first, then SSH, web and `git://` URLs.
+    pub(super) fn urls(&self) -> Vec<String> {
+        urls([self.clone_url.as_deref(), self.ssh_url.as_deref(), self.html_url.as_deref(), self.git_url.as_deref()])
+    }
+}
+
+/// A user: GitHub names it by `login`, Gitea and Gogs also by `username`;
+/// GitHub's `pusher` only has `name`.
+#[derive(Debug, Deserialize)]
+pub(super) struct Account {
+    pub(super) login: Option<String>,
+    pub(super) username: Option<String>,
+    pub(super) name: Option<String>,
+}
+
+/// The GitHub-like push payload.
+#[derive(Debug, Deserialize)]
+pub(super) struct PushPayload {
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    after: Option<String>,
+    deleted: Option<bool>,
+    repository: Option<Repository>,
+    pub(super) pusher: Option<Account>,
+    pub(super) sender: Option<Account>,
+}
+
+impl PushPayload {
+    pub(super) fn into_event(
+        self,
+        provider: Provider,
+        event_name: &str,
+        sender: Option<String>,
+    ) -> Result<HookEvent, ParseError> {
+        let git_ref = self
+            .git_ref
+            .as_deref()
+            .filter(|git_ref| !git_ref.trim().is_empty())
+            .ok_or_else(|| missing(provider, event_name, "ref"))?;
+        Ok(Push {
+            provider,
+            event: event_name,
+            ref_name: RefName::parse(git_ref),
+            sha: self.after.as_deref(),
+            deleted: self.deleted == Some(true),
+            repository_urls: self.repository.as_ref().map(Repository::urls).unwrap_or_default(),
+            sender,
+        }
+        .into_event())
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct PingPayload {
+    repository: Option<Repository>,
+    sender: Option<Account>,
+}
+
+#[derive(Debug, Deserialize)]
+struct DeploymentPayload {
+    deployment: Option<Deployment>,
+    repository: Option<Repository>,
+    sender: Option<Account>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Deployment {
+    sha: Option<String>,
+    #[serde(rename = "ref")]
+    git_ref: Option<String>,
+    creator: Option<Account>,
+}
+
+/// A Deployment names a commit (`sha`) and the ref it was asked for, which is
+/// a branch, a tag or the commit itself. A bare name is taken as a branch,
+/// unless it is the commit.
+fn deployment(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+    let payload: DeploymentPayload = deserialize(PROVIDER, event_name, payload)?;
+    let deployment = payload.deployment.ok_or_else(|| missing(PROVIDER, event_name, "deployment"))?;
+    let mut sha = commit_sha(deployment.sha.as_deref());
+    let (mut branch, mut tag) = (None, None);
+    if let Some(git_ref) = deployment.git_ref.as_deref().map(str::trim) {
+        let is_commit = sha.as_deref() == Some(git_ref) || looks_like_sha(git_ref);
+        if is_commit {
+            sha = sha.or_else(|| commit_sha(Some(git_ref)));
+        } else {
+            match RefName::parse(git_ref) {
+                RefName::Branch(name) => branch = Some(name),
+                RefName::Tag(name) => tag = Some(name),
+                RefName::Other => {}
+            }
+        }
+    }
+    if sha.is_none() && branch.is_none() && tag.is_none() {
+        return Err(missing(PROVIDER, event_name, "deployment.sha"));
+    }
+    Ok(HookEvent {
+        repository_urls: payload.repository.as_ref().map(Repository::urls).unwrap_or_default(),
+        branch,
+        tag,
+        sha,
+        sender: first([
+            deployment.creator.as_ref().and_then(|c| c.login.as_deref()),
+            payload.sender.as_ref().and_then(|s| s.login.as_deref()),
+        ]),
+        ..event(PROVIDER, event_name, EventKind::Deployment)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{headers, parse_ok};
+    use crate::api::Provider;
+    use crate::hook::event::EventKind;
+
+    const PUSH_NEW_BRANCH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/push-new-branch.json");
+    const PUSH_TAG_DELETED: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/push-tag-deleted.json");
+    const PING: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/ping.json");
+    const DEPLOYMENT: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/deployment.json");
+    const DEPLOYMENT_STATUS: &[u8] =
+        include_bytes!("../../../../shared/fixtures/webhooks/github/deployment-status.json");
+
+    const HELLO_WORLD: [&str; 4] = [
+        "https://github.com/Codertocat/Hello-World.git",
+        "git@github.com:Codertocat/Hello-World.git",
+        "https://github.com/Codertocat/Hello-World",
+        "git://github.com/Codertocat/Hello-World.git",
+    ];
+
+    fn github(event: &str) -> http::HeaderMap {
+        headers(&[
+            ("X-GitHub-Event", event),
+            ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+            ("Content-Type", "application/json"),
+        ])
+    }
+
+    #[test]
+    fn push_to_a_branch() {
+        let event = parse_ok(&github("push"), PUSH_NEW_BRANCH);
+        assert_eq!(event.provider, Provider::GitHub);
+        assert_eq!(event.event, "push");
+        assert_eq!(event.kind, EventKind::Push);
+        assert_eq!(event.delivery_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert_eq!(event.repository_urls, HELLO_WORLD);
+        assert_eq!(event.branch.as_deref(), Some("master"));
+        assert_eq!(event.tag, None);
+        assert_eq!(event.sha.as_deref(), Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
+        assert!(!event.deleted);
+        assert_eq!(event.sender.as_deref(), Some("Codertocat"));
+        assert!(event.has_git_info());
+    }
+
+    #[test]
+    fn push_deleting_a_tag() {
+        let event = parse_ok(&github("push"), PUSH_TAG_DELETED);
+        assert_eq!(event.provider, Provider::GitHub);
+        assert_eq!(event.kind, EventKind::Push);
+        assert_eq!(event.delivery_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert_eq!(event.repository_urls, HELLO_WORLD);
+        assert_eq!(event.branch, None);
+        assert_eq!(event.tag.as_deref(), Some("simple-tag"));
+        // `after` is forty zeros: there is no commit to deploy.
+        assert_eq!(event.sha, None);
+        assert!(event.deleted);
+        assert_eq!(event.sender.as_deref(), Some("Codertocat"));
+    }
+
+    #[test]
+    fn ping() {
+        let event = parse_ok(&github("ping"), PING);
+        assert_eq!(event.provider, Provider::GitHub);
+        assert_eq!(event.event, "ping");
+        assert_eq!(event.kind, EventKind::Ping);
+        assert_eq!(event.delivery_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert_eq!(
+            event.repository_urls,
+            [
+                "https://github.com/Octocoders/Hello-World.git",
+                "git@github.com:Octocoders/Hello-World.git",
+                "https://github.com/Octocoders/Hello-World",
+                "git://github.com/Octocoders/Hello-World.git",
+            ]
+        );
+        assert_eq!((&event.branch, &event.tag, &event.sha), (&None, &None, &None));
+        assert!(!event.deleted);
+        assert!(!event.has_git_info());
+    }
+
+    #[test]
+    fn ping_without_a_body_is_still_a_ping() {
+        let event = parse_ok(&github("ping"), b"");
+        assert_eq!((event.provider, event.kind), (Provider::GitHub, EventKind::Ping));
+    }
+
+    #[test]
+    fn deployment() {
+        let event = parse_ok(&github("deployment"), DEPLOYMENT);
+        assert_eq!(event.provider, Provider::GitHub);
+        assert_eq!(event.event, "deployment");
+        assert_eq!(event.kind, EventKind::Deployment);
+        assert_eq!(event.delivery_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert_eq!(event.repository_urls, HELLO_WORLD);
+        assert_eq!(event.branch.as_deref(), Some("master"));
+        assert_eq!(event.tag, None);
+        assert_eq!(event.sha.as_deref(), Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e"));
+        assert!(!event.deleted);
+        assert_eq!(event.sender.as_deref(), Some("Codertocat"));
+        assert!(event.has_git_info());
+    }
+
+    #[test]
+    fn deployment_of_a_commit_names_no_branch() {
+        let body = br#"{"deployment": {"sha": "f95f852bd8fca8fcc58a9a2d6c842781e32a215e",
+            "ref": "f95f852bd8fca8fcc58a9a2d6c842781e32a215e"}}"#;
+        let event = parse_ok(&github("deployment"), body);
+        assert_eq!(event.kind, EventKind::Deployment);
+        assert_eq!(event.branch, None);
+        assert_eq!(event.sha.as_deref(), Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e"));
+    }
+
+    #[test]
+    fn deployment_status_is_ignored() {
+        let event = parse_ok(&github("deployment_status"), DEPLOYMENT_STATUS);
+        assert_eq!(event.provider, Provider::GitHub);
+        assert_eq!(event.event, "deployment_status");
+        assert_eq!(event.kind, EventKind::Ignored);
+        assert_eq!(event.delivery_id.as_deref(), Some("72d3162e-cc78-11e3-81ab-4c9367dc0958"));
+        assert!(!event.has_git_info());
+    }
+
+    #[test]
+    fn other_events_are_ignored_whatever_the_body() {
+        for body in [&b"not json"[..], b"", b"[]"] {
+            let event = parse_ok(&github("pull_request"), body);
+            assert_eq!((event.provider, event.kind), (Provider::GitHub, EventKind::Ignored));
+        }
+    }
+
+    #[test]
+    fn push_without_ref_is_an_error_naming_it() {
+        let error = super::super::parse(&github("push"), br#"{"after": "abc"}"#).unwrap_err();
+        assert_eq!(error.to_string(), "GitHub push payload has no `ref`");
+    }
+
+    #[test]
+    fn push_with_a_field_of_the_wrong_type_is_an_error() {
+        let error = super::super::parse(&github("push"), br#"{"ref": 5}"#).unwrap_err();
+        assert!(
+            error.to_string().starts_with("GitHub push payload does not have the expected shape: invalid type"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn push_to_a_non_branch_ref_is_ignored() {
+        let body = br#"{"ref": "refs/notes/commits", "after": "6113728f27ae82c7b1a177c8d03f9e96e0adf246"}"#;
+        let event = parse_ok(&github("push"), body);
+        assert_eq!(event.kind, EventKind::Ignored);
+        assert!(!event.has_git_info());
+    }
+
+    #[test]
+    fn form_encoded_payload_is_read() {
+        let body = format!("payload={}", url::form_urlencoded::byte_serialize(PUSH_NEW_BRANCH).collect::<String>());
+        let mut headers = github("push");
+        headers.insert("content-type", http::HeaderValue::from_static("application/x-www-form-urlencoded"));
+        let event = parse_ok(&headers, body.as_bytes());
+        assert_eq!(event.kind, EventKind::Push);
+        assert_eq!(event.branch.as_deref(), Some("master"));
+        assert_eq!(event.sha.as_deref(), Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
+    }
+}
