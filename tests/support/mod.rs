@@ -48,3 +48,89 @@ pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> Result<
     }
     Ok(applied)
 }
+
+/// An operator (hook server, admin server, reconcilers) running against the
+/// shared control plane, on a runtime of its own so it outlives each test's.
+pub struct Operator {
+    /// `http://127.0.0.1:<port>`: the hook server, also its public URL.
+    pub hook: String,
+    /// `http://127.0.0.1:<port>`: `/healthz`, `/readyz`, `/metrics`.
+    pub admin: String,
+}
+
+/// Hook calls of one App the shared operator handles at once.
+pub const CONCURRENCY_PER_APP: usize = 4;
+/// Largest body the shared operator accepts.
+pub const BODY_LIMIT: usize = 1024 * 1024;
+
+pub fn operator() -> &'static Operator {
+    static OPERATOR: std::sync::OnceLock<Operator> = std::sync::OnceLock::new();
+    OPERATOR.get_or_init(|| {
+        let (sender, receiver) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
+            let result = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
+                runtime.block_on(async {
+                    let running = start_operator(ControlPlane::shared(), CONCURRENCY_PER_APP).await?;
+                    let _ = sender.send(Ok(Operator {
+                        hook: format!("http://{}", running.hook_addr),
+                        admin: format!("http://{}", running.admin_addr),
+                    }));
+                    std::future::pending::<()>().await;
+                    anyhow::Ok(())
+                })
+            });
+            if let Err(error) = result {
+                let _ = sender.send(Err(error));
+            }
+        });
+        receiver
+            .recv()
+            .unwrap_or_else(|e| panic!("the operator thread died: {e}"))
+            .unwrap_or_else(|e| panic!("starting the operator: {e:#}"))
+    })
+}
+
+/// Starts an operator on free loopback ports and waits until it is ready.
+pub async fn start_operator(
+    control_plane: &ControlPlane,
+    concurrent_per_app: usize,
+) -> anyhow::Result<redeploy_operator::operator::Running> {
+    let client = control_plane.client().await?;
+    apply_crds(&client, Duration::from_secs(60)).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let config = redeploy_operator::operator::Config {
+        hook_addr: ([127, 0, 0, 1], port).into(),
+        admin_addr: ([127, 0, 0, 1], 0).into(),
+        settings: redeploy_operator::context::Settings { public_url: format!("http://127.0.0.1:{port}") },
+        limits: redeploy_operator::hook::handler::Limits {
+            body_bytes: BODY_LIMIT,
+            body_timeout: Duration::from_secs(3),
+            concurrent_per_app,
+        },
+        header_timeout: Duration::from_secs(3),
+    };
+    let running = redeploy_operator::operator::start(client, config).await?;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while !running.is_ready() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "the operator did not become ready");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(running)
+}
+
+/// Waits until `check` returns `Some`, polling every 50 ms for up to 30 s.
+pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,539 @@
+//! The redeployment hook end to end: the operator (App reconciler, hook and
+//! admin servers) runs against the real control plane, and each test POSTs
+//! real payloads from `../shared/fixtures` the way Git hosts send them.
+
+mod support;
+
+use std::{collections::BTreeMap, time::Duration};
+
+use hmac::{Hmac, Mac};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams},
+};
+use redeploy_operator::api::{App, PlanAction, Redeployment};
+use serde_json::{Value, json};
+use sha2::Sha256;
+use support::{eventually, operator};
+
+fn fixture(path: &str) -> Vec<u8> {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/webhooks").join(path);
+    std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// POSTs `body` with `headers`; returns the status and the JSON answer.
+async fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
+    let mut request = reqwest::Client::new().post(url).body(body);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await?;
+    anyhow::ensure!(body["message"].is_string(), "answer {status} has no message: {body}");
+    Ok((status, body))
+}
+
+/// Applies `objects` (YAML) in the namespace and returns the App's hook URL
+/// once the operator has made it and its caches know `services`.
+async fn app_with_hook(
+    client: &Client,
+    namespace: &str,
+    app: &str,
+    services: &[&str],
+    objects: &str,
+) -> anyhow::Result<String> {
+    let operator = operator();
+    support::apply_yaml(client, namespace, objects).await?;
+    let apps = Api::<App>::namespaced(client.clone(), namespace);
+    eventually("the App's status to list its hook and Services", || async {
+        let status = apps.get(app).await?.status.unwrap_or_default();
+        let listed = services.iter().all(|s| status.services.iter().any(|l| l == s));
+        Ok((status.hook.is_some() && listed).then_some(()))
+    })
+    .await?;
+    let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(&format!("{app}-hook")).await?;
+    let data = secret.data.unwrap_or_default();
+    let value = |key: &str| String::from_utf8(data.get(key).map(|v| v.0.clone()).unwrap_or_default());
+    let (id, token, url) = (value("id")?, value("token")?, value("url")?);
+    let hook = format!("{}/stacks/redeploy/{id}/{token}", operator.hook);
+    assert_eq!(url, hook, "the Secret's url is the public URL of the hook");
+    // The hook server learns of the Secret through its own watch: wait for it.
+    eventually("the hook server to know the hook", || async {
+        let (status, _) = post(&format!("{hook}?services=__probe__"), &[], Vec::new()).await?;
+        Ok((status != 404).then_some(()))
+    })
+    .await?;
+    Ok(hook)
+}
+
+async fn redeployments(client: &Client, namespace: &str) -> anyhow::Result<Vec<Redeployment>> {
+    Ok(Api::<Redeployment>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?.items)
+}
+
+fn git_service(name: &str, repository: &str, branch: Option<&str>) -> String {
+    let branch = branch.map(|b| format!("\n    branch: {b}")).unwrap_or_default();
+    format!(
+        "---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  app: multi\n  target:\n    name: {name}\n  git:\n    repository: {repository}{branch}\n  build:\n    image: registry.example.com/{name}\n"
+    )
+}
+
+fn image_service(name: &str, app: &str, reference: &str) -> String {
+    format!(
+        "---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  app: {app}\n  target:\n    name: {name}\n  image:\n    reference: {reference}\n"
+    )
+}
+
+const APP_MULTI: &str = "apiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: multi\nspec: {}\n";
+
+#[tokio::test]
+async fn the_app_gets_a_hook_secret_a_masked_status_and_rotation() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-secret").await?;
+    let hook = app_with_hook(&client, &namespace, "multi", &[], APP_MULTI).await?;
+
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    let app = apps.get("multi").await?;
+    let status = app.status.clone().unwrap_or_default();
+    let hook_status = status.hook.clone().expect("hook status");
+    assert_eq!(hook_status.path, format!("/stacks/redeploy/{}/********", hook_status.id));
+    assert_eq!(hook_status.secret_name, "multi-hook");
+    let token = hook.rsplit('/').next().unwrap_or_default().to_string();
+    assert!(token.len() >= 43, "the token carries at least 32 random bytes");
+    assert!(!serde_json::to_string(&app)?.contains(&token), "the App never shows the token");
+    let ready = status.conditions.iter().find(|c| c.type_ == "Ready").expect("Ready condition");
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "HookReady"));
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
+    let secret = secrets.get("multi-hook").await?;
+    let owner = &secret.owner_references()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("App", Some(true)));
+
+    // Asking for rotation changes the token, keeps the id, and the old URL stops working.
+    let patch = json!({"metadata": {"annotations": {"redeploy.dev/rotate-token": "1"}}});
+    apps.patch("multi", &PatchParams::default(), &Patch::Merge(&patch)).await?;
+    let new_hook = eventually("a new token", || async {
+        let data = secrets.get("multi-hook").await?.data.unwrap_or_default();
+        let url = String::from_utf8(data.get("url").map(|v| v.0.clone()).unwrap_or_default())?;
+        Ok((url != hook).then_some(url))
+    })
+    .await?;
+    assert_eq!(new_hook.rsplitn(2, '/').nth(1), hook.rsplitn(2, '/').nth(1), "the id stays");
+    eventually("the old token to be refused", || async {
+        let (status, _) = post(&format!("{hook}?services=__probe__"), &[], Vec::new()).await?;
+        Ok((status == 404).then_some(()))
+    })
+    .await?;
+    let (status, _) = post(&format!("{new_hook}?services=__probe__"), &[], Vec::new()).await?;
+    assert_eq!(status, 422, "the new token works");
+
+    // A deleted Secret is made again, with new credentials.
+    secrets.delete("multi-hook", &Default::default()).await?;
+    eventually("the Secret to be recreated", || async {
+        let secret = secrets.get_opt("multi-hook").await?;
+        Ok(secret.filter(|s| s.metadata.deletion_timestamp.is_none()).and_then(|s| s.data))
+    })
+    .await?;
+    Ok(())
+}
+
+struct Case {
+    fixture: &'static str,
+    headers: &'static [(&'static str, &'static str)],
+    status: u16,
+    /// The Service planned, when one is.
+    service: Option<&'static str>,
+    sha: Option<&'static str>,
+    provider: &'static str,
+}
+
+#[tokio::test]
+async fn every_provider_fixture_creates_the_expected_redeployment() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-providers").await?;
+    let services = [
+        git_service("github", "git@github.com:codertocat/hello-world.git", Some("master")),
+        git_service("gitlab", "http://example.com/mike/diaspora", Some("master")),
+        git_service("gitlab-tags", "http://example.com/jsmith/example.git", None),
+        git_service("gitea", "http://localhost:3000/example/example.git", Some("master")),
+        git_service("gogs", "http://localhost:3000/unknwon/webhooks.git", Some("develop")),
+        git_service("bitbucket", "https://bitbucket.org/team_name/repo_name.git", None),
+        git_service("bbserver", "https://server.bitbucket.local/scm/~gopher/webhook-test.git", None),
+        git_service(
+            "azure",
+            "https://dev.azure.com/fabrikam-fiber-inc/DefaultCollection/_git/Fabrikam-Fiber-Git",
+            Some("main"),
+        ),
+        image_service("testhook", "multi", "svendowideit/testhook:latest"),
+    ]
+    .concat();
+    let names = ["github", "gitlab", "gitlab-tags", "gitea", "gogs", "bitbucket", "bbserver", "azure", "testhook"];
+    let hook = app_with_hook(&client, &namespace, "multi", &names, &format!("{APP_MULTI}{services}")).await?;
+
+    const JSON: (&str, &str) = ("Content-Type", "application/json");
+    let cases = [
+        Case {
+            fixture: "github/push-new-branch.json",
+            headers: &[JSON, ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "d-gh-push")],
+            status: 202,
+            service: Some("github"),
+            sha: Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"),
+            provider: "github",
+        },
+        Case {
+            fixture: "github/deployment.json",
+            headers: &[JSON, ("X-GitHub-Event", "deployment"), ("X-GitHub-Delivery", "d-gh-deployment")],
+            status: 202,
+            service: Some("github"),
+            sha: Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e"),
+            provider: "github",
+        },
+        Case {
+            fixture: "github/ping.json",
+            headers: &[JSON, ("X-GitHub-Event", "ping"), ("X-GitHub-Delivery", "d-gh-ping")],
+            status: 200,
+            service: None,
+            sha: None,
+            provider: "github",
+        },
+        Case {
+            fixture: "github/deployment-status.json",
+            headers: &[JSON, ("X-GitHub-Event", "deployment_status"), ("X-GitHub-Delivery", "d-gh-ds")],
+            status: 200,
+            service: None,
+            sha: None,
+            provider: "github",
+        },
+        Case {
+            fixture: "github/push-tag-deleted.json",
+            headers: &[JSON, ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", "d-gh-del")],
+            status: 200,
+            service: None,
+            sha: None,
+            provider: "github",
+        },
+        Case {
+            fixture: "gitlab/push-event.json",
+            headers: &[JSON, ("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Event-UUID", "d-gl-push")],
+            status: 202,
+            service: Some("gitlab"),
+            sha: Some("da1560886d4f094c3e6c9ef40349f7d38b5d27d7"),
+            provider: "gitlab",
+        },
+        Case {
+            fixture: "gitlab/tag-event.json",
+            headers: &[JSON, ("X-Gitlab-Event", "Tag Push Hook"), ("X-Gitlab-Event-UUID", "d-gl-tag")],
+            status: 202,
+            service: Some("gitlab-tags"),
+            sha: Some("82b3d5ae55f7080f1e6022629cdb57bfae7cccc7"),
+            provider: "gitlab",
+        },
+        Case {
+            fixture: "gitea/push-event.json",
+            headers: &[JSON, ("X-Gitea-Event", "push"), ("X-Gitea-Delivery", "d-gitea")],
+            status: 202,
+            service: Some("gitea"),
+            sha: Some("67b56589a45103f891bdee7c0546e5d40bc02001"),
+            provider: "gitea",
+        },
+        Case {
+            fixture: "gogs/push-event.json",
+            headers: &[JSON, ("X-Gogs-Event", "push"), ("X-Gogs-Delivery", "d-gogs")],
+            status: 202,
+            service: Some("gogs"),
+            sha: Some("bffeb74224043ba2feb48d137756c8a9331c449a"),
+            provider: "gogs",
+        },
+        Case {
+            fixture: "bitbucket-cloud/repo-push.json",
+            headers: &[JSON, ("X-Event-Key", "repo:push"), ("X-Request-UUID", "d-bbc")],
+            status: 202,
+            service: Some("bitbucket"),
+            sha: Some("709d658dc5b6d6afcd46049c2f332ee3f515a67d"),
+            provider: "bitbucketCloud",
+        },
+        // The Bitbucket Server sample deletes its branch: nothing to deploy.
+        Case {
+            fixture: "bitbucket-server/repo-refs-changed.json",
+            headers: &[JSON, ("X-Event-Key", "repo:refs_changed"), ("X-Request-Id", "d-bbs")],
+            status: 200,
+            service: None,
+            sha: None,
+            provider: "bitbucketServer",
+        },
+        Case {
+            fixture: "azure-devops/git-push.json",
+            headers: &[JSON],
+            status: 202,
+            service: Some("azure"),
+            sha: Some("33b55f7cb7e7e245323987634f960cf4a6e6bc74"),
+            provider: "azureDevOps",
+        },
+        Case {
+            fixture: "dockerhub/push.json",
+            headers: &[JSON],
+            status: 202,
+            service: Some("testhook"),
+            sha: None,
+            provider: "dockerHub",
+        },
+    ];
+    for case in &cases {
+        let before = redeployments(&client, &namespace).await?.len();
+        let (status, body) = post(&hook, case.headers, fixture(case.fixture)).await?;
+        assert_eq!(status, case.status, "{}: {body}", case.fixture);
+        let after = redeployments(&client, &namespace).await?;
+        let Some(service) = case.service else {
+            assert_eq!(after.len(), before, "{} stored a Redeployment", case.fixture);
+            continue;
+        };
+        assert_eq!(after.len(), before + 1, "{} stored no Redeployment", case.fixture);
+        assert_eq!(body["services"], json!([service]), "{}: {body}", case.fixture);
+        let name = body["redeployment"].as_str().expect("a Redeployment name");
+        let stored = after.iter().find(|r| r.name_any() == name).expect("the answered Redeployment exists");
+        assert_eq!(stored.spec.plan.len(), 1, "{}", case.fixture);
+        assert_eq!(stored.spec.plan[0].service, service, "{}", case.fixture);
+        assert_eq!(serde_json::to_value(stored.spec.trigger.provider)?, json!(case.provider), "{}", case.fixture);
+        assert_eq!(stored.labels().get("redeploy.dev/app").map(String::as_str), Some("multi"));
+        assert_eq!(stored.owner_references()[0].kind, "App");
+        match case.sha {
+            Some(sha) => {
+                assert_eq!(stored.spec.plan[0].action, PlanAction::Build, "{}", case.fixture);
+                assert_eq!(stored.spec.plan[0].git_ref.as_deref(), Some(sha), "{}", case.fixture);
+                assert_eq!(stored.spec.git.as_ref().and_then(|g| g.sha.as_deref()), Some(sha), "{}", case.fixture);
+            }
+            None => assert_eq!(stored.spec.plan[0].action, PlanAction::Restart, "{}", case.fixture),
+        }
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn wrong_token_and_unknown_id_get_the_same_404_and_store_nothing() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-404").await?;
+    let hook = app_with_hook(
+        &client,
+        &namespace,
+        "multi",
+        &[],
+        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
+    )
+    .await?;
+    let (base, token) = hook.rsplit_once('/').expect("a hook URL");
+    let (prefix, id) = base.rsplit_once('/').expect("a hook URL");
+    let mut wrong_token = token.to_string();
+    wrong_token.replace_range(0..1, if token.starts_with('A') { "B" } else { "A" });
+
+    let (status_token, body_token) = post(&format!("{base}/{wrong_token}"), &[], Vec::new()).await?;
+    let (status_id, body_id) = post(&format!("{prefix}/{}x/{token}", &id[..id.len() - 1]), &[], Vec::new()).await?;
+    let (status_path, _) = post(&format!("{}/somewhere/else", operator().hook), &[], Vec::new()).await?;
+    assert_eq!((status_token, status_id, status_path), (404, 404, 404));
+    assert_eq!(body_token, body_id, "an unknown id and a wrong token are answered alike");
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_redelivery_is_answered_with_the_original_redeployment() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-redelivery").await?;
+    let objects =
+        format!("{APP_MULTI}{}", git_service("github", "https://github.com/Codertocat/Hello-World", Some("master")));
+    let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
+    let headers = [
+        ("Content-Type", "application/json"),
+        ("X-GitHub-Event", "push"),
+        ("X-GitHub-Delivery", "72d3162e-cc78-11e3-81ab-4c9367dc0958"),
+    ];
+    let (first, first_body) = post(&hook, &headers, fixture("github/push-new-branch.json")).await?;
+    let (second, second_body) = post(&hook, &headers, fixture("github/push-new-branch.json")).await?;
+    assert_eq!((first, second), (202, 200), "{first_body} / {second_body}");
+    assert_eq!(first_body["redeployment"], second_body["redeployment"]);
+    assert_eq!(first_body["services"], second_body["services"]);
+    assert!(second_body["message"].as_str().unwrap_or_default().contains("already accepted"), "{second_body}");
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 1, "a redelivery is not stored twice");
+
+    // Without a delivery id every call is a new request.
+    let anonymous = [("Content-Type", "application/json"), ("X-GitHub-Event", "push")];
+    let (third, _) = post(&hook, &anonymous, fixture("github/push-new-branch.json")).await?;
+    assert_eq!(third, 202);
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn unknown_services_profiles_and_bad_refs_are_422_and_store_nothing() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-422").await?;
+    let hook = app_with_hook(
+        &client,
+        &namespace,
+        "multi",
+        &["web"],
+        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
+    )
+    .await?;
+    let (status, body) = post(&format!("{hook}?services=web,wbe"), &[], Vec::new()).await?;
+    assert_eq!(status, 422);
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("wbe") && message.contains("web"), "names the unknown one and the known ones: {message}");
+    let (status, body) = post(&format!("{hook}?deployment_profile=Quick+Fix"), &[], Vec::new()).await?;
+    assert_eq!(status, 422);
+    assert!(body["message"].as_str().unwrap_or_default().contains("Quick Fix"), "{body}");
+    let (status, _) = post(&format!("{hook}?git_ref=a..b"), &[], Vec::new()).await?;
+    assert_eq!(status, 422);
+    let (status, body) = post(&hook, &[("Content-Type", "application/json")], b"{not json".to_vec()).await?;
+    assert_eq!(status, 400, "{body}");
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_call_without_git_information_redeploys_every_service_with_modifiers() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-nogit").await?;
+    let objects = format!(
+        "{APP_MULTI}{}{}---\napiVersion: redeploy.dev/v1alpha1\nkind: DeploymentProfile\nmetadata:\n  name: quick-fix\nspec:\n  app: multi\n  displayName: Quick Fix\n  services: [web]\n",
+        git_service("web", "https://github.com/o/web", Some("main")),
+        image_service("worker", "multi", "nginx:1.27"),
+    );
+    let hook = app_with_hook(&client, &namespace, "multi", &["web", "worker"], &objects).await?;
+
+    // `curl -X POST <url>`: every Service.
+    let (status, body) = post(&hook, &[], Vec::new()).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["services"], json!(["web", "worker"]));
+    let name = body["redeployment"].as_str().expect("name").to_string();
+    let stored = Api::<Redeployment>::namespaced(client.clone(), &namespace).get(&name).await?;
+    assert_eq!(serde_json::to_value(stored.spec.trigger.provider)?, json!("empty"));
+    assert!(stored.spec.git.is_none());
+    let actions: BTreeMap<_, _> =
+        stored.spec.plan.iter().map(|p| (p.service.as_str(), (p.action, p.git_ref.clone()))).collect();
+    assert_eq!(actions["web"], (PlanAction::Build, Some("main".to_string())));
+    assert_eq!(actions["worker"], (PlanAction::Restart, None));
+
+    // git_ref as a form field, and a profile found by its display name.
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let (status, body) =
+        post(&format!("{hook}?deployment_profile=Quick%20Fix"), &form, b"git_ref=v1.2.3".to_vec()).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(body["services"], json!(["web"]));
+    let stored = Api::<Redeployment>::namespaced(client.clone(), &namespace)
+        .get(body["redeployment"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(stored.spec.profile.as_deref(), Some("quick-fix"));
+    assert_eq!(stored.spec.git_ref.as_deref(), Some("v1.2.3"));
+    assert_eq!(stored.spec.plan[0].git_ref.as_deref(), Some("v1.2.3"));
+
+    let (status, body) = post(&format!("{hook}?services=worker"), &[], Vec::new()).await?;
+    assert_eq!((status, body["services"].clone()), (202, json!(["worker"])));
+    Ok(())
+}
+
+fn github_signature(secret: &[u8], body: &[u8]) -> String {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test]
+async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-hmac").await?;
+    let objects = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: webhook\nstringData:\n  github: s3cret\n---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: multi\nspec:\n  hook:\n    signatureSecrets:\n      github: {{name: webhook, key: github}}\n{}",
+        git_service("github", "https://github.com/Codertocat/Hello-World", Some("master"))
+    );
+    let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
+    let body = fixture("github/push-new-branch.json");
+    let event = [("Content-Type", "application/json"), ("X-GitHub-Event", "push")];
+
+    let (missing, _) = post(&hook, &event, body.clone()).await?;
+    let wrong_signature = github_signature(b"other", &body);
+    let (wrong, wrong_body) =
+        post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", &wrong_signature)], body.clone()).await?;
+    let (malformed, _) = post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", "sha256=zz")], body.clone()).await?;
+    let mut reencoded = serde_json::to_vec(&serde_json::from_slice::<Value>(&body)?)?;
+    reencoded.push(b'\n');
+    let signature = github_signature(b"s3cret", &body);
+    let (other_bytes, _) = post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", &signature)], reencoded).await?;
+    assert_eq!((missing, wrong, malformed, other_bytes), (401, 401, 400, 401), "{wrong_body}");
+    assert!(!wrong_body.to_string().contains("s3cret"), "the secret is never echoed");
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+
+    let (good, body) = post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", &signature)], body).await?;
+    assert_eq!(good, 202, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
+    use tokio::io::AsyncWriteExt;
+
+    let (_, client, namespace) = support::setup("hook-limits").await?;
+    let hook = app_with_hook(
+        &client,
+        &namespace,
+        "multi",
+        &["web"],
+        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
+    )
+    .await?;
+    let (status, body) =
+        post(&hook, &[("Content-Type", "application/json")], vec![b' '; support::BODY_LIMIT + 1]).await?;
+    assert_eq!(status, 413, "{body}");
+
+    // Hold every slot of the App with calls whose bodies never finish...
+    let path = hook.trim_start_matches(&operator().hook).to_string();
+    let address = operator().hook.trim_start_matches("http://").to_string();
+    let mut slow = Vec::new();
+    for _ in 0..support::CONCURRENCY_PER_APP {
+        let mut stream = tokio::net::TcpStream::connect(&address).await?;
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{{"
+        );
+        stream.write_all(head.as_bytes()).await?;
+        slow.push(stream);
+    }
+    // ...and the next one is told to come back later.
+    let answer = eventually("a 429", || async {
+        let response = reqwest::Client::new().post(&hook).send().await?;
+        let retry_after = response.headers().get("retry-after").cloned();
+        Ok((response.status() == 429).then_some(retry_after))
+    })
+    .await?;
+    assert!(answer.is_some(), "429 carries Retry-After");
+    drop(slow);
+    // Once the slow calls are gone (cut off by the body timeout at the latest) calls are taken again.
+    eventually("slots to free up", || async {
+        let (status, _) = post(&format!("{hook}?services=__probe__"), &[], Vec::new()).await?;
+        Ok((status == 422).then_some(()))
+    })
+    .await?;
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+    Ok(())
+}
+
+#[tokio::test]
+async fn health_readiness_and_metrics_are_served() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-metrics").await?;
+    let hook = app_with_hook(
+        &client,
+        &namespace,
+        "multi",
+        &["web"],
+        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
+    )
+    .await?;
+    let (status, _) = post(&hook, &[], Vec::new()).await?;
+    assert_eq!(status, 202);
+    let admin = &operator().admin;
+    for path in ["healthz", "readyz"] {
+        let response = reqwest::get(format!("{admin}/{path}")).await?;
+        assert_eq!(response.status(), 200, "/{path}");
+    }
+    let metrics = reqwest::get(format!("{admin}/metrics")).await?.text().await?;
+    assert!(
+        metrics.contains("redeploy_hook_requests_total{provider=\"empty\",event=\"no_git_info\",outcome=\"accepted\"}"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("redeploy_hook_duration_seconds_bucket"), "{metrics}");
+    assert!(metrics.contains("redeploy_reconciliations_total{controller=\"app\"}"), "{metrics}");
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    Ok(())
+}
