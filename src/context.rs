@@ -66,11 +66,26 @@ impl Caches {
 
     /// Returns once every cache holds a full list.
     pub async fn wait_synced(&self) -> Result<(), WriterDropped> {
-        self.apps.wait_until_ready().await?;
-        self.services.wait_until_ready().await?;
-        self.profiles.wait_until_ready().await?;
+        store_ready(&self.apps).await?;
+        store_ready(&self.services).await?;
+        store_ready(&self.profiles).await?;
         self.hooks.wait_synced().await;
         Ok(())
+    }
+}
+
+/// Waits until `store` is ready. kube-runtime's readiness future wakes only
+/// the task that polled it last, and the App controller waits on the same
+/// store, so one waiter can sleep forever: poll again every 100 ms.
+async fn store_ready<K>(store: &Store<K>) -> Result<(), WriterDropped>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+            return ready;
+        }
     }
 }
 
