@@ -2,6 +2,7 @@
 #
 #   make test          builds the control plane binaries when missing, then runs every test
 #   make lint          cargo fmt --check and clippy with warnings as errors
+#   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make crds          regenerates crds/ from the Rust types
 #   make cluster       starts a local control plane in the background
 #   make cluster-down  stops it
@@ -13,7 +14,7 @@ CLUSTER_DIR ?= $(CURDIR)/.cluster
 # Where hack/build-control-plane.sh caches etcd, Kubernetes and kwok binaries.
 CONTROL_PLANE_BIN = $(shell bash hack/build-control-plane.sh)
 
-.PHONY: all build test lint crds control-plane cluster cluster-down
+.PHONY: all build test lint bench crds control-plane cluster cluster-down
 
 all: build
 
@@ -29,6 +30,9 @@ test: control-plane
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+bench:
+	$(CARGO) bench --bench hook_path
 
 crds:
 	$(CARGO) run -q -- crds --dir crds
