@@ -1,0 +1,61 @@
+//! When the API server cannot store a Redeployment, the hook answers 503 and
+//! nothing is half-done; once it is back, calls are accepted again. This
+//! test stops the API server, so it has a control plane of its own.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, api::ListParams};
+use redeploy_operator::api::Redeployment;
+use redeploy_testenv::ControlPlane;
+use support::eventually;
+
+const OBJECTS: &str = "apiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec: {}\n---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: web\nspec:\n  app: shop\n  target:\n    name: web\n  image:\n    reference: nginx:1.27\n";
+
+#[tokio::test]
+async fn a_stopped_api_server_gets_503_and_nothing_is_stored() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::start()?;
+    let running = support::start_operator(&control_plane, 4).await?;
+    let client = control_plane.client().await?;
+    let namespace = control_plane.namespace(&client, "unavailable").await?;
+    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
+    let data = eventually("the hook Secret", || async { Ok(secrets.get_opt("shop-hook").await?.and_then(|s| s.data)) })
+        .await?;
+    let value = |key: &str| String::from_utf8(data.get(key).map(|v| v.0.clone()).unwrap_or_default());
+    let hook = format!("http://{}/stacks/redeploy/{}/{}", running.hook_addr, value("id")?, value("token")?);
+    let http = reqwest::Client::new();
+    eventually("the hook to know the App and its Service", || async {
+        let status = http.post(format!("{hook}?services=web&git_ref=..")).send().await?.status();
+        // 422 for the bad git_ref means the hook, the App and the Service are all known.
+        Ok((status == 422).then_some(()))
+    })
+    .await?;
+
+    control_plane.stop_apiserver();
+    let response = http.post(&hook).send().await?;
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"), "503 tells the caller when to retry");
+    let body: serde_json::Value = response.json().await?;
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("retry") && message.contains("nothing was deployed"), "{message}");
+
+    control_plane.start_apiserver()?;
+    control_plane.wait_ready(&client, Duration::from_secs(60)).await?;
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    assert!(redeployments.list(&ListParams::default()).await?.items.is_empty(), "a 503 stored nothing");
+
+    // The operator recovers by itself: the caller's retry is accepted.
+    let accepted = eventually("a retry to be accepted", || async {
+        let response = http.post(&hook).send().await?;
+        Ok((response.status() == 202).then_some(()))
+    })
+    .await;
+    accepted?;
+    assert_eq!(redeployments.list(&ListParams::default()).await?.items.len(), 1);
+    running.shutdown().await;
+    Ok(())
+}
