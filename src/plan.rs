@@ -13,7 +13,7 @@ use percent_encoding::percent_decode_str;
 
 use crate::api::{App, DeploymentProfile, GitSource, ImageSource, PlanAction, PlannedService, Service};
 use crate::hook::event::{EventKind, HookEvent, PushedImage};
-use crate::repo;
+use crate::repo::RepoId;
 
 /// The hook's modifiers: `services=`, `deployment_profile=`, `git_ref=`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -460,15 +460,16 @@ fn select_image(event: &HookEvent, app: &str, own: &[&Service]) -> Result<Select
 fn select_git(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifiers) -> Result<Selection, String> {
     let gits: Vec<(&Service, &GitSource)> = own.iter().filter_map(|s| Some((*s, s.spec.git.as_ref()?))).collect();
     let event_branch = event.branch.as_deref().map(short_branch);
+    // Parsed once per call, not once per Service: URL parsing dominates planning.
+    let pushed: Vec<RepoId> = event.repository_urls.iter().filter_map(|url| RepoId::parse(url)).collect();
     let planned: Vec<PlannedService> = gits
         .iter()
-        .filter(|(_, git)| {
-            event.repository_urls.is_empty()
-                || event.repository_urls.iter().any(|url| repo::same_repository(url, &git.repository))
-        })
         .filter(|(_, git)| match (event_branch, git.branch.as_deref()) {
             (Some(pushed), Some(wanted)) => pushed == short_branch(wanted),
             _ => true,
+        })
+        .filter(|(_, git)| {
+            event.repository_urls.is_empty() || RepoId::parse(&git.repository).is_some_and(|id| pushed.contains(&id))
         })
         .map(|(s, git)| PlannedService {
             service: s.name_any(),
