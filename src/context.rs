@@ -10,7 +10,7 @@ use kube::{
 };
 
 use crate::{
-    api::{App, DeploymentProfile, Service},
+    api::{App, DeploymentProfile, Redeployment, Service},
     hook::index::HookIndex,
     metrics::Metrics,
 };
@@ -30,6 +30,7 @@ pub struct Caches {
     pub apps: Store<DeserializeGuard<App>>,
     pub services: Store<DeserializeGuard<Service>>,
     pub profiles: Store<DeserializeGuard<DeploymentProfile>>,
+    pub redeployments: Store<DeserializeGuard<Redeployment>>,
     pub hooks: HookIndex,
 }
 
@@ -53,6 +54,17 @@ impl Caches {
         services
     }
 
+    /// The valid Redeployments of `app`.
+    pub fn redeployments_of(&self, namespace: &str, app: &str) -> Vec<Redeployment> {
+        self.redeployments
+            .state()
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.app == app)
+            .cloned()
+            .collect()
+    }
+
     /// The valid DeploymentProfiles of `app`.
     pub fn profiles_of(&self, namespace: &str, app: &str) -> Vec<DeploymentProfile> {
         self.profiles
@@ -69,6 +81,7 @@ impl Caches {
         store_ready(&self.apps).await?;
         store_ready(&self.services).await?;
         store_ready(&self.profiles).await?;
+        store_ready(&self.redeployments).await?;
         self.hooks.wait_synced().await;
         Ok(())
     }
@@ -91,6 +104,8 @@ where
 
 pub struct Context {
     pub client: Client,
+    /// Publishes Kubernetes Events (on the App) for each step of a Redeployment.
+    pub recorder: kube::runtime::events::Recorder,
     pub settings: Settings,
     pub caches: Caches,
     pub metrics: Arc<Metrics>,

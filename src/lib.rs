@@ -12,3 +12,4 @@ pub mod plan;
 pub mod reconcile;
 pub mod repo;
 pub mod server;
+pub mod workload;

@@ -11,12 +11,17 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
+    batch::v1::Job,
+    core::v1::Secret,
+};
 use kube::{
     Api, Client, ResourceExt,
     core::error_boundary::DeserializeGuard,
     runtime::{
         Controller, WatchStreamExt,
+        events::{Recorder, Reporter},
         reflector::{self, ObjectRef},
         watcher,
     },
@@ -24,7 +29,8 @@ use kube::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{App, DeploymentProfile, Service},
+    api::{App, DeploymentProfile, Redeployment, Service},
+    build::BUILD_LABEL,
     context::{Caches, Context, Settings},
     hook::{
         credentials::HOOK_LABEL,
@@ -33,8 +39,9 @@ use crate::{
         routes::{AdminState, admin_router, hook_router},
     },
     metrics::Metrics,
-    reconcile::{self, app},
+    reconcile::{self, app, redeployment, service},
     server::serve,
+    workload,
 };
 
 #[derive(Clone, Debug)]
@@ -164,8 +171,44 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             },
         );
 
-    let caches = Caches { apps: app_controller.store(), services, profiles, hooks };
+    let redeployment_controller = Controller::new(
+        Api::<DeserializeGuard<Redeployment>>::all(client.clone()),
+        watcher::Config::default(),
+    )
+    .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(BUILD_LABEL))
+    .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default(), |deployment| {
+        let name = workload::redeployment_of(Some(&deployment.spec.template))?;
+        Some(ObjectRef::new(&name).within(&deployment.namespace()?))
+    })
+    .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default(), |set| {
+        let name = workload::redeployment_of(Some(&set.spec.template))?;
+        Some(ObjectRef::new(&name).within(&set.namespace()?))
+    })
+    .watches(Api::<DaemonSet>::all(client.clone()), watcher::Config::default(), |set| {
+        let name = workload::redeployment_of(Some(&set.spec.template))?;
+        Some(ObjectRef::new(&name).within(&set.namespace()?))
+    });
+    let app_controller = app_controller.watches(
+        Api::<DeserializeGuard<Redeployment>>::all(client.clone()),
+        watcher::Config::default(),
+        |guard: DeserializeGuard<Redeployment>| {
+            let redeployment = guard.0.ok()?;
+            Some(ObjectRef::new(&redeployment.spec.app).within(&redeployment.namespace()?))
+        },
+    );
+    let service_controller =
+        Controller::new(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default());
+
+    let caches = Caches {
+        apps: app_controller.store(),
+        services,
+        profiles,
+        redeployments: redeployment_controller.store(),
+        hooks,
+    };
+    let reporter = Reporter { controller: "redeploy-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let context = Arc::new(Context {
+        recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
         settings: config.settings.clone(),
         caches,
@@ -187,6 +230,18 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         app_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(app::reconcile, reconcile::error_policy(app::CONTROLLER), context.clone())
+            .for_each(|_| async {}),
+    );
+    tasks.spawn(
+        redeployment_controller
+            .graceful_shutdown_on(stopped_sync(&stop, &mut background))
+            .run(redeployment::reconcile, reconcile::error_policy(redeployment::CONTROLLER), context.clone())
+            .for_each(|_| async {}),
+    );
+    tasks.spawn(
+        service_controller
+            .graceful_shutdown_on(stopped_sync(&stop, &mut background))
+            .run(service::reconcile, reconcile::error_policy(service::CONTROLLER), context.clone())
             .for_each(|_| async {}),
     );
 

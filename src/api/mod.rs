@@ -14,11 +14,11 @@ pub use profile::{
     BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy,
 };
 pub use redeployment::{
-    GitInfo, Phase, PlanAction, PlannedService, Provider, Redeployment, RedeploymentSpec, RedeploymentStatus,
+    GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment, RedeploymentSpec, RedeploymentStatus,
     ServicePhase, ServiceResult, Trigger,
 };
 pub use service::{
-    BuildSpec, GitSource, ImageSource, SecretKeyRef, Service, ServiceSpec, ServiceStatus, SourceType, WorkloadKind,
+    BuildSpec, BuiltImage, GitSource, ImageSource, SecretKeyRef, Service, ServiceSpec, ServiceStatus, SourceType, WorkloadKind,
     WorkloadTarget,
 };
 

@@ -172,6 +172,12 @@ impl Phase {
     }
 }
 
+impl ServicePhase {
+    pub fn is_finished(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::Skipped | Self::Superseded | Self::Canceled)
+    }
+}
+
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 pub enum ServicePhase {
     #[default]
@@ -209,6 +215,14 @@ pub struct RedeploymentStatus {
     pub conditions: Vec<Condition>,
 }
 
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PreviousTemplate {
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restarted_at: Option<String>,
+}
+
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ServiceResult {
@@ -221,6 +235,15 @@ pub struct ServiceResult {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_job: Option<String>,
+    /// The workload generation the rollout produced: tracking waits for it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout_generation: Option<i64>,
+    /// The container's image and restart annotation before the rollout, restored by auto-rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous: Option<PreviousTemplate>,
+    /// True once auto-rollback restored `previous`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub rolled_back: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]

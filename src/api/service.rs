@@ -183,7 +183,20 @@ pub struct ServiceStatus {
     pub deployed_image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_redeployment: Option<String>,
+    /// Images built for this Service, newest first (at most 10): a build of a
+    /// listed commit is skipped when the profile's build policy is `ifMissing`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub builds: Vec<BuiltImage>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BuiltImage {
+    pub commit: String,
+    pub image: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub digest: Option<String>,
 }

@@ -14,7 +14,7 @@ use serde_json::json;
 
 use super::Error;
 use crate::{
-    api::{App, AppStatus, HookStatus, conditions},
+    api::{App, AppStatus, HookStatus, Phase, Redeployment, conditions},
     context::Context,
     hook::credentials::{self, HookCredentials},
     install::FIELD_MANAGER,
@@ -65,6 +65,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
         }
     };
 
+    prune_history(app, &context, &namespace).await?;
     let status = desired_status(app, &context, &secret_name, hook);
     let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
     Api::<App>::namespaced(context.client.clone(), &namespace)
@@ -104,9 +105,37 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
         observed_generation: generation,
         hook,
         services,
-        last_redeployment: app.status.as_ref().and_then(|s| s.last_redeployment.clone()),
+        last_redeployment: context
+            .caches
+            .redeployments_of(&namespace, &app.name_any())
+            .iter()
+            .max_by_key(|r| (r.metadata.creation_timestamp.as_ref().map(|t| t.0), r.name_any()))
+            .map(|r| r.name_any()),
         conditions: vec![ready],
     }
+}
+
+/// Deletes the App's finished Redeployments beyond `spec.history.limit`, oldest first.
+async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<(), Error> {
+    let limit = usize::try_from(app.spec.history.limit).unwrap_or(0);
+    let finished = context.caches.redeployments_of(namespace, &app.name_any()).into_iter().filter(|r| {
+        r.metadata.deletion_timestamp.is_none() && r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished)
+    });
+    let api = Api::<Redeployment>::namespaced(context.client.clone(), namespace);
+    for old in prunable(finished.collect(), limit) {
+        match api.delete(&old, &Default::default()).await {
+            Ok(_) => tracing::info!(app = %app.name_any(), redeployment = %old, "pruned from history"),
+            Err(kube::Error::Api(status)) if status.code == 404 => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(())
+}
+
+/// Names of the finished Redeployments beyond the newest `limit` (pure).
+fn prunable(mut finished: Vec<Redeployment>, limit: usize) -> Vec<String> {
+    finished.sort_by_key(|r| std::cmp::Reverse((r.metadata.creation_timestamp.as_ref().map(|t| t.0), r.name_any())));
+    finished.into_iter().skip(limit).map(|r| r.name_any()).collect()
 }
 
 fn owned_by(secret: &Secret, app: &App) -> bool {

@@ -2,6 +2,9 @@
 //! and the retry policy.
 
 pub mod app;
+mod digest;
+pub mod redeployment;
+pub mod service;
 
 use std::{sync::Arc, time::Duration};
 
@@ -17,6 +20,10 @@ pub enum Error {
     Malformed { kind: &'static str, namespace: String, name: String, message: String },
     #[error("{0} has no namespace")]
     NoNamespace(String),
+    #[error("build: {0}")]
+    Build(String),
+    #[error("finalizer: {0}")]
+    Finalizer(String),
 }
 
 impl Error {
@@ -26,6 +33,8 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Malformed { .. } => "malformed",
             Error::NoNamespace(_) => "no_namespace",
+            Error::Build(_) => "build",
+            Error::Finalizer(_) => "finalizer",
         }
     }
 }

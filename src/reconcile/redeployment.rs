@@ -1,0 +1,717 @@
+//! The Redeployment reconciler: executes a stored plan. Every step is read
+//! back from the API server (the Redeployment's status, Jobs named after it,
+//! the workloads' annotations), so an operator restarted at any point goes on
+//! where it stood and never builds or rolls out the same thing twice.
+
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
+
+use k8s_openapi::{
+    api::{
+        batch::v1::Job,
+        core::v1::{ObjectReference, Pod},
+    },
+    apimachinery::pkg::apis::meta::v1::Time,
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::{DeleteParams, ListParams, LogParams, Patch, PatchParams, PostParams, PropagationPolicy},
+    core::error_boundary::DeserializeGuard,
+    runtime::{
+        controller::Action,
+        events::{Event, EventType},
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+use serde_json::json;
+
+use super::Error;
+use crate::{
+    api::{
+        App, BuildPolicy, BuiltImage, DeploymentProfile, Phase, PlanAction, PlannedService, PreviousTemplate,
+        Redeployment, RedeploymentStatus, Service, ServicePhase, ServiceResult, ServiceStatus, Strategy, conditions,
+    },
+    build::{self, BuildRequest},
+    context::Context,
+    install::FIELD_MANAGER,
+    workload::{self, Progress, RESTARTED_AT_ANNOTATION},
+};
+
+pub const CONTROLLER: &str = "redeployment";
+/// Finalizer that lets a deleted Redeployment cancel its builds first.
+pub const FINALIZER: &str = "redeploy.dev/cancel";
+
+pub async fn reconcile(guard: Arc<DeserializeGuard<Redeployment>>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let redeployment = match &guard.0 {
+        Ok(redeployment) => Arc::new(redeployment.clone()),
+        Err(invalid) => {
+            return Err(Error::Malformed {
+                kind: "Redeployment",
+                namespace: invalid.metadata.namespace.clone().unwrap_or_default(),
+                name: invalid.metadata.name.clone().unwrap_or_default(),
+                message: invalid.error.clone(),
+            });
+        }
+    };
+    let namespace = redeployment.namespace().ok_or_else(|| Error::NoNamespace(redeployment.name_any()))?;
+    let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
+    let action = finalizer(&api, FINALIZER, redeployment, |event| async {
+        match event {
+            Finalizer::Apply(redeployment) => apply(&redeployment, &context).await,
+            Finalizer::Cleanup(redeployment) => cancel(&redeployment, &context).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e) => {
+            Error::Kube(e)
+        }
+        other => Error::Finalizer(other.to_string()),
+    })?;
+    context.metrics.reconciled(CONTROLLER, started.elapsed());
+    Ok(action)
+}
+
+/// What one pass needs to know about the Redeployment's world.
+struct World<'a> {
+    context: &'a Context,
+    redeployment: &'a Redeployment,
+    namespace: String,
+    app: Option<App>,
+    profile: Option<DeploymentProfile>,
+    services: BTreeMap<String, Service>,
+}
+
+async fn apply(redeployment: &Redeployment, context: &Context) -> Result<Action, Error> {
+    let previous = redeployment.status.clone().unwrap_or_default();
+    if previous.phase.is_some_and(Phase::is_finished) {
+        return Ok(Action::await_change());
+    }
+    let namespace = redeployment.namespace().unwrap_or_default();
+    let app_name = &redeployment.spec.app;
+    let world = World {
+        context,
+        redeployment,
+        app: context.caches.app(&namespace, app_name),
+        profile: redeployment.spec.profile.as_ref().and_then(|name| {
+            context.caches.profiles_of(&namespace, app_name).into_iter().find(|p| &p.name_any() == name)
+        }),
+        services: context.caches.services_of(&namespace, app_name).into_iter().map(|s| (s.name_any(), s)).collect(),
+        namespace,
+    };
+
+    let mut status = previous.clone();
+    if status.services.is_empty() {
+        status.services = redeployment
+            .spec
+            .plan
+            .iter()
+            .map(|p| ServiceResult { service: p.service.clone(), phase: ServicePhase::Pending, ..Default::default() })
+            .collect();
+        status.started_at = Some(now());
+    }
+
+    let mut requeue = Duration::from_secs(300);
+    if world.app.is_none() {
+        fail_all(&mut status, &format!("App `{app_name}` does not exist in namespace {}", world.namespace));
+    } else if status.services.iter().all(|r| r.phase == ServicePhase::Pending) {
+        match waiting_on(&world) {
+            Gate::Superseded(newer) => {
+                for result in &mut status.services {
+                    result.phase = ServicePhase::Superseded;
+                    result.message = Some(format!("superseded by the newer Redeployment {newer}"));
+                    result.finished_at = Some(now());
+                }
+                status.superseded_by = Some(newer);
+            }
+            Gate::Wait(message) => {
+                status.message = Some(message);
+                requeue = Duration::from_secs(2);
+            }
+            Gate::Go => requeue = requeue.min(drive(&world, &mut status).await?),
+        }
+    } else {
+        requeue = requeue.min(drive(&world, &mut status).await?);
+    }
+
+    status.phase = Some(overall_phase(&status.services, status.superseded_by.is_some()));
+    if status.phase.is_some_and(Phase::is_finished) {
+        status.finished_at.get_or_insert_with(now);
+        status.message = Some(summary(&status.services));
+    } else if status.phase != Some(Phase::Pending) {
+        status.message = None;
+    }
+    let ready = status.phase == Some(Phase::Succeeded);
+    let reason = format!("{:?}", status.phase.unwrap_or_default());
+    let message = status.message.clone().unwrap_or_else(|| reason.clone());
+    let condition = conditions::condition(
+        &previous.conditions,
+        conditions::READY,
+        ready,
+        &reason,
+        message,
+        redeployment.metadata.generation,
+    );
+    status.conditions = vec![condition];
+    status.observed_generation = redeployment.metadata.generation;
+
+    if status != previous {
+        if status.phase != previous.phase {
+            let phase = status.phase.unwrap_or_default();
+            let note = format!("Redeployment {}: {}", redeployment.name_any(), status.message.clone().unwrap_or_else(|| format!("{phase:?}")));
+            let type_ = if phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
+            publish(&world, type_, &format!("Redeployment{phase:?}"), note).await;
+        }
+        write_status(context, redeployment, &status).await?;
+    }
+    Ok(if status.phase.is_some_and(Phase::is_finished) { Action::await_change() } else { Action::requeue(requeue) })
+}
+
+enum Gate {
+    Go,
+    Wait(String),
+    Superseded(String),
+}
+
+/// At most one active rollout per Service: a newer Redeployment of the same
+/// Services supersedes this one while it is pending; an older active one makes it wait.
+fn waiting_on(world: &World) -> Gate {
+    let mine: Vec<&str> = world.redeployment.spec.plan.iter().map(|p| p.service.as_str()).collect();
+    let key = order_key(world.redeployment);
+    let others: Vec<Redeployment> = world
+        .context
+        .caches
+        .redeployments
+        .state()
+        .iter()
+        .filter_map(|g| g.0.as_ref().ok())
+        .filter(|r| r.namespace().as_deref() == Some(world.namespace.as_str()) && r.spec.app == world.redeployment.spec.app)
+        .filter(|r| r.name_any() != world.redeployment.name_any() && r.metadata.deletion_timestamp.is_none())
+        .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished))
+        .cloned()
+        .collect();
+    let covers = |other: &Redeployment| mine.iter().all(|s| other.spec.plan.iter().any(|p| p.service == *s));
+    let newest_covering =
+        others.iter().filter(|o| order_key(o) > key && covers(o)).max_by_key(|o| order_key(o)).map(|o| o.name_any());
+    if let Some(newer) = newest_covering {
+        return Gate::Superseded(newer);
+    }
+    let busy = others.iter().filter(|o| order_key(o) < key).find_map(|o| {
+        let results = o.status.as_ref().map(|s| s.services.clone()).unwrap_or_default();
+        let started = results.iter().any(|r| r.phase != ServicePhase::Pending);
+        let shared = o.spec.plan.iter().find(|p| mine.contains(&p.service.as_str()));
+        match (started || results.is_empty(), shared) {
+            (true, Some(p)) => Some(format!("waiting for Redeployment {} to finish with Service {}", o.name_any(), p.service)),
+            _ => None,
+        }
+    });
+    busy.map_or(Gate::Go, Gate::Wait)
+}
+
+fn order_key(redeployment: &Redeployment) -> (Option<Timestamp>, String) {
+    (redeployment.metadata.creation_timestamp.as_ref().map(|t| t.0), redeployment.name_any())
+}
+
+/// Advances every Service that may move now; returns when to look again.
+async fn drive(world: &World<'_>, status: &mut RedeploymentStatus) -> Result<Duration, Error> {
+    let strategy = world.profile.as_ref().map(|p| p.spec.strategy).unwrap_or_default();
+    let mut requeue = Duration::from_secs(300);
+    for index in 0..status.services.len() {
+        if status.services[index].phase.is_finished() {
+            continue;
+        }
+        if strategy == Strategy::Serial {
+            if let Some(failed) = status.services[..index].iter().find(|r| r.phase == ServicePhase::Failed) {
+                let failed = failed.service.clone();
+                let result = &mut status.services[index];
+                result.phase = ServicePhase::Canceled;
+                result.message = Some(format!("not started: {failed} failed before it (strategy serial)"));
+                result.finished_at = Some(now());
+                continue;
+            }
+            if status.services[..index].iter().any(|r| !r.phase.is_finished()) {
+                break;
+            }
+        }
+        let Some(planned) = world.redeployment.spec.plan.iter().find(|p| p.service == status.services[index].service)
+        else {
+            continue;
+        };
+        let result = &mut status.services[index];
+        requeue = requeue.min(step(world, planned, result).await?);
+        if strategy == Strategy::Serial && !result.phase.is_finished() {
+            break;
+        }
+    }
+    Ok(requeue)
+}
+
+/// One step of one Service.
+async fn step(world: &World<'_>, planned: &PlannedService, result: &mut ServiceResult) -> Result<Duration, Error> {
+    let Some(service) = world.services.get(&planned.service) else {
+        finish(result, ServicePhase::Failed, format!("Service `{}` no longer exists", planned.service));
+        return Ok(Duration::ZERO);
+    };
+    match result.phase {
+        ServicePhase::Pending => start(world, service, planned, result).await,
+        ServicePhase::Building => follow_build(world, service, result).await,
+        ServicePhase::Deploying => follow_rollout(world, service, result).await,
+        _ => Ok(Duration::from_secs(300)),
+    }
+}
+
+async fn start(
+    world: &World<'_>,
+    service: &Service,
+    planned: &PlannedService,
+    result: &mut ServiceResult,
+) -> Result<Duration, Error> {
+    result.started_at = Some(now());
+    match planned.action {
+        PlanAction::Restart => {
+            let restarted_at = restart_stamp(world.redeployment);
+            let patch = workload::restart_patch(&world.redeployment.name_any(), &restarted_at);
+            roll_out(world, service, result, None, patch).await
+        }
+        PlanAction::PinDigest => pin_digest(world, service, result).await,
+        PlanAction::Build => {
+            let policy = world.profile.as_ref().map(|p| p.spec.build).unwrap_or_default();
+            let builds = service.status.as_ref().map(|s| s.builds.clone()).unwrap_or_default();
+            let reusable = planned.git_ref.as_deref().and_then(|r| builds.iter().find(|b| b.commit == r));
+            match (policy, reusable, builds.first()) {
+                (BuildPolicy::Never, _, Some(last)) => {
+                    result.git_ref = Some(last.commit.clone());
+                    result.message = Some(format!("build policy never: deploying the last image built, {}", last.image));
+                    deploy_image(world, service, result, last.image.clone()).await
+                }
+                (BuildPolicy::Never, _, None) => {
+                    finish(result, ServicePhase::Failed, "build policy never, but no image was ever built for this Service".into());
+                    Ok(Duration::ZERO)
+                }
+                (BuildPolicy::IfMissing, Some(built), _) => {
+                    result.git_ref = Some(built.commit.clone());
+                    result.message = Some(format!("reusing {} built before for this commit", built.image));
+                    deploy_image(world, service, result, built.image.clone()).await
+                }
+                _ => start_build(world, service, planned, result).await,
+            }
+        }
+    }
+}
+
+async fn start_build(
+    world: &World<'_>,
+    service: &Service,
+    planned: &PlannedService,
+    result: &mut ServiceResult,
+) -> Result<Duration, Error> {
+    let app = world.app.as_ref().ok_or_else(|| Error::NoNamespace(world.redeployment.spec.app.clone()))?;
+    let request =
+        BuildRequest { app, service, redeployment: world.redeployment, git_ref: planned.git_ref.as_deref() };
+    let job = match build::render_job(&request) {
+        Ok(job) => job,
+        Err(error) => {
+            finish(result, ServicePhase::Failed, error.to_string());
+            return Ok(Duration::ZERO);
+        }
+    };
+    let jobs = Api::<Job>::namespaced(world.context.client.clone(), &world.namespace);
+    let name = job.name_any();
+    // The name is fixed by (Redeployment, Service): after a restart the Job made before is found, not made twice.
+    if jobs.get_opt(&name).await?.is_none() {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match jobs.create(&params, &job).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(error) => return Err(error.into()),
+        }
+        publish(world, EventType::Normal, "BuildStarted", format!("building {} at {}", service.name_any(), planned.git_ref.as_deref().unwrap_or("the branch head"))).await;
+    }
+    result.phase = ServicePhase::Building;
+    result.build_job = Some(name);
+    result.git_ref = planned.git_ref.clone();
+    Ok(Duration::from_secs(30))
+}
+
+async fn follow_build(world: &World<'_>, service: &Service, result: &mut ServiceResult) -> Result<Duration, Error> {
+    let Some(name) = result.build_job.clone() else {
+        finish(result, ServicePhase::Failed, "the build Job is not recorded".into());
+        return Ok(Duration::ZERO);
+    };
+    let jobs = Api::<Job>::namespaced(world.context.client.clone(), &world.namespace);
+    let Some(job) = jobs.get_opt(&name).await? else {
+        finish(result, ServicePhase::Failed, format!("build Job {name} was deleted before it finished"));
+        return Ok(Duration::ZERO);
+    };
+    let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    let finished = |kind: &str| conditions.iter().find(|c| c.type_ == kind && c.status == "True");
+    if finished("Complete").is_some() {
+        let message = termination_message(world, &name).await?;
+        let outcome = match message.as_deref().map(build::parse_termination_message) {
+            Some(Ok(outcome)) => outcome,
+            _ => match result.git_ref.as_deref().filter(|r| is_commit(r)) {
+                Some(commit) => build::BuildOutcome {
+                    commit: commit.to_string(),
+                    image: build::image_for(service, commit).map_err(|e| Error::Build(e.to_string()))?,
+                    digest: None,
+                },
+                None => {
+                    finish(result, ServicePhase::Failed, format!("build Job {name} succeeded but did not report the commit and image it built"));
+                    return Ok(Duration::ZERO);
+                }
+            },
+        };
+        record_build(world, service, &outcome).await?;
+        result.git_ref = Some(outcome.commit.clone());
+        publish(world, EventType::Normal, "BuildSucceeded", format!("built {} for {}", outcome.image, service.name_any())).await;
+        return deploy_image(world, service, result, outcome.image).await;
+    }
+    if let Some(failed) = finished("Failed") {
+        let logs = build_logs(world, &name).await;
+        let message = format!("build Job {name} failed ({}: {}){logs}", failed.reason.clone().unwrap_or_default(), failed.message.clone().unwrap_or_default());
+        publish(world, EventType::Warning, "BuildFailed", message.clone()).await;
+        finish(result, ServicePhase::Failed, message);
+        return Ok(Duration::ZERO);
+    }
+    Ok(Duration::from_secs(30))
+}
+
+async fn deploy_image(world: &World<'_>, service: &Service, result: &mut ServiceResult, image: String) -> Result<Duration, Error> {
+    let container = match container_name(world, service).await? {
+        Ok(container) => container,
+        Err(message) => {
+            finish(result, ServicePhase::Failed, message);
+            return Ok(Duration::ZERO);
+        }
+    };
+    result.image = Some(image.clone());
+    let patch = workload::image_patch(&world.redeployment.name_any(), &container, &image);
+    roll_out(world, service, result, Some(container), patch).await
+}
+
+/// Records what the workload ran before, applies `patch`, and starts tracking the rollout.
+async fn roll_out(
+    world: &World<'_>,
+    service: &Service,
+    result: &mut ServiceResult,
+    container: Option<String>,
+    patch: serde_json::Value,
+) -> Result<Duration, Error> {
+    let client = &world.context.client;
+    let target = &service.spec.target;
+    let Some(current) = workload::get(client, &world.namespace, target).await? else {
+        finish(result, ServicePhase::Failed, format!("{} does not exist", workload::describe(target.kind, &world.namespace, &target.name)));
+        return Ok(Duration::ZERO);
+    };
+    let container_spec = match current.container(container.as_deref().or(target.container.as_deref())) {
+        Ok(container) => container.clone(),
+        Err(message) => {
+            finish(result, ServicePhase::Failed, format!("{} {message}", workload::describe(target.kind, &world.namespace, &target.name)));
+            return Ok(Duration::ZERO);
+        }
+    };
+    // Only the first rollout of this Redeployment records what ran before it.
+    if workload::redeployment_of(current.template()).as_deref() != Some(world.redeployment.name_any().as_str()) {
+        let restarted_at = current
+            .template()
+            .and_then(|t| t.metadata.as_ref())
+            .and_then(|m| m.annotations.as_ref())
+            .and_then(|a| a.get(RESTARTED_AT_ANNOTATION).cloned());
+        result.previous = Some(PreviousTemplate { image: container_spec.image.clone().unwrap_or_default(), restarted_at });
+    }
+    let patched = workload::patch(client, &world.namespace, target, &patch).await?;
+    result.phase = ServicePhase::Deploying;
+    result.rollout_generation = Some(patched.generation());
+    result.image.get_or_insert(container_spec.image.clone().unwrap_or_default());
+    publish(world, EventType::Normal, "RolloutStarted", format!("rolling out {}", workload::describe(target.kind, &world.namespace, &target.name))).await;
+    Ok(Duration::from_secs(5))
+}
+
+async fn follow_rollout(world: &World<'_>, service: &Service, result: &mut ServiceResult) -> Result<Duration, Error> {
+    let target = &service.spec.target;
+    let what = workload::describe(target.kind, &world.namespace, &target.name);
+    let Some(current) = workload::get(&world.context.client, &world.namespace, target).await? else {
+        finish(result, ServicePhase::Failed, format!("{what} was deleted during the rollout"));
+        return Ok(Duration::ZERO);
+    };
+    let rollout = world.profile.as_ref().map(|p| p.spec.rollout.clone()).unwrap_or_default();
+    let progress = match current.progress(result.rollout_generation.unwrap_or_default()) {
+        Progress::InProgress(message) => {
+            let started = result.started_at.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+            let elapsed = Timestamp::now().duration_since(started).as_secs().max(0) as u64;
+            if elapsed >= u64::try_from(rollout.timeout_seconds).unwrap_or(600) {
+                Progress::Failed {
+                    reason: "Timeout".into(),
+                    message: format!("not rolled out within {}s: {message}", rollout.timeout_seconds),
+                }
+            } else {
+                result.message = Some(message);
+                return Ok(Duration::from_secs(5));
+            }
+        }
+        other => other,
+    };
+    match progress {
+        Progress::Succeeded => {
+            record_deployed(world, service, result).await?;
+            publish(world, EventType::Normal, "RolloutSucceeded", format!("{what} rolled out")).await;
+            finish(result, ServicePhase::Succeeded, format!("{what} rolled out"));
+        }
+        Progress::Failed { reason, message } => {
+            let mut message = format!("{what} failed to roll out ({reason}): {message}");
+            if rollout.auto_rollback && !result.rolled_back {
+                if let (Some(previous), Ok(container)) = (result.previous.clone(), container_name(world, service).await?) {
+                    let patch = workload::rollback_patch(&container, &previous.image, previous.restarted_at.as_deref());
+                    workload::patch(&world.context.client, &world.namespace, target, &patch).await?;
+                    result.rolled_back = true;
+                    message.push_str(&format!("; rolled back to {}", previous.image));
+                }
+            }
+            publish(world, EventType::Warning, "RolloutFailed", message.clone()).await;
+            finish(result, ServicePhase::Failed, message);
+        }
+        Progress::InProgress(_) => {}
+    }
+    Ok(Duration::ZERO)
+}
+
+async fn pin_digest(world: &World<'_>, service: &Service, result: &mut ServiceResult) -> Result<Duration, Error> {
+    let Some(image) = service.spec.image.as_ref() else {
+        finish(result, ServicePhase::Failed, "Service has no spec.image to resolve".into());
+        return Ok(Duration::ZERO);
+    };
+    let digest = match super::digest::resolve(&world.context.client, &world.namespace, image).await {
+        Ok(digest) => digest,
+        Err(message) => {
+            finish(result, ServicePhase::Failed, message);
+            return Ok(Duration::ZERO);
+        }
+    };
+    let container = match container_name(world, service).await? {
+        Ok(container) => container,
+        Err(message) => {
+            finish(result, ServicePhase::Failed, message);
+            return Ok(Duration::ZERO);
+        }
+    };
+    let target = &service.spec.target;
+    let current = workload::get(&world.context.client, &world.namespace, target).await?;
+    let running = current.as_ref().and_then(|w| w.container(Some(&container)).ok()).and_then(|c| c.image.clone());
+    result.git_ref = Some(digest.digest.clone());
+    if running.as_deref() == Some(digest.pinned.as_str()) {
+        result.image = Some(digest.pinned.clone());
+        finish(result, ServicePhase::Skipped, format!("{} is already running digest {}", container, digest.digest));
+        return Ok(Duration::ZERO);
+    }
+    deploy_image(world, service, result, digest.pinned).await
+}
+
+/// The container a Service deploys, checked against the workload.
+async fn container_name(world: &World<'_>, service: &Service) -> Result<Result<String, String>, Error> {
+    let target = &service.spec.target;
+    let what = workload::describe(target.kind, &world.namespace, &target.name);
+    let Some(current) = workload::get(&world.context.client, &world.namespace, target).await? else {
+        return Ok(Err(format!("{what} does not exist")));
+    };
+    Ok(current.container(target.container.as_deref()).map(|c| c.name.clone()).map_err(|m| format!("{what} {m}")))
+}
+
+async fn record_build(world: &World<'_>, service: &Service, outcome: &build::BuildOutcome) -> Result<(), Error> {
+    let mut builds = service.status.as_ref().map(|s| s.builds.clone()).unwrap_or_default();
+    builds.retain(|b| b.commit != outcome.commit);
+    builds.insert(0, BuiltImage { commit: outcome.commit.clone(), image: outcome.image.clone(), digest: outcome.digest.clone() });
+    builds.truncate(10);
+    let patch = json!({ "status": { "builds": builds } });
+    Api::<Service>::namespaced(world.context.client.clone(), &world.namespace)
+        .patch_status(&service.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+async fn record_deployed(world: &World<'_>, service: &Service, result: &ServiceResult) -> Result<(), Error> {
+    let status = ServiceStatus {
+        deployed_ref: result.git_ref.clone().or_else(|| result.image.clone()),
+        deployed_image: result.image.clone(),
+        last_redeployment: Some(world.redeployment.name_any()),
+        ..Default::default()
+    };
+    let patch = json!({ "status": {
+        "deployedRef": status.deployed_ref,
+        "deployedImage": status.deployed_image,
+        "lastRedeployment": status.last_redeployment,
+    } });
+    Api::<Service>::namespaced(world.context.client.clone(), &world.namespace)
+        .patch_status(&service.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    Ok(())
+}
+
+/// The first container's termination message of the build Job's pod.
+async fn termination_message(world: &World<'_>, job: &str) -> Result<Option<String>, Error> {
+    let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace)
+        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .await?;
+    Ok(pods.items.iter().find_map(|pod| {
+        let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
+        let terminated = statuses.first()?.state.as_ref()?.terminated.as_ref()?;
+        terminated.message.clone().filter(|m| !m.trim().is_empty())
+    }))
+}
+
+/// The last lines of the failed build's log (or its termination message), for the status.
+async fn build_logs(world: &World<'_>, job: &str) -> String {
+    let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace);
+    let Ok(list) = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await else { return String::new() };
+    let Some(pod) = list.items.last() else { return String::new() };
+    let params = LogParams { tail_lines: Some(10), ..Default::default() };
+    let text = match pods.logs(&pod.name_any(), &params).await {
+        Ok(logs) if !logs.trim().is_empty() => logs,
+        _ => pod
+            .status
+            .as_ref()
+            .and_then(|s| s.container_statuses.as_ref())
+            .and_then(|s| s.first()?.state.as_ref()?.terminated.as_ref()?.message.clone())
+            .unwrap_or_default(),
+    };
+    if text.trim().is_empty() { String::new() } else { format!("; last log lines:\n{}", text.trim_end()) }
+}
+
+/// Deleting a Redeployment cancels what it still runs: its build Jobs are deleted.
+async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action, Error> {
+    let mut status = redeployment.status.clone().unwrap_or_default();
+    if status.phase.is_some_and(Phase::is_finished) {
+        return Ok(Action::await_change());
+    }
+    let namespace = redeployment.namespace().unwrap_or_default();
+    let jobs = Api::<Job>::namespaced(context.client.clone(), &namespace);
+    for result in status.services.iter_mut().filter(|r| !r.phase.is_finished()) {
+        if let Some(job) = &result.build_job {
+            let params = DeleteParams { propagation_policy: Some(PropagationPolicy::Background), ..Default::default() };
+            match jobs.delete(job, &params).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(status)) if status.code == 404 => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        finish(result, ServicePhase::Canceled, "canceled: the Redeployment was deleted".into());
+    }
+    status.phase = Some(Phase::Canceled);
+    status.finished_at = Some(now());
+    status.message = Some("canceled: the Redeployment was deleted".into());
+    write_status(context, redeployment, &status).await?;
+    Ok(Action::await_change())
+}
+
+async fn write_status(context: &Context, redeployment: &Redeployment, status: &RedeploymentStatus) -> Result<(), Error> {
+    let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "status": status });
+    Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
+        .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// A Kubernetes Event on the App; failures to publish are logged, never fatal.
+async fn publish(world: &World<'_>, type_: EventType, reason: &str, note: String) {
+    let Some(app) = &world.app else { return };
+    let reference: ObjectReference = app.object_ref(&());
+    let event = Event {
+        type_,
+        reason: reason.to_string(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Redeploy".into(),
+        secondary: Some(world.redeployment.object_ref(&())),
+    };
+    if let Err(error) = world.context.recorder.publish(&event, &reference).await {
+        tracing::debug!(%error, "publishing an Event failed");
+    }
+}
+
+fn finish(result: &mut ServiceResult, phase: ServicePhase, message: String) {
+    result.phase = phase;
+    result.message = Some(message);
+    result.finished_at = Some(now());
+}
+
+fn fail_all(status: &mut RedeploymentStatus, message: &str) {
+    for result in status.services.iter_mut().filter(|r| !r.phase.is_finished()) {
+        finish(result, ServicePhase::Failed, message.to_string());
+    }
+}
+
+/// The Redeployment's phase, from its Services' (pure).
+pub fn overall_phase(results: &[ServiceResult], superseded: bool) -> Phase {
+    let any = |phase: ServicePhase| results.iter().any(|r| r.phase == phase);
+    if superseded && results.iter().all(|r| r.phase == ServicePhase::Superseded) {
+        return Phase::Superseded;
+    }
+    if results.iter().all(|r| r.phase.is_finished()) {
+        return if results.iter().all(|r| matches!(r.phase, ServicePhase::Succeeded | ServicePhase::Skipped)) {
+            Phase::Succeeded
+        } else if results.iter().all(|r| r.phase == ServicePhase::Canceled) {
+            Phase::Canceled
+        } else {
+            Phase::Failed
+        };
+    }
+    if any(ServicePhase::Building) {
+        Phase::Building
+    } else if any(ServicePhase::Deploying) || results.iter().any(|r| r.phase.is_finished()) {
+        Phase::Deploying
+    } else {
+        Phase::Pending
+    }
+}
+
+fn summary(results: &[ServiceResult]) -> String {
+    results
+        .iter()
+        .map(|r| format!("{}: {:?}{}", r.service, r.phase, r.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default()))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// The restart timestamp of a Redeployment: fixed by its creation, so a
+/// repeated patch is a no-op and never a second rollout.
+fn restart_stamp(redeployment: &Redeployment) -> String {
+    redeployment.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_else(|| redeployment.name_any())
+}
+
+fn is_commit(reference: &str) -> bool {
+    reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn results(phases: &[ServicePhase]) -> Vec<ServiceResult> {
+        phases.iter().map(|p| ServiceResult { phase: *p, ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn the_phase_follows_the_services() {
+        use ServicePhase::*;
+        assert_eq!(overall_phase(&results(&[Pending, Pending]), false), Phase::Pending);
+        assert_eq!(overall_phase(&results(&[Building, Deploying]), false), Phase::Building);
+        assert_eq!(overall_phase(&results(&[Succeeded, Deploying]), false), Phase::Deploying);
+        assert_eq!(overall_phase(&results(&[Succeeded, Pending]), false), Phase::Deploying);
+        assert_eq!(overall_phase(&results(&[Succeeded, Skipped]), false), Phase::Succeeded);
+        assert_eq!(overall_phase(&results(&[Succeeded, Failed]), false), Phase::Failed);
+        assert_eq!(overall_phase(&results(&[Failed, Canceled]), false), Phase::Failed);
+        assert_eq!(overall_phase(&results(&[Canceled, Canceled]), false), Phase::Canceled);
+        assert_eq!(overall_phase(&results(&[Superseded]), true), Phase::Superseded);
+    }
+
+    #[test]
+    fn commits_are_forty_hex_digits() {
+        assert!(is_commit("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
+        assert!(!is_commit("main"));
+        assert!(!is_commit("6113728"));
+    }
+}
