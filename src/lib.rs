@@ -2,6 +2,7 @@
 //! the reconcilers that turn each accepted call into tracked rollouts.
 
 pub mod api;
+pub mod build;
 pub mod cli;
 pub mod context;
 pub mod hook;
