@@ -10,5 +10,6 @@ pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod reconcile;
+pub mod registry;
 pub mod repo;
 pub mod server;
