@@ -11,6 +11,7 @@ pub mod metrics;
 pub mod operator;
 pub mod plan;
 pub mod reconcile;
+pub mod registry;
 pub mod repo;
 pub mod server;
 pub mod workload;
