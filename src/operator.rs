@@ -30,7 +30,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
     api::{App, DeploymentProfile, Redeployment, Service},
-    build::BUILD_LABEL,
+    build::REDEPLOYMENT_LABEL,
     context::{Caches, Context, Settings},
     hook::{
         credentials::HOOK_LABEL,
@@ -171,23 +171,21 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             },
         );
 
-    let redeployment_controller = Controller::new(
-        Api::<DeserializeGuard<Redeployment>>::all(client.clone()),
-        watcher::Config::default(),
-    )
-    .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(BUILD_LABEL))
-    .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default(), |deployment| {
-        let name = workload::redeployment_of(Some(&deployment.spec.template))?;
-        Some(ObjectRef::new(&name).within(&deployment.namespace()?))
-    })
-    .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default(), |set| {
-        let name = workload::redeployment_of(Some(&set.spec.template))?;
-        Some(ObjectRef::new(&name).within(&set.namespace()?))
-    })
-    .watches(Api::<DaemonSet>::all(client.clone()), watcher::Config::default(), |set| {
-        let name = workload::redeployment_of(Some(&set.spec.template))?;
-        Some(ObjectRef::new(&name).within(&set.namespace()?))
-    });
+    let redeployment_controller =
+        Controller::new(Api::<DeserializeGuard<Redeployment>>::all(client.clone()), watcher::Config::default())
+            .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(REDEPLOYMENT_LABEL))
+            .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default(), |deployment| {
+                let name = workload::redeployment_of(Some(&deployment.spec.template))?;
+                Some(ObjectRef::new(&name).within(&deployment.namespace()?))
+            })
+            .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default(), |set| {
+                let name = workload::redeployment_of(Some(&set.spec.template))?;
+                Some(ObjectRef::new(&name).within(&set.namespace()?))
+            })
+            .watches(Api::<DaemonSet>::all(client.clone()), watcher::Config::default(), |set| {
+                let name = workload::redeployment_of(Some(&set.spec.template))?;
+                Some(ObjectRef::new(&name).within(&set.namespace()?))
+            });
     let app_controller = app_controller.watches(
         Api::<DeserializeGuard<Redeployment>>::all(client.clone()),
         watcher::Config::default(),

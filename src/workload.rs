@@ -13,12 +13,15 @@ use kube::{
 use serde_json::{Value, json};
 
 use crate::{
-    api::{WorkloadKind, WorkloadTarget},
+    api::{PreviousTemplate, WorkloadKind, WorkloadTarget},
     install::FIELD_MANAGER,
 };
 
 /// Pod-template annotation naming the Redeployment that last rolled the workload out.
 pub const REDEPLOYMENT_ANNOTATION: &str = "redeploy.dev/redeployment";
+/// Workload annotation: the container image and restart annotation before the
+/// current Redeployment's rollout (JSON), for auto-rollback.
+pub const PREVIOUS_ANNOTATION: &str = "redeploy.dev/previous";
 /// The annotation `kubectl rollout restart` sets.
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
 
@@ -57,7 +60,8 @@ impl Workload {
 
     /// The container a Service deploys: the one named, or the only one.
     pub fn container(&self, name: Option<&str>) -> Result<&Container, String> {
-        let containers = self.template().and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
+        let containers =
+            self.template().and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
         match name {
             Some(name) => containers.iter().find(|c| c.name == name).ok_or_else(|| {
                 let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
@@ -73,6 +77,16 @@ impl Workload {
         }
     }
 
+    /// What ran before the current Redeployment's rollout, as recorded by [`record_previous`].
+    pub fn previous(&self) -> Option<PreviousTemplate> {
+        let metadata = match self {
+            Workload::Deployment(w) => &w.metadata,
+            Workload::StatefulSet(w) => &w.metadata,
+            Workload::DaemonSet(w) => &w.metadata,
+        };
+        serde_json::from_str(metadata.annotations.as_ref()?.get(PREVIOUS_ANNOTATION)?).ok()
+    }
+
     /// How far the rollout that produced `generation` has come.
     pub fn progress(&self, generation: i64) -> Progress {
         match self {
@@ -85,7 +99,8 @@ impl Workload {
                 }
                 let updated = status.updated_replicas.unwrap_or_default();
                 let ready = status.ready_replicas.unwrap_or_default();
-                let same_revision = status.update_revision.is_some() && status.update_revision == status.current_revision;
+                let same_revision =
+                    status.update_revision.is_some() && status.update_revision == status.current_revision;
                 if updated >= desired && ready >= desired && same_revision {
                     Progress::Succeeded
                 } else {
@@ -115,9 +130,10 @@ fn deployment_progress(deployment: &Deployment, generation: i64) -> Progress {
     if status.observed_generation.unwrap_or_default() < generation {
         return Progress::InProgress("waiting for the Deployment controller".into());
     }
-    let deadline_exceeded = status.conditions.unwrap_or_default().into_iter().find(|c| {
-        c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    });
+    let deadline_exceeded =
+        status.conditions.unwrap_or_default().into_iter().find(|c| {
+            c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
     if let Some(condition) = deadline_exceeded {
         return Progress::Failed {
             reason: "ProgressDeadlineExceeded".into(),
@@ -152,6 +168,13 @@ pub fn image_patch(redeployment: &str, container: &str, image: &str) -> Value {
     } } })
 }
 
+/// Adds to `patch` the record of what ran before it.
+pub fn record_previous(patch: &mut Value, previous: &PreviousTemplate) {
+    patch["metadata"] = json!({ "annotations": {
+        PREVIOUS_ANNOTATION: serde_json::to_string(previous).unwrap_or_default(),
+    } });
+}
+
 /// Restores a container's image and the restart annotation (auto-rollback).
 pub fn rollback_patch(container: &str, image: &str, restarted_at: Option<&str>) -> Value {
     json!({ "spec": { "template": {
@@ -162,16 +185,18 @@ pub fn rollback_patch(container: &str, image: &str, restarted_at: Option<&str>) 
 
 pub async fn get(client: &Client, namespace: &str, target: &WorkloadTarget) -> kube::Result<Option<Workload>> {
     Ok(match target.kind {
-        WorkloadKind::Deployment => {
-            Api::<Deployment>::namespaced(client.clone(), namespace).get_opt(&target.name).await?.map(Workload::Deployment)
-        }
+        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
+            .get_opt(&target.name)
+            .await?
+            .map(Workload::Deployment),
         WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
             .get_opt(&target.name)
             .await?
             .map(Workload::StatefulSet),
-        WorkloadKind::DaemonSet => {
-            Api::<DaemonSet>::namespaced(client.clone(), namespace).get_opt(&target.name).await?.map(Workload::DaemonSet)
-        }
+        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
+            .get_opt(&target.name)
+            .await?
+            .map(Workload::DaemonSet),
     })
 }
 

@@ -14,12 +14,12 @@ pub use profile::{
     BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy,
 };
 pub use redeployment::{
-    GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment, RedeploymentSpec, RedeploymentStatus,
-    ServicePhase, ServiceResult, Trigger,
+    GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment, RedeploymentSpec,
+    RedeploymentStatus, ServicePhase, ServiceResult, Trigger,
 };
 pub use service::{
-    BuildSpec, BuiltImage, GitSource, ImageSource, SecretKeyRef, Service, ServiceSpec, ServiceStatus, SourceType, WorkloadKind,
-    WorkloadTarget,
+    BuildSpec, BuiltImage, GitSource, ImageSource, SecretKeyRef, Service, ServiceSpec, ServiceStatus, SourceType,
+    WorkloadKind, WorkloadTarget,
 };
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

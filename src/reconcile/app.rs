@@ -119,7 +119,8 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
 async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<(), Error> {
     let limit = usize::try_from(app.spec.history.limit).unwrap_or(0);
     let finished = context.caches.redeployments_of(namespace, &app.name_any()).into_iter().filter(|r| {
-        r.metadata.deletion_timestamp.is_none() && r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished)
+        r.metadata.deletion_timestamp.is_none()
+            && r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished)
     });
     let api = Api::<Redeployment>::namespaced(context.client.clone(), namespace);
     for old in prunable(finished.collect(), limit) {

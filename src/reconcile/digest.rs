@@ -36,12 +36,12 @@ pub async fn resolve(client: &Client, namespace: &str, image: &ImageSource) -> R
         }
         None => None,
     };
-    let digest = RegistryClient::new()
-        .resolve_digest(&reference, credentials.as_ref())
-        .await
-        .map_err(|e| match &image.pull_secret_ref {
-            Some(secret) => format!("{e} (pull Secret {})", secret.name),
-            None => e.to_string(),
+    let digest =
+        RegistryClient::new().resolve_digest(&reference, credentials.as_ref()).await.map_err(|e| {
+            match &image.pull_secret_ref {
+                Some(secret) => format!("{e} (pull Secret {})", secret.name),
+                None => e.to_string(),
+            }
         })?;
     Ok(Resolved { pinned: reference.pinned(&digest), digest })
 }

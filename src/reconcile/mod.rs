@@ -20,8 +20,6 @@ pub enum Error {
     Malformed { kind: &'static str, namespace: String, name: String, message: String },
     #[error("{0} has no namespace")]
     NoNamespace(String),
-    #[error("build: {0}")]
-    Build(String),
     #[error("finalizer: {0}")]
     Finalizer(String),
 }
@@ -33,7 +31,6 @@ impl Error {
             Error::Kube(_) => "kube",
             Error::Malformed { .. } => "malformed",
             Error::NoNamespace(_) => "no_namespace",
-            Error::Build(_) => "build",
             Error::Finalizer(_) => "finalizer",
         }
     }

@@ -84,12 +84,17 @@ struct World<'a> {
     services: BTreeMap<String, Service>,
 }
 
-async fn apply(redeployment: &Redeployment, context: &Context) -> Result<Action, Error> {
+async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error> {
+    // The cache can lag behind our own last status write (a workload event
+    // may wake us first): read the Redeployment itself.
+    let namespace = cached.namespace().unwrap_or_default();
+    let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
+    let Some(redeployment) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+    let redeployment = &redeployment;
     let previous = redeployment.status.clone().unwrap_or_default();
     if previous.phase.is_some_and(Phase::is_finished) {
         return Ok(Action::await_change());
     }
-    let namespace = redeployment.namespace().unwrap_or_default();
     let app_name = &redeployment.spec.app;
     let world = World {
         context,
@@ -160,7 +165,11 @@ async fn apply(redeployment: &Redeployment, context: &Context) -> Result<Action,
     if status != previous {
         if status.phase != previous.phase {
             let phase = status.phase.unwrap_or_default();
-            let note = format!("Redeployment {}: {}", redeployment.name_any(), status.message.clone().unwrap_or_else(|| format!("{phase:?}")));
+            let note = format!(
+                "Redeployment {}: {}",
+                redeployment.name_any(),
+                status.message.clone().unwrap_or_else(|| format!("{phase:?}"))
+            );
             let type_ = if phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
             publish(&world, type_, &format!("Redeployment{phase:?}"), note).await;
         }
@@ -187,7 +196,9 @@ fn waiting_on(world: &World) -> Gate {
         .state()
         .iter()
         .filter_map(|g| g.0.as_ref().ok())
-        .filter(|r| r.namespace().as_deref() == Some(world.namespace.as_str()) && r.spec.app == world.redeployment.spec.app)
+        .filter(|r| {
+            r.namespace().as_deref() == Some(world.namespace.as_str()) && r.spec.app == world.redeployment.spec.app
+        })
         .filter(|r| r.name_any() != world.redeployment.name_any() && r.metadata.deletion_timestamp.is_none())
         .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished))
         .cloned()
@@ -203,7 +214,9 @@ fn waiting_on(world: &World) -> Gate {
         let started = results.iter().any(|r| r.phase != ServicePhase::Pending);
         let shared = o.spec.plan.iter().find(|p| mine.contains(&p.service.as_str()));
         match (started || results.is_empty(), shared) {
-            (true, Some(p)) => Some(format!("waiting for Redeployment {} to finish with Service {}", o.name_any(), p.service)),
+            (true, Some(p)) => {
+                Some(format!("waiting for Redeployment {} to finish with Service {}", o.name_any(), p.service))
+            }
             _ => None,
         }
     });
@@ -283,11 +296,16 @@ async fn start(
             match (policy, reusable, builds.first()) {
                 (BuildPolicy::Never, _, Some(last)) => {
                     result.git_ref = Some(last.commit.clone());
-                    result.message = Some(format!("build policy never: deploying the last image built, {}", last.image));
+                    result.message =
+                        Some(format!("build policy never: deploying the last image built, {}", last.image));
                     deploy_image(world, service, result, last.image.clone()).await
                 }
                 (BuildPolicy::Never, _, None) => {
-                    finish(result, ServicePhase::Failed, "build policy never, but no image was ever built for this Service".into());
+                    finish(
+                        result,
+                        ServicePhase::Failed,
+                        "build policy never, but no image was ever built for this Service".into(),
+                    );
                     Ok(Duration::ZERO)
                 }
                 (BuildPolicy::IfMissing, Some(built), _) => {
@@ -308,8 +326,7 @@ async fn start_build(
     result: &mut ServiceResult,
 ) -> Result<Duration, Error> {
     let app = world.app.as_ref().ok_or_else(|| Error::NoNamespace(world.redeployment.spec.app.clone()))?;
-    let request =
-        BuildRequest { app, service, redeployment: world.redeployment, git_ref: planned.git_ref.as_deref() };
+    let request = BuildRequest { app, service, redeployment: world.redeployment, git_ref: planned.git_ref.as_deref() };
     let job = match build::render_job(&request) {
         Ok(job) => job,
         Err(error) => {
@@ -327,7 +344,13 @@ async fn start_build(
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) => return Err(error.into()),
         }
-        publish(world, EventType::Normal, "BuildStarted", format!("building {} at {}", service.name_any(), planned.git_ref.as_deref().unwrap_or("the branch head"))).await;
+        publish(
+            world,
+            EventType::Normal,
+            "BuildStarted",
+            format!("building {} at {}", service.name_any(), planned.git_ref.as_deref().unwrap_or("the branch head")),
+        )
+        .await;
     }
     result.phase = ServicePhase::Building;
     result.build_job = Some(name);
@@ -351,26 +374,40 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
         let message = termination_message(world, &name).await?;
         let outcome = match message.as_deref().map(build::parse_termination_message) {
             Some(Ok(outcome)) => outcome,
-            _ => match result.git_ref.as_deref().filter(|r| is_commit(r)) {
+            _ => match result.git_ref.as_deref().filter(|r| build::is_commit_sha(r)) {
                 Some(commit) => build::BuildOutcome {
                     commit: commit.to_string(),
-                    image: build::image_for(service, commit).map_err(|e| Error::Build(e.to_string()))?,
+                    image: build::image_for(service, commit),
                     digest: None,
                 },
                 None => {
-                    finish(result, ServicePhase::Failed, format!("build Job {name} succeeded but did not report the commit and image it built"));
+                    finish(
+                        result,
+                        ServicePhase::Failed,
+                        format!("build Job {name} succeeded but did not report the commit and image it built"),
+                    );
                     return Ok(Duration::ZERO);
                 }
             },
         };
         record_build(world, service, &outcome).await?;
         result.git_ref = Some(outcome.commit.clone());
-        publish(world, EventType::Normal, "BuildSucceeded", format!("built {} for {}", outcome.image, service.name_any())).await;
+        publish(
+            world,
+            EventType::Normal,
+            "BuildSucceeded",
+            format!("built {} for {}", outcome.image, service.name_any()),
+        )
+        .await;
         return deploy_image(world, service, result, outcome.image).await;
     }
     if let Some(failed) = finished("Failed") {
         let logs = build_logs(world, &name).await;
-        let message = format!("build Job {name} failed ({}: {}){logs}", failed.reason.clone().unwrap_or_default(), failed.message.clone().unwrap_or_default());
+        let message = format!(
+            "build Job {name} failed ({}: {}){logs}",
+            failed.reason.clone().unwrap_or_default(),
+            failed.message.clone().unwrap_or_default()
+        );
         publish(world, EventType::Warning, "BuildFailed", message.clone()).await;
         finish(result, ServicePhase::Failed, message);
         return Ok(Duration::ZERO);
@@ -378,7 +415,12 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
     Ok(Duration::from_secs(30))
 }
 
-async fn deploy_image(world: &World<'_>, service: &Service, result: &mut ServiceResult, image: String) -> Result<Duration, Error> {
+async fn deploy_image(
+    world: &World<'_>,
+    service: &Service,
+    result: &mut ServiceResult,
+    image: String,
+) -> Result<Duration, Error> {
     let container = match container_name(world, service).await? {
         Ok(container) => container,
         Err(message) => {
@@ -402,30 +444,50 @@ async fn roll_out(
     let client = &world.context.client;
     let target = &service.spec.target;
     let Some(current) = workload::get(client, &world.namespace, target).await? else {
-        finish(result, ServicePhase::Failed, format!("{} does not exist", workload::describe(target.kind, &world.namespace, &target.name)));
+        finish(
+            result,
+            ServicePhase::Failed,
+            format!("{} does not exist", workload::describe(target.kind, &world.namespace, &target.name)),
+        );
         return Ok(Duration::ZERO);
     };
     let container_spec = match current.container(container.as_deref().or(target.container.as_deref())) {
         Ok(container) => container.clone(),
         Err(message) => {
-            finish(result, ServicePhase::Failed, format!("{} {message}", workload::describe(target.kind, &world.namespace, &target.name)));
+            finish(
+                result,
+                ServicePhase::Failed,
+                format!("{} {message}", workload::describe(target.kind, &world.namespace, &target.name)),
+            );
             return Ok(Duration::ZERO);
         }
     };
-    // Only the first rollout of this Redeployment records what ran before it.
-    if workload::redeployment_of(current.template()).as_deref() != Some(world.redeployment.name_any().as_str()) {
+    // What ran before is recorded on the workload in the same patch that
+    // changes it, so a restarted operator still knows what to roll back to.
+    let mut patch = patch;
+    if workload::redeployment_of(current.template()).as_deref() == Some(world.redeployment.name_any().as_str()) {
+        result.previous = current.previous();
+    } else {
         let restarted_at = current
             .template()
             .and_then(|t| t.metadata.as_ref())
             .and_then(|m| m.annotations.as_ref())
             .and_then(|a| a.get(RESTARTED_AT_ANNOTATION).cloned());
-        result.previous = Some(PreviousTemplate { image: container_spec.image.clone().unwrap_or_default(), restarted_at });
+        let previous = PreviousTemplate { image: container_spec.image.clone().unwrap_or_default(), restarted_at };
+        workload::record_previous(&mut patch, &previous);
+        result.previous = Some(previous);
     }
     let patched = workload::patch(client, &world.namespace, target, &patch).await?;
     result.phase = ServicePhase::Deploying;
     result.rollout_generation = Some(patched.generation());
     result.image.get_or_insert(container_spec.image.clone().unwrap_or_default());
-    publish(world, EventType::Normal, "RolloutStarted", format!("rolling out {}", workload::describe(target.kind, &world.namespace, &target.name))).await;
+    publish(
+        world,
+        EventType::Normal,
+        "RolloutStarted",
+        format!("rolling out {}", workload::describe(target.kind, &world.namespace, &target.name)),
+    )
+    .await;
     Ok(Duration::from_secs(5))
 }
 
@@ -461,13 +523,14 @@ async fn follow_rollout(world: &World<'_>, service: &Service, result: &mut Servi
         }
         Progress::Failed { reason, message } => {
             let mut message = format!("{what} failed to roll out ({reason}): {message}");
-            if rollout.auto_rollback && !result.rolled_back {
-                if let (Some(previous), Ok(container)) = (result.previous.clone(), container_name(world, service).await?) {
-                    let patch = workload::rollback_patch(&container, &previous.image, previous.restarted_at.as_deref());
-                    workload::patch(&world.context.client, &world.namespace, target, &patch).await?;
-                    result.rolled_back = true;
-                    message.push_str(&format!("; rolled back to {}", previous.image));
-                }
+            let previous = result.previous.clone().filter(|_| rollout.auto_rollback && !result.rolled_back);
+            if let Some(previous) = previous
+                && let Ok(container) = container_name(world, service).await?
+            {
+                let patch = workload::rollback_patch(&container, &previous.image, previous.restarted_at.as_deref());
+                workload::patch(&world.context.client, &world.namespace, target, &patch).await?;
+                result.rolled_back = true;
+                message.push_str(&format!("; rolled back to {}", previous.image));
             }
             publish(world, EventType::Warning, "RolloutFailed", message.clone()).await;
             finish(result, ServicePhase::Failed, message);
@@ -521,7 +584,10 @@ async fn container_name(world: &World<'_>, service: &Service) -> Result<Result<S
 async fn record_build(world: &World<'_>, service: &Service, outcome: &build::BuildOutcome) -> Result<(), Error> {
     let mut builds = service.status.as_ref().map(|s| s.builds.clone()).unwrap_or_default();
     builds.retain(|b| b.commit != outcome.commit);
-    builds.insert(0, BuiltImage { commit: outcome.commit.clone(), image: outcome.image.clone(), digest: outcome.digest.clone() });
+    builds.insert(
+        0,
+        BuiltImage { commit: outcome.commit.clone(), image: outcome.image.clone(), digest: outcome.digest.clone() },
+    );
     builds.truncate(10);
     let patch = json!({ "status": { "builds": builds } });
     Api::<Service>::namespaced(world.context.client.clone(), &world.namespace)
@@ -563,7 +629,9 @@ async fn termination_message(world: &World<'_>, job: &str) -> Result<Option<Stri
 /// The last lines of the failed build's log (or its termination message), for the status.
 async fn build_logs(world: &World<'_>, job: &str) -> String {
     let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace);
-    let Ok(list) = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await else { return String::new() };
+    let Ok(list) = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await else {
+        return String::new();
+    };
     let Some(pod) = list.items.last() else { return String::new() };
     let params = LogParams { tail_lines: Some(10), ..Default::default() };
     let text = match pods.logs(&pod.name_any(), &params).await {
@@ -604,7 +672,11 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     Ok(Action::await_change())
 }
 
-async fn write_status(context: &Context, redeployment: &Redeployment, status: &RedeploymentStatus) -> Result<(), Error> {
+async fn write_status(
+    context: &Context,
+    redeployment: &Redeployment,
+    status: &RedeploymentStatus,
+) -> Result<(), Error> {
     let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "status": status });
     Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
         .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
@@ -667,7 +739,9 @@ pub fn overall_phase(results: &[ServiceResult], superseded: bool) -> Phase {
 fn summary(results: &[ServiceResult]) -> String {
     results
         .iter()
-        .map(|r| format!("{}: {:?}{}", r.service, r.phase, r.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default()))
+        .map(|r| {
+            format!("{}: {:?}{}", r.service, r.phase, r.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default())
+        })
         .collect::<Vec<_>>()
         .join("; ")
 }
@@ -675,11 +749,12 @@ fn summary(results: &[ServiceResult]) -> String {
 /// The restart timestamp of a Redeployment: fixed by its creation, so a
 /// repeated patch is a no-op and never a second rollout.
 fn restart_stamp(redeployment: &Redeployment) -> String {
-    redeployment.metadata.creation_timestamp.as_ref().map(|t| t.0.to_string()).unwrap_or_else(|| redeployment.name_any())
-}
-
-fn is_commit(reference: &str) -> bool {
-    reference.len() == 40 && reference.bytes().all(|b| b.is_ascii_hexdigit())
+    redeployment
+        .metadata
+        .creation_timestamp
+        .as_ref()
+        .map(|t| t.0.to_string())
+        .unwrap_or_else(|| redeployment.name_any())
 }
 
 fn now() -> Time {
@@ -706,12 +781,5 @@ mod tests {
         assert_eq!(overall_phase(&results(&[Failed, Canceled]), false), Phase::Failed);
         assert_eq!(overall_phase(&results(&[Canceled, Canceled]), false), Phase::Canceled);
         assert_eq!(overall_phase(&results(&[Superseded]), true), Phase::Superseded);
-    }
-
-    #[test]
-    fn commits_are_forty_hex_digits() {
-        assert!(is_commit("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
-        assert!(!is_commit("main"));
-        assert!(!is_commit("6113728"));
     }
 }

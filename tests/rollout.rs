@@ -1,0 +1,321 @@
+//! Redeployments executed on the real control plane: the operator runs in
+//! process, workloads run on the kwok node, build Jobs are run by the real
+//! job controller and completed or failed by kwok stages.
+
+mod support;
+
+use std::time::Duration;
+
+use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{DeleteParams, ListParams, PostParams},
+};
+use redeploy_operator::api::{Phase, Redeployment, Service, ServicePhase};
+use serde_json::json;
+use support::{eventually, operator};
+
+const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+fn deployment(name: &str, template_annotations: serde_json::Value, deadline: i32) -> String {
+    let deployment = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 2, "progressDeadlineSeconds": deadline,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}, "annotations": template_annotations},
+                "spec": {"containers": [{"name": name, "image": format!("registry.example.com/{name}:initial")}]},
+            },
+        },
+    });
+    format!("---\n{}\n", serde_json::to_string(&deployment).unwrap_or_default())
+}
+
+fn app(history: i32) -> String {
+    format!(
+        "---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  history:\n    limit: {history}\n"
+    )
+}
+
+fn image_service(name: &str) -> String {
+    format!(
+        "---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  app: shop\n  target:\n    name: {name}\n  image:\n    reference: registry.example.com/{name}:initial\n"
+    )
+}
+
+fn git_service(name: &str, template: Option<serde_json::Value>) -> String {
+    let mut service = json!({
+        "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": {"name": name},
+        "spec": {
+            "app": "shop", "target": {"name": name, "container": name},
+            "git": {"repository": "https://github.com/Codertocat/Hello-World", "branch": "master"},
+            "build": {"image": format!("registry.example.com/{name}")},
+        },
+    });
+    if let Some(template) = template {
+        service["spec"]["build"]["template"] = template;
+    }
+    format!("---\n{}\n", serde_json::to_string(&service).unwrap_or_default())
+}
+
+fn profile(strategy: &str, auto_rollback: bool, timeout: i32) -> String {
+    format!(
+        "---\napiVersion: redeploy.dev/v1alpha1\nkind: DeploymentProfile\nmetadata:\n  name: p\nspec:\n  app: shop\n  strategy: {strategy}\n  rollout:\n    timeoutSeconds: {timeout}\n    autoRollback: {auto_rollback}\n"
+    )
+}
+
+/// Creates a Redeployment by hand (as `kubectl redeploy` does) with this plan.
+async fn redeploy(
+    client: &Client,
+    namespace: &str,
+    name: &str,
+    plan: serde_json::Value,
+    profile: Option<&str>,
+) -> anyhow::Result<()> {
+    let mut object = json!({
+        "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "metadata": {"name": name},
+        "spec": {"app": "shop", "trigger": {"provider": "manual", "event": "test"}, "plan": plan},
+    });
+    if let Some(profile) = profile {
+        object["spec"]["profile"] = json!(profile);
+    }
+    Api::<Redeployment>::namespaced(client.clone(), namespace)
+        .create(&PostParams::default(), &serde_json::from_value(object)?)
+        .await?;
+    Ok(())
+}
+
+async fn finished(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Redeployment> {
+    let api = Api::<Redeployment>::namespaced(client.clone(), namespace);
+    eventually(&format!("Redeployment {name} to finish"), || async {
+        let redeployment = api.get(name).await?;
+        let done = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
+        Ok(done.then_some(redeployment))
+    })
+    .await
+}
+
+async fn setup(prefix: &str, objects: &str) -> anyhow::Result<(Client, String)> {
+    operator();
+    let (_, client, namespace) = support::setup(prefix).await?;
+    support::apply_yaml(&client, &namespace, objects).await?;
+    Ok((client, namespace))
+}
+
+fn template_annotation(deployment: &Deployment, key: &str) -> Option<String> {
+    deployment.spec.template.metadata.as_ref()?.annotations.as_ref()?.get(key).cloned()
+}
+
+fn phases(redeployment: &Redeployment) -> Vec<(String, ServicePhase)> {
+    redeployment
+        .status
+        .as_ref()
+        .map(|s| s.services.iter().map(|r| (r.service.clone(), r.phase)).collect())
+        .unwrap_or_default()
+}
+
+#[tokio::test]
+async fn an_image_service_restarts_and_rolls_out() -> anyhow::Result<()> {
+    let objects = format!("{}{}{}", app(20), image_service("worker"), deployment("worker", json!({}), 600));
+    let (client, namespace) = setup("restart", &objects).await?;
+    redeploy(&client, &namespace, "restart-1", json!([{"service": "worker", "action": "restart"}]), None).await?;
+    let done = finished(&client, &namespace, "restart-1").await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    let worker = deployments.get("worker").await?;
+    assert!(template_annotation(&worker, "kubectl.kubernetes.io/restartedAt").is_some());
+    assert_eq!(template_annotation(&worker, "redeploy.dev/redeployment").as_deref(), Some("restart-1"));
+    let rollout = worker.status.clone().unwrap_or_default();
+    assert_eq!((rollout.updated_replicas, rollout.available_replicas), (Some(2), Some(2)), "rolled out when Succeeded");
+    let service = Api::<Service>::namespaced(client.clone(), &namespace).get("worker").await?;
+    assert_eq!(service.status.and_then(|s| s.last_redeployment).as_deref(), Some("restart-1"));
+    assert!(status.started_at.is_some() && status.finished_at.is_some());
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_git_service_is_built_deployed_and_the_build_reused() -> anyhow::Result<()> {
+    let objects = format!("{}{}{}", app(20), git_service("web", None), deployment("web", json!({}), 600));
+    let (client, namespace) = setup("build", &objects).await?;
+    redeploy(&client, &namespace, "build-1", json!([{"service": "web", "action": "build", "ref": SHA}]), None).await?;
+    let done = finished(&client, &namespace, "build-1").await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let result = &status.services[0];
+    let image = format!("registry.example.com/web:{SHA}");
+    assert_eq!(result.image.as_deref(), Some(image.as_str()));
+    let jobs = Api::<Job>::namespaced(client.clone(), &namespace).list(&ListParams::default()).await?;
+    assert_eq!(jobs.items.len(), 1, "one build Job");
+    let web = Api::<Deployment>::namespaced(client.clone(), &namespace).get("web").await?;
+    assert_eq!(web.spec.template.spec.as_ref().map(|s| s.containers[0].image.clone()), Some(Some(image.clone())));
+    let service = Api::<Service>::namespaced(client.clone(), &namespace).get("web").await?.status.unwrap_or_default();
+    assert_eq!(service.deployed_ref.as_deref(), Some(SHA));
+    assert_eq!(service.builds.first().map(|b| b.image.as_str()), Some(image.as_str()));
+
+    // The same commit again with the default `ifMissing` policy: no second build.
+    redeploy(&client, &namespace, "build-2", json!([{"service": "web", "action": "build", "ref": SHA}]), None).await?;
+    let again = finished(&client, &namespace, "build-2").await?;
+    assert_eq!(again.status.as_ref().and_then(|s| s.phase), Some(Phase::Succeeded));
+    let jobs = Api::<Job>::namespaced(client.clone(), &namespace).list(&ListParams::default()).await?;
+    assert_eq!(jobs.items.len(), 1, "the image built before is reused");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_failed_build_fails_the_redeployment_with_the_reason() -> anyhow::Result<()> {
+    let template = json!({
+        "metadata": {"annotations": {"testenv.redeploy.dev/fail": "true", "testenv.redeploy.dev/termination-message": "error: failed to solve: dockerfile parse error line 3"}},
+        "spec": {"containers": [{"name": "builder", "image": "registry.example.com/builder:stub"}]},
+    });
+    let objects = format!("{}{}{}", app(20), git_service("web", Some(template)), deployment("web", json!({}), 600));
+    let (client, namespace) = setup("build-fail", &objects).await?;
+    redeploy(&client, &namespace, "fail-1", json!([{"service": "web", "action": "build", "ref": SHA}]), None).await?;
+    let done = finished(&client, &namespace, "fail-1").await?;
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    let message = status.services[0].message.clone().unwrap_or_default();
+    assert!(message.contains("dockerfile parse error"), "{message}");
+    let web = Api::<Deployment>::namespaced(client.clone(), &namespace).get("web").await?;
+    assert_eq!(template_annotation(&web, "redeploy.dev/redeployment"), None, "nothing was rolled out");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_stuck_rollout_fails_and_auto_rollback_restores_the_template() -> anyhow::Result<()> {
+    let never_ready = json!({"testenv.redeploy.dev/never-ready": "true"});
+    let objects = format!(
+        "{}{}{}{}{}",
+        app(20),
+        image_service("stuck"),
+        deployment("stuck", never_ready.clone(), 2),
+        image_service("rollback"),
+        deployment("rollback", never_ready, 2),
+    );
+    let (client, namespace) = setup("deadline", &format!("{objects}{}", profile("parallel", true, 600))).await?;
+    redeploy(&client, &namespace, "plain", json!([{"service": "stuck", "action": "restart"}]), None).await?;
+    redeploy(&client, &namespace, "with-rollback", json!([{"service": "rollback", "action": "restart"}]), Some("p"))
+        .await?;
+
+    let plain = finished(&client, &namespace, "plain").await?;
+    let status = plain.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed));
+    assert!(status.services[0].message.clone().unwrap_or_default().contains("ProgressDeadlineExceeded"), "{status:?}");
+    let stuck = Api::<Deployment>::namespaced(client.clone(), &namespace).get("stuck").await?;
+    assert!(
+        template_annotation(&stuck, "kubectl.kubernetes.io/restartedAt").is_some(),
+        "no rollback without autoRollback"
+    );
+
+    let rolled = finished(&client, &namespace, "with-rollback").await?;
+    let result = rolled.status.clone().unwrap_or_default().services[0].clone();
+    assert_eq!(result.phase, ServicePhase::Failed);
+    assert!(result.rolled_back, "{result:?}");
+    assert!(result.message.clone().unwrap_or_default().contains("rolled back"), "{result:?}");
+    let restored = Api::<Deployment>::namespaced(client.clone(), &namespace).get("rollback").await?;
+    assert_eq!(
+        template_annotation(&restored, "kubectl.kubernetes.io/restartedAt"),
+        None,
+        "the previous template is back"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn serial_stops_at_the_first_failure() -> anyhow::Result<()> {
+    let objects = format!(
+        "{}{}{}{}{}{}",
+        app(20),
+        image_service("first"),
+        deployment("first", json!({"testenv.redeploy.dev/never-ready": "true"}), 2),
+        image_service("second"),
+        deployment("second", json!({}), 600),
+        profile("serial", false, 600),
+    );
+    let (client, namespace) = setup("serial", &objects).await?;
+    let plan = json!([{"service": "first", "action": "restart"}, {"service": "second", "action": "restart"}]);
+    redeploy(&client, &namespace, "serial-1", plan, Some("p")).await?;
+    let done = finished(&client, &namespace, "serial-1").await?;
+    assert_eq!(
+        phases(&done),
+        [("first".to_string(), ServicePhase::Failed), ("second".to_string(), ServicePhase::Canceled)]
+    );
+    let second = Api::<Deployment>::namespaced(client.clone(), &namespace).get("second").await?;
+    assert_eq!(template_annotation(&second, "redeploy.dev/redeployment"), None, "the second Service was never touched");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_newer_redeployment_supersedes_a_pending_one() -> anyhow::Result<()> {
+    let objects = format!(
+        "{}{}{}",
+        app(20),
+        image_service("busy"),
+        deployment("busy", json!({"testenv.redeploy.dev/never-ready": "true"}), 600),
+    );
+    let (client, namespace) = setup("supersede", &format!("{objects}{}", profile("parallel", false, 20))).await?;
+    let plan = json!([{"service": "busy", "action": "restart"}]);
+    redeploy(&client, &namespace, "a-running", plan.clone(), Some("p")).await?;
+    let api = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    eventually("the first to be deploying", || async {
+        Ok((api.get("a-running").await?.status.and_then(|s| s.phase) == Some(Phase::Deploying)).then_some(()))
+    })
+    .await?;
+    redeploy(&client, &namespace, "b-pending", plan.clone(), Some("p")).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    redeploy(&client, &namespace, "c-newest", plan, Some("p")).await?;
+    let superseded = finished(&client, &namespace, "b-pending").await?;
+    let status = superseded.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Superseded), "{status:?}");
+    assert_eq!(status.superseded_by.as_deref(), Some("c-newest"));
+    // The running one is not superseded: it finishes (here: times out).
+    let first = finished(&client, &namespace, "a-running").await?;
+    assert_eq!(first.status.and_then(|s| s.phase), Some(Phase::Failed));
+    Ok(())
+}
+
+#[tokio::test]
+async fn deleting_a_building_redeployment_cancels_its_job() -> anyhow::Result<()> {
+    // A build pod that never completes: the kwok stages only complete pods that run.
+    let template = json!({
+        "metadata": {"annotations": {"testenv.redeploy.dev/never-ready": "true"}},
+        "spec": {"containers": [{"name": "builder", "image": "registry.example.com/builder:stub"}]},
+    });
+    let objects = format!("{}{}{}", app(20), git_service("web", Some(template)), deployment("web", json!({}), 600));
+    let (client, namespace) = setup("cancel", &objects).await?;
+    redeploy(&client, &namespace, "cancel-1", json!([{"service": "web", "action": "build", "ref": SHA}]), None).await?;
+    let api = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    let job = eventually("the build to start", || async {
+        let status = api.get("cancel-1").await?.status.unwrap_or_default();
+        Ok((status.phase == Some(Phase::Building)).then(|| status.services[0].build_job.clone()).flatten())
+    })
+    .await?;
+    api.delete("cancel-1", &DeleteParams::default()).await?;
+    let jobs = Api::<Job>::namespaced(client.clone(), &namespace);
+    eventually("the Job to be deleted", || async { Ok(jobs.get_opt(&job).await?.is_none().then_some(())) }).await?;
+    eventually("the Redeployment to be gone", || async { Ok(api.get_opt("cancel-1").await?.is_none().then_some(())) })
+        .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn history_keeps_the_newest_finished_redeployments() -> anyhow::Result<()> {
+    let objects = format!("{}{}{}", app(2), image_service("worker"), deployment("worker", json!({}), 600));
+    let (client, namespace) = setup("history", &objects).await?;
+    for n in 1..=4 {
+        redeploy(&client, &namespace, &format!("run-{n}"), json!([{"service": "worker", "action": "restart"}]), None)
+            .await?;
+        finished(&client, &namespace, &format!("run-{n}")).await?;
+    }
+    let api = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    let kept = eventually("the history to be pruned", || async {
+        let mut names: Vec<String> =
+            api.list(&ListParams::default()).await?.items.iter().map(|r| r.name_any()).collect();
+        names.sort();
+        Ok((names.len() == 2).then_some(names))
+    })
+    .await?;
+    assert_eq!(kept, ["run-3", "run-4"]);
+    Ok(())
+}
