@@ -3,6 +3,7 @@
 #   make test          builds the control plane binaries when missing, then runs every test
 #   make lint          cargo fmt --check and clippy with warnings as errors
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
+#   make load          loads the hook on a local control plane, next to a plain client's creates
 #   make crds          regenerates crds/ from the Rust types
 #   make cluster       starts a local control plane in the background
 #   make cluster-down  stops it
@@ -14,7 +15,7 @@ CLUSTER_DIR ?= $(CURDIR)/.cluster
 # Where hack/build-control-plane.sh caches etcd, Kubernetes and kwok binaries.
 CONTROL_PLANE_BIN = $(shell bash hack/build-control-plane.sh)
 
-.PHONY: all build test lint bench crds control-plane cluster cluster-down
+.PHONY: all build test lint bench load crds control-plane cluster cluster-down
 
 all: build
 
@@ -33,6 +34,9 @@ lint:
 
 bench:
 	$(CARGO) bench --bench hook_path
+
+load: control-plane
+	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) bench --bench hook_load
 
 crds:
 	$(CARGO) run -q -- crds --dir crds
