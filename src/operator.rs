@@ -29,7 +29,7 @@ use kube::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{App, DeploymentProfile, Redeployment, Service},
+    api::{App, DeploymentProfile, Redeployment, Service, WorkloadKind},
     build::REDEPLOYMENT_LABEL,
     context::{Caches, Context, Settings},
     hook::{
@@ -143,10 +143,10 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let metrics = Arc::new(Metrics::default());
 
     let (services, services_writer) = reflector::store();
-    let service_changes = watcher(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default())
+    let targets = service::TargetIndex::default();
+    let service_events = watcher(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default())
         .default_backoff()
-        .reflect(services_writer)
-        .applied_objects();
+        .reflect(services_writer);
 
     let (profiles, profiles_writer) = reflector::store();
     let profile_changes =
@@ -155,7 +155,25 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             .reflect(profiles_writer)
             .applied_objects();
     background.spawn(profile_changes.for_each(|change| async move { warn_if_malformed("DeploymentProfile", change) }));
-    background.spawn(service_changes.for_each(|change| async move { warn_if_malformed("Service", change) }));
+    let index = targets.clone();
+    background.spawn(service_events.for_each(move |event| {
+        match &event {
+            Ok(watcher::Event::Apply(DeserializeGuard(Ok(service))))
+            | Ok(watcher::Event::InitApply(DeserializeGuard(Ok(service)))) => index.insert(service),
+            Ok(watcher::Event::Delete(guard)) => {
+                let metadata = match &guard.0 {
+                    Ok(service) => service.metadata.clone(),
+                    Err(invalid) => invalid.metadata.clone(),
+                };
+                index.remove(&metadata.namespace.unwrap_or_default(), &metadata.name.unwrap_or_default());
+            }
+            Ok(watcher::Event::Apply(guard)) | Ok(watcher::Event::InitApply(guard)) => {
+                warn_if_malformed("Service", Ok(guard.clone()));
+            }
+            _ => {}
+        }
+        async {}
+    }));
 
     let hooks = HookIndex::default();
     background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone())));
@@ -196,6 +214,18 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     );
     let service_controller =
         Controller::new(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default());
+    // A workload created or changed after its Service updates the Service's TargetReady condition.
+    let (by_deployment, by_stateful_set, by_daemon_set) = (targets.clone(), targets.clone(), targets.clone());
+    let service_controller = service_controller
+        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default(), move |w| {
+            by_deployment.services(WorkloadKind::Deployment, w.namespace(), w.name_any())
+        })
+        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default(), move |w| {
+            by_stateful_set.services(WorkloadKind::StatefulSet, w.namespace(), w.name_any())
+        })
+        .watches(Api::<DaemonSet>::all(client.clone()), watcher::Config::default(), move |w| {
+            by_daemon_set.services(WorkloadKind::DaemonSet, w.namespace(), w.name_any())
+        });
 
     let caches = Caches {
         apps: app_controller.store(),

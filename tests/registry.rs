@@ -33,6 +33,8 @@ use redeploy_operator::registry::{
     Credentials, ImageReference, RegistryClient, RegistryError, credentials_from_docker_config,
 };
 use reqwest::Method;
+
+mod support;
 use sha2::{Digest as _, Sha256};
 
 const REGISTRY_BIN_ENV: &str = "REDEPLOY_DOCKER_REGISTRY_BIN";
@@ -589,4 +591,79 @@ async fn issue_token(
         _ => service.mint("", "", &[]),
     };
     axum::Json(serde_json::json!({"token": token})).into_response()
+}
+
+/// The Redeployment side of `resolveDigest`: the operator pins the tag's
+/// current digest from this real registry, and skips the rollout when the
+/// workload already runs it.
+#[tokio::test]
+async fn an_image_service_is_pinned_to_the_digest_and_skipped_when_unchanged() -> anyhow::Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::{Api, api::PostParams};
+    use redeploy_operator::api::{Phase, Redeployment, ServicePhase};
+
+    let registry = Registry::start(Auth::None).await;
+    let pusher = registry.pusher();
+    let (first, _) = pusher.push_image(PUSHED_REPOSITORY, "stable", b"first layer").await;
+    let host = registry.base().trim_start_matches("http://").to_string();
+    let reference = format!("{host}/{PUSHED_REPOSITORY}:stable");
+
+    support::operator();
+    let (_, client, namespace) = support::setup("pin").await?;
+    let objects = serde_json::json!([
+        {"apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "metadata": {"name": "shop"}, "spec": {}},
+        {"apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": {"name": "web"},
+         "spec": {"app": "shop", "target": {"name": "web"}, "image": {"reference": reference, "resolveDigest": true}}},
+        {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"},
+         "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "web"}},
+                  "template": {"metadata": {"labels": {"app": "web"}},
+                               "spec": {"containers": [{"name": "web", "image": reference}]}}}},
+    ]);
+    let yaml: String = objects.as_array().into_iter().flatten().map(|o| format!("---\n{o}\n")).collect();
+    support::apply_yaml(&client, &namespace, &yaml).await?;
+    let api = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    let run = |name: &'static str| {
+        let (api, client) = (api.clone(), client.clone());
+        async move {
+            let object = serde_json::json!({
+                "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "metadata": {"name": name},
+                "spec": {"app": "shop", "trigger": {"provider": "manual", "event": "test"},
+                         "plan": [{"service": "web", "action": "pinDigest"}]},
+            });
+            api.create(&PostParams::default(), &serde_json::from_value(object)?).await?;
+            let done = support::eventually(name, || async {
+                let redeployment = api.get(name).await?;
+                let finished = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
+                Ok(finished.then_some(redeployment))
+            })
+            .await?;
+            let image = Api::<Deployment>::namespaced(client, &done.namespace().unwrap_or_default())
+                .get("web")
+                .await?
+                .spec
+                .template
+                .spec
+                .and_then(|s| s.containers.first().and_then(|c| c.image.clone()))
+                .unwrap_or_default();
+            anyhow::Ok((done.status.unwrap_or_default(), image))
+        }
+    };
+    use kube::ResourceExt;
+
+    let (status, image) = run("pin-1").await?;
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    assert_eq!(image, format!("{host}/{PUSHED_REPOSITORY}@{first}"));
+    assert_eq!(status.services[0].git_ref.as_deref(), Some(first.as_str()));
+
+    let (status, unchanged) = run("pin-2").await?;
+    assert_eq!(status.services[0].phase, ServicePhase::Skipped, "{status:?}");
+    assert!(status.services[0].message.clone().unwrap_or_default().contains("already running"), "{status:?}");
+    assert_eq!(unchanged, image);
+
+    let (second, _) = pusher.push_image(PUSHED_REPOSITORY, "stable", b"second layer").await;
+    assert_ne!(first, second);
+    let (status, image) = run("pin-3").await?;
+    assert_eq!(status.services[0].phase, ServicePhase::Succeeded, "{status:?}");
+    assert_eq!(image, format!("{host}/{PUSHED_REPOSITORY}@{second}"));
+    Ok(())
 }

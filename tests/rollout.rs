@@ -319,3 +319,35 @@ async fn history_keeps_the_newest_finished_redeployments() -> anyhow::Result<()>
     assert_eq!(kept, ["run-3", "run-4"]);
     Ok(())
 }
+
+#[tokio::test]
+async fn a_service_reports_its_type_and_whether_its_target_exists() -> anyhow::Result<()> {
+    let objects = format!(
+        "{}{}{}{}",
+        app(20),
+        image_service("worker"),
+        deployment("worker", json!({}), 600),
+        git_service("ghost", None)
+    );
+    let (client, namespace) = setup("service-status", &objects).await?;
+    let services = Api::<Service>::namespaced(client.clone(), &namespace);
+    let condition = |name: &'static str| {
+        let services = services.clone();
+        async move {
+            eventually(&format!("{name}'s TargetReady condition"), || async {
+                let status = services.get(name).await?.status.unwrap_or_default();
+                let found = status.conditions.iter().find(|c| c.type_ == "TargetReady").cloned();
+                Ok(found.map(|c| (status.type_, c)))
+            })
+            .await
+        }
+    };
+    let (kind, ready) = condition("worker").await?;
+    assert_eq!(serde_json::to_value(kind)?, json!("image"));
+    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "TargetFound"));
+    let (kind, missing) = condition("ghost").await?;
+    assert_eq!(serde_json::to_value(kind)?, json!("git"));
+    assert_eq!((missing.status.as_str(), missing.reason.as_str()), ("False", "TargetNotFound"));
+    assert!(missing.message.contains("ghost does not exist"), "{}", missing.message);
+    Ok(())
+}

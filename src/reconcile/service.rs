@@ -62,6 +62,97 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Service>>, context: Arc<Conte
         .patch_status(&service.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
         .await?;
     context.metrics.reconciled(CONTROLLER, started.elapsed());
-    // Workloads are not watched for this: look again now and then.
-    Ok(Action::requeue(std::time::Duration::from_secs(if ok { 600 } else { 30 })))
+    Ok(Action::await_change())
+}
+
+/// Which Services target which workload, so a workload event wakes exactly
+/// its Services without scanning them all.
+#[derive(Clone, Default)]
+pub struct TargetIndex {
+    inner: Arc<std::sync::RwLock<TargetMaps>>,
+}
+
+type WorkloadKey = (String, crate::api::WorkloadKind, String);
+
+#[derive(Default)]
+struct TargetMaps {
+    by_workload: std::collections::HashMap<WorkloadKey, std::collections::BTreeSet<String>>,
+    by_service: std::collections::HashMap<(String, String), WorkloadKey>,
+}
+
+impl TargetIndex {
+    /// Records (or moves) the target of `service`.
+    pub fn insert(&self, service: &Service) {
+        let namespace = service.namespace().unwrap_or_default();
+        let name = service.name_any();
+        let key = (namespace.clone(), service.spec.target.kind, service.spec.target.name.clone());
+        let mut maps = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = maps.by_service.insert((namespace, name.clone()), key.clone())
+            && let Some(set) = maps.by_workload.get_mut(&old)
+        {
+            set.remove(&name);
+        }
+        maps.by_workload.entry(key).or_default().insert(name);
+    }
+
+    pub fn remove(&self, namespace: &str, name: &str) {
+        let mut maps = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        if let Some(old) = maps.by_service.remove(&(namespace.to_string(), name.to_string()))
+            && let Some(set) = maps.by_workload.get_mut(&old)
+        {
+            set.remove(name);
+        }
+    }
+
+    /// The Services that target this workload.
+    pub fn services(
+        &self,
+        kind: crate::api::WorkloadKind,
+        namespace: Option<String>,
+        name: String,
+    ) -> Vec<kube::runtime::reflector::ObjectRef<DeserializeGuard<Service>>> {
+        let namespace = namespace.unwrap_or_default();
+        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        maps.by_workload
+            .get(&(namespace.clone(), kind, name))
+            .into_iter()
+            .flatten()
+            .map(|service| kube::runtime::reflector::ObjectRef::new(service).within(&namespace))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{ServiceSpec, WorkloadKind, WorkloadTarget};
+
+    fn service(name: &str, target: &str) -> Service {
+        let mut service = Service::new(
+            name,
+            ServiceSpec { target: WorkloadTarget { name: target.into(), ..Default::default() }, ..Default::default() },
+        );
+        service.metadata.namespace = Some("ns".into());
+        service
+    }
+
+    #[test]
+    fn workloads_map_to_the_services_that_target_them() {
+        let index = TargetIndex::default();
+        index.insert(&service("a", "web"));
+        index.insert(&service("b", "web"));
+        let names = |target: &str| {
+            index
+                .services(WorkloadKind::Deployment, Some("ns".into()), target.into())
+                .into_iter()
+                .map(|r| r.name)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(names("web"), ["a", "b"]);
+        index.insert(&service("b", "api"));
+        assert_eq!((names("web"), names("api")), (vec!["a".to_string()], vec!["b".to_string()]));
+        index.remove("ns", "a");
+        assert!(names("web").is_empty());
+        assert!(index.services(WorkloadKind::StatefulSet, Some("ns".into()), "api".into()).is_empty());
+    }
 }
