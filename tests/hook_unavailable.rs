@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, api::ListParams};
-use redeploy_operator::api::Redeployment;
+use redeploy_operator::api::{App, Redeployment};
 use redeploy_testenv::ControlPlane;
 use support::eventually;
 
@@ -28,9 +28,14 @@ async fn a_stopped_api_server_gets_503_and_nothing_is_stored() -> anyhow::Result
     let value = |key: &str| String::from_utf8(data.get(key).map(|v| v.0.clone()).unwrap_or_default());
     let hook = format!("http://{}/stacks/redeploy/{}/{}", running.hook_addr, value("id")?, value("token")?);
     let http = reqwest::Client::new();
-    eventually("the hook to know the App and its Service", || async {
-        let status = http.post(format!("{hook}?services=web&git_ref=..")).send().await?.status();
-        // 422 for the bad git_ref means the hook, the App and the Service are all known.
+    // The App's status lists its Services from the same cache the hook plans with.
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    eventually("the caches to know the Service", || async {
+        Ok(apps.get("shop").await?.status.is_some_and(|s| s.services.contains(&"web".to_string())).then_some(()))
+    })
+    .await?;
+    eventually("the hook to know the App", || async {
+        let status = http.post(format!("{hook}?services=__probe__")).send().await?.status();
         Ok((status == 422).then_some(()))
     })
     .await?;

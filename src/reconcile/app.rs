@@ -35,6 +35,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
             });
         }
     };
+    if app.metadata.deletion_timestamp.is_some() {
+        // Being deleted (perhaps with its namespace): its Secret goes with it.
+        return Ok(Action::await_change());
+    }
     let namespace = app.namespace().ok_or_else(|| Error::NoNamespace(app.name_any()))?;
     let secrets = Api::<Secret>::namespaced(context.client.clone(), &namespace);
     let secret_name = credentials::secret_name(app);

@@ -263,10 +263,28 @@ async fn drive(world: &World<'_>, status: &mut RedeploymentStatus) -> Result<Dur
 
 /// One step of one Service.
 async fn step(world: &World<'_>, planned: &PlannedService, result: &mut ServiceResult) -> Result<Duration, Error> {
-    let Some(service) = world.services.get(&planned.service) else {
-        finish(result, ServicePhase::Failed, format!("Service `{}` no longer exists", planned.service));
-        return Ok(Duration::ZERO);
+    let cached = world.services.get(&planned.service).cloned();
+    let service = match cached {
+        Some(service) => service,
+        // The cache may not have seen a Service created together with this Redeployment.
+        None => match Api::<Service>::namespaced(world.context.client.clone(), &world.namespace)
+            .get_opt(&planned.service)
+            .await?
+        {
+            Some(service) if service.spec.app == world.redeployment.spec.app => service,
+            _ if age(world.redeployment) < SERVICE_GRACE => {
+                result.message = Some(format!("waiting for Service `{}` to exist", planned.service));
+                return Ok(Duration::from_secs(2));
+            }
+            _ => {
+                let message =
+                    format!("Service `{}` of App `{}` does not exist", planned.service, world.redeployment.spec.app);
+                finish(result, ServicePhase::Failed, message);
+                return Ok(Duration::ZERO);
+            }
+        },
     };
+    let service = &service;
     match result.phase {
         ServicePhase::Pending => start(world, service, planned, result).await,
         ServicePhase::Building => follow_build(world, service, result).await,
@@ -755,6 +773,15 @@ fn restart_stamp(redeployment: &Redeployment) -> String {
         .as_ref()
         .map(|t| t.0.to_string())
         .unwrap_or_else(|| redeployment.name_any())
+}
+
+/// How long a Redeployment waits for a Service it names to be created
+/// (`kubectl apply -f dir/` may create the Redeployment first).
+const SERVICE_GRACE: Duration = Duration::from_secs(60);
+
+fn age(redeployment: &Redeployment) -> Duration {
+    let created = redeployment.metadata.creation_timestamp.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
+    Duration::from_secs(Timestamp::now().duration_since(created).as_secs().max(0).unsigned_abs())
 }
 
 fn now() -> Time {
