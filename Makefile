@@ -7,6 +7,7 @@
 #   make crds          regenerates crds/ from the Rust types
 #   make cluster       starts a local control plane in the background
 #   make cluster-down  stops it
+#   make demo          the README's demo: cluster, CRDs, operator, examples/, a signed GitHub push, the rollout
 
 SHELL := bash
 CARGO ?= cargo
@@ -15,7 +16,7 @@ CLUSTER_DIR ?= $(CURDIR)/.cluster
 # Where hack/build-control-plane.sh caches etcd, Kubernetes and kwok binaries.
 CONTROL_PLANE_BIN = $(shell bash hack/build-control-plane.sh)
 
-.PHONY: all build test lint bench load crds control-plane cluster cluster-down
+.PHONY: all build test lint bench load crds control-plane cluster cluster-down demo
 
 all: build
 
@@ -65,3 +66,8 @@ cluster-down:
 	  while kill -0 "$$pid" 2>/dev/null; do sleep 0.2; done; \
 	  rm -f "$(CLUSTER_DIR)/pid"; echo "stopped"; \
 	else echo "no cluster is running"; fi
+
+# Builds the operator and the test control plane, then runs hack/demo.sh.
+demo: control-plane
+	$(CARGO) build -q -p redeploy-operator -p redeploy-testenv --bins
+	@CLUSTER_DIR="$(CLUSTER_DIR)" MAKE="$(MAKE)" bash hack/demo.sh
