@@ -331,23 +331,25 @@ async fn a_service_reports_its_type_and_whether_its_target_exists() -> anyhow::R
     );
     let (client, namespace) = setup("service-status", &objects).await?;
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
-    let condition = |name: &'static str| {
+    // The Service may be seen before its Deployment exists: wait for the condition to settle.
+    let condition = |name: &'static str, expected: &'static str| {
         let services = services.clone();
         async move {
-            eventually(&format!("{name}'s TargetReady condition"), || async {
+            eventually(&format!("{name}'s TargetReady condition to be {expected}"), || async {
                 let status = services.get(name).await?.status.unwrap_or_default();
-                let found = status.conditions.iter().find(|c| c.type_ == "TargetReady").cloned();
+                let found =
+                    status.conditions.iter().find(|c| c.type_ == "TargetReady" && c.status == expected).cloned();
                 Ok(found.map(|c| (status.type_, c)))
             })
             .await
         }
     };
-    let (kind, ready) = condition("worker").await?;
+    let (kind, ready) = condition("worker", "True").await?;
     assert_eq!(serde_json::to_value(kind)?, json!("image"));
-    assert_eq!((ready.status.as_str(), ready.reason.as_str()), ("True", "TargetFound"));
-    let (kind, missing) = condition("ghost").await?;
+    assert_eq!(ready.reason, "TargetFound");
+    let (kind, missing) = condition("ghost", "False").await?;
     assert_eq!(serde_json::to_value(kind)?, json!("git"));
-    assert_eq!((missing.status.as_str(), missing.reason.as_str()), ("False", "TargetNotFound"));
+    assert_eq!(missing.reason, "TargetNotFound");
     assert!(missing.message.contains("ghost does not exist"), "{}", missing.message);
     Ok(())
 }
