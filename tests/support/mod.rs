@@ -105,7 +105,7 @@ pub async fn start_operator(
         settings: redeploy_operator::context::Settings { public_url: format!("http://127.0.0.1:{port}") },
         limits: redeploy_operator::hook::handler::Limits {
             body_bytes: BODY_LIMIT,
-            body_timeout: Duration::from_secs(3),
+            body_timeout: Duration::from_secs(10),
             concurrent_per_app,
         },
         header_timeout: Duration::from_secs(3),
