@@ -27,7 +27,7 @@ control-plane:
 	@bash hack/build-control-plane.sh
 
 test: control-plane
-	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) test --workspace --all-targets
+	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) test --workspace --all-targets --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check
