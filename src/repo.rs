@@ -62,9 +62,17 @@ pub fn same_repository(a: &str, b: &str) -> bool {
     }
 }
 
-/// `[user@]host:path`, as Git reads it: a `:` before any `/`. Without a user,
-/// `host:1234/path` is a host and port (a scheme-less URL), not scp-like.
-fn scp_like(input: &str) -> Option<Url> {
+/// `[user@]host:path` as Git reads it: a `:` before any `/`.
+pub struct ScpLike<'a> {
+    pub user: Option<&'a str>,
+    pub host: &'a str,
+    pub path: &'a str,
+}
+
+/// Splits the scp-like form, or `None` when `input` is not one. Without a
+/// user, a bare `host:path` counts only when the host looks like one (not
+/// `C:` or `mailto:`), and `host:1234/path` is a host and port without a scheme.
+pub fn split_scp_like(input: &str) -> Option<ScpLike<'_>> {
     let (before, path) = input.split_once(':')?;
     if before.contains('/') || path.starts_with("//") {
         return None;
@@ -73,18 +81,20 @@ fn scp_like(input: &str) -> Option<Url> {
         Some((user, host)) => (Some(user), host),
         None => (None, before),
     };
+    if user.is_none() {
+        let first = path.split('/').next().unwrap_or_default();
+        let port = path.contains('/') && !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit());
+        if port || !looks_like_host(host) {
+            return None;
+        }
+    }
+    Some(ScpLike { user, host, path })
+}
+
+fn scp_like(input: &str) -> Option<Url> {
+    let ScpLike { user, host, path } = split_scp_like(input)?;
     if host.is_empty() || path.trim_matches('/').is_empty() {
         return None;
-    }
-    if user.is_none() {
-        // `mailto:x`, `C:\dir`, `a:b` are not repositories: a bare host must look like one.
-        if !looks_like_host(host) {
-            return None;
-        }
-        let first = path.split('/').next().unwrap_or_default();
-        if path.contains('/') && !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit()) {
-            return None;
-        }
     }
     let user = user.map(|u| format!("{u}@")).unwrap_or_default();
     Url::parse(&format!("ssh://{user}{host}/{}", path.trim_start_matches('/'))).ok()

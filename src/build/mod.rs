@@ -328,28 +328,12 @@ fn http_remote(mut url: Url) -> Result<String, String> {
 
 /// `[user@]host:path` (a `:` before any `/`), as Git reads it.
 fn scp_like(input: &str) -> Option<Result<String, String>> {
-    let (before, path) = input.split_once(':')?;
-    if before.contains('/') || path.starts_with("//") {
-        return None;
-    }
-    let (user, host) = match before.rsplit_once('@') {
-        Some((user, host)) => (Some(user), host),
-        None => (None, before),
-    };
+    let crate::repo::ScpLike { user, host, path } = crate::repo::split_scp_like(input)?;
     if host.is_empty() || path.trim_matches('/').is_empty() {
         return Some(Err("it names no repository path".into()));
     }
     if !host.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.') {
         return Some(Err(format!("{host:?} is not a host name")));
-    }
-    if user.is_none() {
-        // A bare `host:path` is scp-like only if the host looks like one (not `C:` or `mailto:`),
-        // and `host:1234/path` is a host and port without a scheme.
-        let first = path.split('/').next().unwrap_or_default();
-        let port = path.contains('/') && !first.is_empty() && first.bytes().all(|b| b.is_ascii_digit());
-        if port || !(host.contains('.') || host.eq_ignore_ascii_case("localhost")) {
-            return None;
-        }
     }
     let buildkit_user =
         |u: &str| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
