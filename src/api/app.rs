@@ -40,6 +40,19 @@ pub struct AppSpec {
     /// How many finished Redeployments are kept.
     #[serde(default)]
     pub history: HistorySpec,
+    /// Defaults for building the App's Git-built Services.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub build: Option<AppBuildSpec>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AppBuildSpec {
+    /// Pod template of the build Job for every Git-built Service of the App
+    /// that sets no `spec.build.template` of its own (same contract).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "schema::embedded_object")]
+    pub template: Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
 }
 
 fn default_environment() -> String {

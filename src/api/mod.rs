@@ -9,7 +9,7 @@ mod redeployment;
 mod schema;
 mod service;
 
-pub use app::{App, AppSpec, AppStatus, GitHubSpec, HistorySpec, HookSpec, HookStatus, SignatureSecrets};
+pub use app::{App, AppBuildSpec, AppSpec, AppStatus, GitHubSpec, HistorySpec, HookSpec, HookStatus, SignatureSecrets};
 pub use profile::{
     BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy,
 };

@@ -54,7 +54,7 @@
 //!   `allowPrivilegeEscalation` stays unset: rootlesskit needs the setuid
 //!   `newuidmap`.
 //!
-//! # The contract of a custom builder (`spec.build.template`)
+//! # The contract of a custom builder (`spec.build.template`, or the App's `spec.build.template`)
 //!
 //! The Service's pod template is used as it is, except for what the operator
 //! owns: the `redeploy.dev/*` labels and the `redeploy.dev/git-ref`
@@ -430,7 +430,8 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     }
     env.push(env_var(ENV_IMAGE_REPOSITORY, image_repository));
 
-    let mut template = match &build.template {
+    let app_template = app.spec.build.as_ref().and_then(|b| b.template.as_ref());
+    let mut template = match build.template.as_ref().or(app_template) {
         Some(template) => custom_template(template.clone(), &env)
             .ok_or_else(|| BuildError::TemplateWithoutContainers { service: service_name.clone() })?,
         None => {

@@ -709,3 +709,29 @@ fn script_passes_git_credentials_to_git_and_buildkit() {
     assert!(lines(&args).contains(&format!("context=git@github.com:acme/shop.git#{SHA}:services/web").as_str()));
     assert!(sandbox.read("git.env").contains(&format!("GIT_SSH_COMMAND=ssh -i '{}'", key.display())));
 }
+
+#[test]
+fn an_app_template_builds_services_without_their_own() {
+    let template: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+        "spec": {"containers": [{"name": "kaniko", "image": "gcr.io/kaniko-project/executor:v1.23.2"}]}
+    }))
+    .expect("template");
+    let mut app = app();
+    app.spec.build = Some(crate::api::AppBuildSpec { template: Some(template) });
+    let plain = service(None, None);
+    let redeployment = redeployment();
+    let request = BuildRequest { app: &app, service: &plain, redeployment: &redeployment, git_ref: Some(SHA) };
+    let job = render_job(&request).expect("job");
+    assert_eq!(pod_spec(&job).containers[0].name, "kaniko", "the App's template is used");
+    assert_eq!(env_of(&pod_spec(&job).containers[0]).get(ENV_GIT_REF).map(String::as_str), Some(SHA));
+
+    // A Service's own template wins over the App's.
+    let own: PodTemplateSpec = serde_json::from_value(serde_json::json!({
+        "spec": {"containers": [{"name": "own", "image": "builder:1"}]}
+    }))
+    .expect("template");
+    let mut custom = service(None, None);
+    custom.spec.build.as_mut().expect("build").template = Some(own);
+    let request = BuildRequest { app: &app, service: &custom, redeployment: &redeployment, git_ref: Some(SHA) };
+    assert_eq!(pod_spec(&render_job(&request).expect("job")).containers[0].name, "own");
+}

@@ -520,15 +520,17 @@ async fn follow_rollout(world: &World<'_>, service: &Service, result: &mut Servi
     let progress = match current.progress(result.rollout_generation.unwrap_or_default()) {
         Progress::InProgress(message) => {
             let started = result.started_at.as_ref().map(|t| t.0).unwrap_or_else(Timestamp::now);
-            let elapsed = Timestamp::now().duration_since(started).as_secs().max(0) as u64;
-            if elapsed >= u64::try_from(rollout.timeout_seconds).unwrap_or(600) {
+            let elapsed = Timestamp::now().duration_since(started).as_secs().max(0).unsigned_abs();
+            let timeout = u64::try_from(rollout.timeout_seconds).unwrap_or(600);
+            if elapsed >= timeout {
                 Progress::Failed {
                     reason: "Timeout".into(),
                     message: format!("not rolled out within {}s: {message}", rollout.timeout_seconds),
                 }
             } else {
                 result.message = Some(message);
-                return Ok(Duration::from_secs(5));
+                // The workload's own events wake us as it progresses; this is only the deadline.
+                return Ok(Duration::from_secs(timeout - elapsed));
             }
         }
         other => other,
