@@ -5,6 +5,7 @@
 
 use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
+use futures::StreamExt;
 use k8s_openapi::{
     api::{
         batch::v1::Job,
@@ -82,6 +83,18 @@ struct World<'a> {
     app: Option<App>,
     profile: Option<DeploymentProfile>,
     services: BTreeMap<String, Service>,
+    /// Events of this pass's steps, published together once the pass is done.
+    noted: std::sync::Mutex<Vec<Noted>>,
+}
+
+/// An Event a step asks for: type, reason and note.
+type Noted = (EventType, &'static str, String);
+
+impl World<'_> {
+    /// Notes an Event of one step; [`drive`] publishes them after the pass.
+    fn note(&self, type_: EventType, reason: &'static str, note: String) {
+        self.noted.lock().unwrap_or_else(|e| e.into_inner()).push((type_, reason, note));
+    }
 }
 
 async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error> {
@@ -105,6 +118,7 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         }),
         services: context.caches.services_of(&namespace, app_name).into_iter().map(|s| (s.name_any(), s)).collect(),
         namespace,
+        noted: Default::default(),
     };
 
     let mut status = previous.clone();
@@ -227,26 +241,87 @@ fn order_key(redeployment: &Redeployment) -> (Option<Timestamp>, String) {
     (redeployment.metadata.creation_timestamp.as_ref().map(|t| t.0), redeployment.name_any())
 }
 
+/// Services of one Redeployment stepped at once under the parallel strategy:
+/// a step is a few API calls (read the workload, patch it, publish an Event),
+/// so a large App's fan-out is bound by round trips unless they overlap.
+const CONCURRENT_STEPS: usize = 32;
+
 /// Advances every Service that may move now; returns when to look again.
 async fn drive(world: &World<'_>, status: &mut RedeploymentStatus) -> Result<Duration, Error> {
     let strategy = world.profile.as_ref().map(|p| p.spec.strategy).unwrap_or_default();
+    let driven = match strategy {
+        Strategy::Parallel => drive_parallel(world, status).await,
+        Strategy::Serial => drive_serial(world, status).await,
+    };
+    publish_noted(world).await;
+    driven
+}
+
+/// Publishes the Events the pass's steps noted: one per type and reason, in
+/// the order first noted, naming every Service's step (the API server keeps
+/// one Event per type, reason and Redeployment anyway, counting repeats, so
+/// one Event a step would cost a write each and show only the first note).
+async fn publish_noted(world: &World<'_>) {
+    let noted = std::mem::take(&mut *world.noted.lock().unwrap_or_else(|e| e.into_inner()));
+    let mut grouped: Vec<(EventType, &'static str, Vec<String>)> = Vec::new();
+    for (type_, reason, note) in noted {
+        match grouped.iter_mut().find(|(t, r, _)| *t == type_ && *r == reason) {
+            Some((_, _, notes)) => notes.push(note),
+            None => grouped.push((type_, reason, vec![note])),
+        }
+    }
+    for (type_, reason, mut notes) in grouped {
+        let note = match notes.len() {
+            1 => notes.remove(0),
+            n => format!("{n} Services: {}", notes.join("; ")),
+        };
+        publish(world, type_, reason, note).await;
+    }
+}
+
+/// Every unfinished Service steps, [`CONCURRENT_STEPS`] at a time, each on its
+/// own result. Every started step runs to its end; the first error (in plan
+/// order) is then returned, as the serial loop would, and the next pass goes
+/// on from what the API server shows.
+async fn drive_parallel(world: &World<'_>, status: &mut RedeploymentStatus) -> Result<Duration, Error> {
+    let mut steps = Vec::new();
+    for (index, result) in status.services.iter_mut().enumerate() {
+        if result.phase.is_finished() {
+            continue;
+        }
+        let Some(planned) = world.redeployment.spec.plan.iter().find(|p| p.service == result.service) else {
+            continue;
+        };
+        steps.push(numbered_step(world, planned, result, index));
+    }
+    let mut outcomes: Vec<(usize, Result<Duration, Error>)> =
+        futures::stream::iter(steps).buffer_unordered(CONCURRENT_STEPS).collect().await;
+    outcomes.sort_by_key(|(index, _)| *index);
+    let mut requeue = Duration::from_secs(300);
+    for (_, outcome) in outcomes {
+        requeue = requeue.min(outcome?);
+    }
+    Ok(requeue)
+}
+
+/// One Service after another in plan order: the next starts once the one
+/// before it finished, and none starts after a failure.
+async fn drive_serial(world: &World<'_>, status: &mut RedeploymentStatus) -> Result<Duration, Error> {
     let mut requeue = Duration::from_secs(300);
     for index in 0..status.services.len() {
         if status.services[index].phase.is_finished() {
             continue;
         }
-        if strategy == Strategy::Serial {
-            if let Some(failed) = status.services[..index].iter().find(|r| r.phase == ServicePhase::Failed) {
-                let failed = failed.service.clone();
-                let result = &mut status.services[index];
-                result.phase = ServicePhase::Canceled;
-                result.message = Some(format!("not started: {failed} failed before it (strategy serial)"));
-                result.finished_at = Some(now());
-                continue;
-            }
-            if status.services[..index].iter().any(|r| !r.phase.is_finished()) {
-                break;
-            }
+        if let Some(failed) = status.services[..index].iter().find(|r| r.phase == ServicePhase::Failed) {
+            let failed = failed.service.clone();
+            let result = &mut status.services[index];
+            result.phase = ServicePhase::Canceled;
+            result.message = Some(format!("not started: {failed} failed before it (strategy serial)"));
+            result.finished_at = Some(now());
+            continue;
+        }
+        if status.services[..index].iter().any(|r| !r.phase.is_finished()) {
+            break;
         }
         let Some(planned) = world.redeployment.spec.plan.iter().find(|p| p.service == status.services[index].service)
         else {
@@ -254,11 +329,21 @@ async fn drive(world: &World<'_>, status: &mut RedeploymentStatus) -> Result<Dur
         };
         let result = &mut status.services[index];
         requeue = requeue.min(step(world, planned, result).await?);
-        if strategy == Strategy::Serial && !result.phase.is_finished() {
+        if !result.phase.is_finished() {
             break;
         }
     }
     Ok(requeue)
+}
+
+/// [`step`], with the index of its result.
+async fn numbered_step(
+    world: &World<'_>,
+    planned: &PlannedService,
+    result: &mut ServiceResult,
+    index: usize,
+) -> (usize, Result<Duration, Error>) {
+    (index, step(world, planned, result).await)
 }
 
 /// One step of one Service.
@@ -362,13 +447,11 @@ async fn start_build(
             Err(kube::Error::Api(status)) if status.code == 409 => {}
             Err(error) => return Err(error.into()),
         }
-        publish(
-            world,
+        world.note(
             EventType::Normal,
             "BuildStarted",
             format!("building {} at {}", service.name_any(), planned.git_ref.as_deref().unwrap_or("the branch head")),
-        )
-        .await;
+        );
     }
     result.phase = ServicePhase::Building;
     result.build_job = Some(name);
@@ -410,13 +493,7 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
         };
         record_build(world, service, &outcome).await?;
         result.git_ref = Some(outcome.commit.clone());
-        publish(
-            world,
-            EventType::Normal,
-            "BuildSucceeded",
-            format!("built {} for {}", outcome.image, service.name_any()),
-        )
-        .await;
+        world.note(EventType::Normal, "BuildSucceeded", format!("built {} for {}", outcome.image, service.name_any()));
         return deploy_image(world, service, result, outcome.image).await;
     }
     if let Some(failed) = finished("Failed") {
@@ -426,7 +503,7 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
             failed.reason.clone().unwrap_or_default(),
             failed.message.clone().unwrap_or_default()
         );
-        publish(world, EventType::Warning, "BuildFailed", message.clone()).await;
+        world.note(EventType::Warning, "BuildFailed", message.clone());
         finish(result, ServicePhase::Failed, message);
         return Ok(Duration::ZERO);
     }
@@ -499,13 +576,11 @@ async fn roll_out(
     result.phase = ServicePhase::Deploying;
     result.rollout_generation = Some(patched.generation());
     result.image.get_or_insert(container_spec.image.clone().unwrap_or_default());
-    publish(
-        world,
+    world.note(
         EventType::Normal,
         "RolloutStarted",
         format!("rolling out {}", workload::describe(target.kind, &world.namespace, &target.name)),
-    )
-    .await;
+    );
     Ok(Duration::from_secs(5))
 }
 
@@ -538,7 +613,7 @@ async fn follow_rollout(world: &World<'_>, service: &Service, result: &mut Servi
     match progress {
         Progress::Succeeded => {
             record_deployed(world, service, result).await?;
-            publish(world, EventType::Normal, "RolloutSucceeded", format!("{what} rolled out")).await;
+            world.note(EventType::Normal, "RolloutSucceeded", format!("{what} rolled out"));
             finish(result, ServicePhase::Succeeded, format!("{what} rolled out"));
         }
         Progress::Failed { reason, message } => {
@@ -552,7 +627,7 @@ async fn follow_rollout(world: &World<'_>, service: &Service, result: &mut Servi
                 result.rolled_back = true;
                 message.push_str(&format!("; rolled back to {}", previous.image));
             }
-            publish(world, EventType::Warning, "RolloutFailed", message.clone()).await;
+            world.note(EventType::Warning, "RolloutFailed", message.clone());
             finish(result, ServicePhase::Failed, message);
         }
         Progress::InProgress(_) => {}

@@ -1,0 +1,767 @@
+//! The operator at scale on the test control plane.
+//!
+//! Starts a private control plane and creates, with a plain client at high
+//! concurrency, `APPS` Apps spread over `NAMESPACES` namespaces, each with
+//! `SERVICES` image-based Services (action `restart`) and their Deployments,
+//! plus one App `big` with `BIG` Services and Deployments. Every Deployment
+//! has `replicas: 0`: no pods run, the point is the number of objects.
+//!
+//! Then it starts the operator as a separate process (the `redeploy-operator`
+//! binary of this build: `target/release/` under `cargo bench`) and reports:
+//!
+//! - the time from spawn to `/readyz` 200, to every App having its hook
+//!   Secret (`.status.hook` set), to every Service reconciled (`.status.type`
+//!   set) and to the operator being idle;
+//! - its resident memory (VmRSS, and the peak VmHWM) at those points and after
+//!   each fan-out;
+//! - rounds of, alternately: a plain `kube::Client` applying
+//!   `workload::restart_patch` (a fresh value each time) to the `BIG`
+//!   Deployments at concurrency 32, timed until every patch returned (and at
+//!   concurrency 1 for context); then one empty POST to App `big`'s hook,
+//!   timed until a watch has seen every one of its Deployments name the new
+//!   Redeployment on its pod template. Each round waits for the previous
+//!   Redeployment to finish.
+//!
+//! Targets: peak resident memory under 128 MiB; the fan-out within 1.5x the
+//! plain client's time at concurrency 32. A missed target is reported, not an
+//! error: the exit status is non-zero only when a step fails.
+//!
+//! `cargo bench --bench scale` (or `make scale`) measures; env `SCALE_APPS`
+//! (default 1000), `SCALE_SERVICES` (10), `SCALE_NAMESPACES` (10), `SCALE_BIG`
+//! (500), `SCALE_ROUNDS` (2). `cargo test --all-targets` runs it without
+//! `--bench`: a smoke run (5 Apps x 2 Services, a fan-out of 10) that asserts
+//! the fan-out patched every Deployment.
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use std::{
+    collections::HashMap,
+    fs::File,
+    path::PathBuf,
+    process::{Child, Command, ExitCode, Stdio},
+    time::{Duration, Instant},
+};
+
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Namespace, Secret},
+    },
+    jiff::Timestamp,
+};
+use kube::{
+    Api, Client, ResourceExt,
+    api::{ListParams, Patch, PatchParams, PostParams},
+    runtime::{WatchStreamExt, watcher},
+};
+use redeploy_operator::{
+    api::{App, Phase, Redeployment, Service},
+    install::{FIELD_MANAGER, apply_crds},
+    workload,
+};
+use redeploy_testenv::ControlPlane;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+const BIG: &str = "big";
+const BIG_NAMESPACE: &str = "scale-big";
+
+/// Targets from the issue.
+const MAX_RSS_MIB: f64 = 128.0;
+const MAX_FAN_OUT_RATIO: f64 = 1.5;
+/// Concurrency of the plain client's patches the fan-out is compared with.
+const BASELINE_CONCURRENCY: usize = 32;
+
+#[derive(Clone, Copy, Debug)]
+struct Settings {
+    apps: usize,
+    services: usize,
+    namespaces: usize,
+    big: usize,
+    rounds: usize,
+    /// Creates in flight while the objects are made.
+    create_concurrency: usize,
+    smoke: bool,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
+        if !std::env::args().any(|arg| arg == "--bench") {
+            return Ok(Settings {
+                apps: 5,
+                services: 2,
+                namespaces: 2,
+                big: 10,
+                rounds: 1,
+                create_concurrency: 16,
+                smoke: true,
+            });
+        }
+        let var = |name: &str, default: usize| -> anyhow::Result<usize> {
+            match std::env::var(name) {
+                Ok(value) => {
+                    let parsed: usize = value.trim().parse().map_err(|e| anyhow::anyhow!("{name}={value}: {e}"))?;
+                    anyhow::ensure!(parsed > 0, "{name} must be at least 1");
+                    Ok(parsed)
+                }
+                Err(_) => Ok(default),
+            }
+        };
+        Ok(Settings {
+            apps: var("SCALE_APPS", 1000)?,
+            services: var("SCALE_SERVICES", 10)?,
+            namespaces: var("SCALE_NAMESPACES", 10)?,
+            big: var("SCALE_BIG", 500)?,
+            rounds: var("SCALE_ROUNDS", 2)?,
+            create_concurrency: 64,
+            smoke: false,
+        })
+    }
+
+    fn total_apps(&self) -> usize {
+        self.apps + 1
+    }
+
+    fn total_services(&self) -> usize {
+        self.apps * self.services + self.big
+    }
+
+    /// The timeout of the long waits: generous at scale, short in the smoke run.
+    fn patience(&self) -> Duration {
+        Duration::from_secs(if self.smoke { 60 } else { 900 })
+    }
+}
+
+fn main() -> ExitCode {
+    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    match Settings::from_env().and_then(run) {
+        Ok(report) => {
+            report.print();
+            ExitCode::SUCCESS
+        }
+        Err(error) if smoke => panic!("the smoke run failed: {error:#}"),
+        Err(error) => {
+            eprintln!("scale: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(settings: Settings) -> anyhow::Result<Report> {
+    let control_plane = ControlPlane::start()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    runtime.block_on(scale(&control_plane, settings))
+}
+
+async fn scale(control_plane: &ControlPlane, s: Settings) -> anyhow::Result<Report> {
+    let mut report = Report::new(s);
+    report.load("start");
+    let client = control_plane.client().await?;
+    apply_crds(&client, Duration::from_secs(60)).await?;
+
+    // The objects, made by a plain client.
+    let namespaces: Vec<String> = (0..s.namespaces).map(|i| format!("scale-{i}")).collect();
+    for name in namespaces.iter().map(String::as_str).chain([BIG_NAMESPACE]) {
+        let namespace = serde_json::from_value(json!({ "metadata": { "name": name } }))?;
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &namespace).await?;
+    }
+    let mut objects = Vec::with_capacity(2 * s.total_services() + s.total_apps());
+    for i in 0..s.apps {
+        let (namespace, app) = (namespaces[i % s.namespaces].as_str(), format!("app-{i:04}"));
+        for j in 0..s.services {
+            let name = format!("{app}-s{j:02}");
+            objects.push(Object::Deployment { namespace, name: name.clone() });
+            objects.push(Object::Service { namespace, app: app.clone(), name });
+        }
+        objects.push(Object::App { namespace, name: app });
+    }
+    for j in 0..s.big {
+        let name = format!("{BIG}-s{j:03}");
+        objects.push(Object::Deployment { namespace: BIG_NAMESPACE, name: name.clone() });
+        objects.push(Object::Service { namespace: BIG_NAMESPACE, app: BIG.into(), name });
+    }
+    objects.push(Object::App { namespace: BIG_NAMESPACE, name: BIG.into() });
+    let started = Instant::now();
+    let failures: Vec<anyhow::Error> = futures::stream::iter(&objects)
+        .map(|object| object.create(&client))
+        .buffer_unordered(s.create_concurrency)
+        .filter_map(|result| async move { result.err() })
+        .collect()
+        .await;
+    if let Some(first) = failures.into_iter().next() {
+        return Err(first.context("creating the objects"));
+    }
+    report.objects = objects.len();
+    report.created = started.elapsed();
+    report.load("after the creates");
+
+    // Let the Deployment controller catch up, so the operator starts on a quiet control plane.
+    let started = Instant::now();
+    let deployments = Api::<Deployment>::all(client.clone());
+    wait_for("every Deployment observed by its controller", s.patience(), Duration::from_secs(2), || async {
+        let all = list_all(&deployments).await?;
+        let observed = all.iter().filter(|d| observed(d)).count();
+        Ok((observed == s.total_services()).then_some(()))
+    })
+    .await?;
+    report.settled = started.elapsed();
+
+    // The operator, in a process of its own.
+    let mut operator = Operator::spawn(control_plane)?;
+    report.binary = operator.binary.clone();
+    let http = reqwest::Client::builder().pool_max_idle_per_host(usize::MAX).build()?;
+    let readyz = format!("{}/readyz", operator.admin);
+    operator
+        .wait_for("/readyz 200", Duration::from_secs(180), Duration::from_millis(20), || async {
+            Ok(http.get(&readyz).send().await.ok().filter(|r| r.status() == 200).map(drop))
+        })
+        .await?;
+    report.point("ready", &operator)?;
+    report.load("operator ready");
+
+    let apps = Api::<App>::all(client.clone());
+    operator
+        .wait_for("every App's hook Secret", s.patience(), Duration::from_millis(500), || async {
+            let with_hook =
+                list_all(&apps).await?.iter().filter(|a| a.status.as_ref().is_some_and(|s| s.hook.is_some())).count();
+            Ok((with_hook == s.total_apps()).then_some(()))
+        })
+        .await?;
+    report.point("all hook Secrets", &operator)?;
+
+    let services = Api::<Service>::all(client.clone());
+    operator
+        .wait_for("every Service reconciled", s.patience(), Duration::from_secs(1), || async {
+            let all = list_all(&services).await?;
+            let reconciled = all.iter().filter(|s| s.status.as_ref().is_some_and(|s| s.type_.is_some())).count();
+            Ok((reconciled == s.total_services()).then_some(()))
+        })
+        .await?;
+    report.point("all Services reconciled", &operator)?;
+    // Idle: under 5% of a core over a whole second.
+    let pid = operator.child.id();
+    let mut last_ticks = cpu_ticks(pid)?;
+    let deadline = Instant::now() + s.patience();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        operator.check_running()?;
+        let ticks = cpu_ticks(pid)?;
+        if ticks - last_ticks <= IDLE_TICKS_PER_SECOND {
+            break;
+        }
+        last_ticks = ticks;
+        anyhow::ensure!(Instant::now() < deadline, "the operator did not go idle within {:?}", s.patience());
+    }
+    report.point("idle", &operator)?;
+    report.load("operator idle");
+
+    // The fan-out against the plain client.
+    let big = Api::<Deployment>::namespaced(client.clone(), BIG_NAMESPACE);
+    let names: Vec<String> = list_all(&big).await?.iter().map(|d| d.name_any()).collect();
+    anyhow::ensure!(names.len() == s.big, "App {BIG} has {} Deployments, not {}", names.len(), s.big);
+    let secret = Api::<Secret>::namespaced(client.clone(), BIG_NAMESPACE).get(&format!("{BIG}-hook")).await?;
+    let url = secret.data.and_then(|mut d| d.remove("url")).map(|v| String::from_utf8(v.0)).transpose()?;
+    let url = url.ok_or_else(|| anyhow::anyhow!("the hook Secret {BIG}-hook has no url"))?;
+    let mut tracker = Tracker::start(big.clone()).await?;
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), BIG_NAMESPACE);
+    for round in 1..=s.rounds {
+        settle(&big, &s).await?;
+        let c32 =
+            baseline(&big, &names, &format!("baseline-{round}-c{BASELINE_CONCURRENCY}"), BASELINE_CONCURRENCY).await?;
+        settle(&big, &s).await?;
+        let c1 = baseline(&big, &names, &format!("baseline-{round}-c1"), 1).await?;
+        settle(&big, &s).await?;
+        tracker.drain();
+
+        let started = Instant::now();
+        let response = http.post(&url).header("Content-Length", "0").send().await?;
+        let posted = started.elapsed();
+        let status = response.status();
+        let body: serde_json::Value = response.json().await?;
+        anyhow::ensure!(status == 202, "the hook answered {status}: {body}");
+        let name = body["redeployment"].as_str().unwrap_or_default().to_string();
+        let (first, last) = tracker.wait_all(&names, &name, s.patience()).await?;
+        let (first, fan_out) = (first.saturating_duration_since(started), last.saturating_duration_since(started));
+        operator.check_running()?;
+        let patched = list_all(&big).await?;
+        let missing = patched
+            .iter()
+            .filter(|d| workload::redeployment_of(Some(&d.spec.template)).as_deref() != Some(name.as_str()))
+            .count();
+        anyhow::ensure!(missing == 0, "{missing} Deployments of App {BIG} do not name Redeployment {name}");
+        let phase = operator
+            .wait_for(&format!("Redeployment {name} to finish"), s.patience(), Duration::from_millis(200), || async {
+                let phase = redeployments.get(&name).await?.status.and_then(|s| s.phase);
+                Ok(phase.filter(|p| p.is_finished()))
+            })
+            .await?;
+        let finished = started.elapsed();
+        anyhow::ensure!(phase == Phase::Succeeded, "Redeployment {name} finished {phase:?}");
+        report.rounds.push(Round { c32, c1, posted, first, fan_out, finished });
+        report.point(&format!("after fan-out {round}"), &operator)?;
+        report.load(&format!("after round {round}"));
+    }
+    Ok(report)
+}
+
+/// One object the plain client creates.
+enum Object<'a> {
+    Deployment { namespace: &'a str, name: String },
+    Service { namespace: &'a str, app: String, name: String },
+    App { namespace: &'a str, name: String },
+}
+
+impl Object<'_> {
+    async fn create(&self, client: &Client) -> anyhow::Result<()> {
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        match self {
+            Object::Deployment { namespace, name } => {
+                let deployment = serde_json::from_value(json!({
+                    "metadata": { "name": name },
+                    "spec": {
+                        "replicas": 0,
+                        "selector": { "matchLabels": { "app": name } },
+                        "template": {
+                            "metadata": { "labels": { "app": name } },
+                            "spec": { "containers": [
+                                { "name": "main", "image": format!("registry.example.com/{name}:initial") },
+                            ] },
+                        },
+                    },
+                }))?;
+                Api::<Deployment>::namespaced(client.clone(), namespace).create(&params, &deployment).await?;
+            }
+            Object::Service { namespace, app, name } => {
+                let service = serde_json::from_value(json!({
+                    "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
+                    "metadata": { "name": name },
+                    "spec": {
+                        "app": app,
+                        "target": { "name": name },
+                        "image": { "reference": format!("registry.example.com/{name}:initial") },
+                    },
+                }))?;
+                Api::<Service>::namespaced(client.clone(), namespace).create(&params, &service).await?;
+            }
+            Object::App { namespace, name } => {
+                let app = serde_json::from_value(json!({
+                    "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
+                    "metadata": { "name": name },
+                    "spec": {},
+                }))?;
+                Api::<App>::namespaced(client.clone(), namespace).create(&params, &app).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Every object of `api`, listed in pages.
+async fn list_all<K>(api: &Api<K>) -> anyhow::Result<Vec<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut items = Vec::new();
+    let mut params = ListParams::default().limit(2000);
+    loop {
+        let page = api.list(&params).await?;
+        items.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(items),
+        }
+    }
+}
+
+/// The Deployment controller has seen the Deployment's last change.
+fn observed(deployment: &Deployment) -> bool {
+    let observed = deployment.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default();
+    observed >= deployment.metadata.generation.unwrap_or(1)
+}
+
+/// Waits until the Deployment controller has caught up with App `big`'s Deployments.
+async fn settle(big: &Api<Deployment>, s: &Settings) -> anyhow::Result<()> {
+    wait_for("App big's Deployments observed", s.patience(), Duration::from_millis(100), || async {
+        Ok(list_all(big).await?.iter().all(observed).then_some(()))
+    })
+    .await
+}
+
+/// The plain client: `workload::restart_patch` (as the operator's restart builds it) applied
+/// to every Deployment, `concurrency` at a time; timed until every patch returned.
+async fn baseline(
+    big: &Api<Deployment>,
+    names: &[String],
+    value: &str,
+    concurrency: usize,
+) -> anyhow::Result<Duration> {
+    let patch = workload::restart_patch(value, &Timestamp::now().to_string());
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let (patch, params) = (&patch, &params);
+    let started = Instant::now();
+    futures::stream::iter(names)
+        .map(|name| async move { big.patch(name, params, &Patch::Strategic(patch)).await.map(drop) })
+        .buffer_unordered(concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(started.elapsed())
+}
+
+/// Watches App `big`'s Deployments: which Redeployment each pod template names, and since when.
+struct Tracker {
+    changes: mpsc::UnboundedReceiver<(String, Option<String>, Instant)>,
+    state: HashMap<String, (Option<String>, Instant)>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Tracker {
+    async fn start(api: Api<Deployment>) -> anyhow::Result<Tracker> {
+        let (sender, changes) = mpsc::unbounded_channel();
+        let (synced, is_synced) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(async move {
+            let mut synced = Some(synced);
+            let mut events = watcher(api, watcher::Config::default()).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(d) | watcher::Event::InitApply(d)) => {
+                        let value = workload::redeployment_of(Some(&d.spec.template));
+                        let _ = sender.send((d.name_any(), value, Instant::now()));
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(synced) = synced.take() {
+                            let _ = synced.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => eprintln!("scale: watching Deployments: {error}"),
+                }
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(60), is_synced).await??;
+        let mut tracker = Tracker { changes, state: HashMap::new(), task };
+        tracker.drain();
+        Ok(tracker)
+    }
+
+    fn record(&mut self, (name, value, at): (String, Option<String>, Instant)) {
+        let entry = self.state.entry(name).or_insert((None, at));
+        if entry.0 != value {
+            *entry = (value, at);
+        }
+    }
+
+    /// Takes in what the watch has seen so far.
+    fn drain(&mut self) {
+        while let Ok(change) = self.changes.try_recv() {
+            self.record(change);
+        }
+    }
+
+    /// When the first and the last of `names` came to name `redeployment`.
+    async fn wait_all(
+        &mut self,
+        names: &[String],
+        redeployment: &str,
+        timeout: Duration,
+    ) -> anyhow::Result<(Instant, Instant)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.drain();
+            let done: Option<Vec<Instant>> = names
+                .iter()
+                .map(|n| self.state.get(n).filter(|(v, _)| v.as_deref() == Some(redeployment)).map(|(_, at)| *at))
+                .collect();
+            if let Some(done) = done {
+                let first = done.iter().min().copied().ok_or_else(|| anyhow::anyhow!("no Deployments"))?;
+                return Ok((first, done.into_iter().max().unwrap_or(first)));
+            }
+            let left = deadline.saturating_duration_since(Instant::now());
+            let pending =
+                names.iter().filter(|n| self.state.get(*n).is_none_or(|(v, _)| v.as_deref() != Some(redeployment)));
+            anyhow::ensure!(
+                !left.is_zero(),
+                "{} Deployments were not patched by Redeployment {redeployment} within {timeout:?}",
+                pending.count()
+            );
+            match tokio::time::timeout(left, self.changes.recv()).await {
+                Ok(Some(change)) => self.record(change),
+                Ok(None) => anyhow::bail!("the Deployment watch ended"),
+                Err(_) => {}
+            }
+        }
+    }
+}
+
+impl Drop for Tracker {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// CPU ticks (at the usual 100 per second) over one second below which the operator counts as idle: 5%.
+const IDLE_TICKS_PER_SECOND: u64 = 5;
+
+/// The operator binary running as a process of its own; killed on drop.
+struct Operator {
+    child: Child,
+    binary: PathBuf,
+    log: PathBuf,
+    admin: String,
+    started: Instant,
+}
+
+impl Operator {
+    fn spawn(control_plane: &ControlPlane) -> anyhow::Result<Operator> {
+        let binary = PathBuf::from(env!("CARGO_BIN_EXE_redeploy-operator"));
+        let free = || -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port()) };
+        let (hook_port, admin_port) = (free()?, free()?);
+        // Kept after the run (the control plane's directory is not).
+        let log = std::env::temp_dir().join("redeploy-scale-operator.log");
+        let out = File::create(&log)?;
+        let started = Instant::now();
+        let child = Command::new(&binary)
+            .args(["run", "--hook-addr", &format!("127.0.0.1:{hook_port}")])
+            .args(["--metrics-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--public-url", &format!("http://127.0.0.1:{hook_port}")])
+            .env("KUBECONFIG", control_plane.kubeconfig_path())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| anyhow::anyhow!("starting {}: {e}", binary.display()))?;
+        Ok(Operator { child, binary, log, admin: format!("http://127.0.0.1:{admin_port}"), started })
+    }
+
+    /// Fails, with the end of its log, once the operator has exited.
+    fn check_running(&mut self) -> anyhow::Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect();
+            anyhow::bail!("the operator exited ({status}); last lines of its log:\n{}", tail.join("\n"));
+        }
+        Ok(())
+    }
+
+    /// [`wait_for`], failing early when the operator exits.
+    async fn wait_for<T, F, Fut>(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        every: Duration,
+        mut check: F,
+    ) -> anyhow::Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+    {
+        let deadline = Instant::now() + timeout;
+        loop {
+            self.check_running()?;
+            if let Some(value) = check().await? {
+                return Ok(value);
+            }
+            anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+            tokio::time::sleep(every).await;
+        }
+    }
+
+    /// VmRSS and VmHWM, in KiB.
+    fn memory(&self) -> anyhow::Result<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        let field = |name: &str| -> anyhow::Result<u64> {
+            let line = status.lines().find(|l| l.starts_with(name)).ok_or_else(|| anyhow::anyhow!("no {name}"))?;
+            Ok(line.split_whitespace().nth(1).unwrap_or_default().parse()?)
+        };
+        Ok((field("VmRSS:")?, field("VmHWM:")?))
+    }
+}
+
+/// User and system CPU ticks process `pid` has used so far.
+fn cpu_ticks(pid: u32) -> anyhow::Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> =
+        stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default().split_whitespace().collect();
+    let tick = |i: usize| -> anyhow::Result<u64> { Ok(fields.get(i).copied().unwrap_or_default().parse()?) };
+    // After the command name: state is field 3, utime 14 and stime 15.
+    Ok(tick(11)? + tick(12)?)
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Waits until `check` returns `Some`, polling every `every`.
+async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await? {
+            return Ok(value);
+        }
+        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(every).await;
+    }
+}
+
+/// A moment of the operator's life: time since spawn and memory.
+struct Point {
+    what: String,
+    since_spawn: Duration,
+    rss_kib: u64,
+    hwm_kib: u64,
+}
+
+struct Round {
+    c32: Duration,
+    c1: Duration,
+    /// Until the hook answered.
+    posted: Duration,
+    /// Until the first Deployment was seen patched.
+    first: Duration,
+    /// Until the last Deployment was seen patched.
+    fan_out: Duration,
+    /// Until the Redeployment was seen finished (Succeeded).
+    finished: Duration,
+}
+
+struct Report {
+    settings: Settings,
+    binary: PathBuf,
+    objects: usize,
+    created: Duration,
+    settled: Duration,
+    points: Vec<Point>,
+    rounds: Vec<Round>,
+    load: Vec<(String, String)>,
+}
+
+impl Report {
+    fn new(settings: Settings) -> Report {
+        Report {
+            settings,
+            binary: PathBuf::new(),
+            objects: 0,
+            created: Duration::ZERO,
+            settled: Duration::ZERO,
+            points: Vec::new(),
+            rounds: Vec::new(),
+            load: Vec::new(),
+        }
+    }
+
+    fn point(&mut self, what: &str, operator: &Operator) -> anyhow::Result<()> {
+        let (rss_kib, hwm_kib) = operator.memory()?;
+        let since_spawn = operator.started.elapsed();
+        self.points.push(Point { what: what.into(), since_spawn, rss_kib, hwm_kib });
+        Ok(())
+    }
+
+    fn load(&mut self, when: &str) {
+        let value = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+        let value = value.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
+        self.load.push((when.into(), value));
+    }
+
+    fn print(&self) {
+        let s = &self.settings;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        let verdict = |pass: bool| if pass { "PASS" } else { "FAIL" };
+        println!();
+        println!(
+            "scale{}: {} Apps x {} Services over {} namespaces + App `{BIG}` with {} Services",
+            if s.smoke { " (smoke run; `cargo bench --bench scale` measures)" } else { "" },
+            s.apps,
+            s.services,
+            s.namespaces,
+            s.big
+        );
+        println!(
+            "objects: {} Apps, {} Services, {} Deployments with replicas: 0 (no pods: this measures object count)",
+            s.total_apps(),
+            s.total_services(),
+            s.total_services()
+        );
+        println!(
+            "created {} objects in {:.1} s ({:.0}/s, {} at once); the Deployment controller caught up {:.1} s later",
+            self.objects,
+            self.created.as_secs_f64(),
+            self.objects as f64 / self.created.as_secs_f64(),
+            s.create_concurrency,
+            self.settled.as_secs_f64()
+        );
+        println!(
+            "operator: {} run (a process of its own; its log: {})",
+            self.binary.display(),
+            std::env::temp_dir().join("redeploy-scale-operator.log").display()
+        );
+        println!();
+        println!("{:<28} {:>12} {:>11} {:>11}", "operator", "since spawn", "VmRSS MiB", "VmHWM MiB");
+        for p in &self.points {
+            let what = match p.what.as_str() {
+                "ready" => "/readyz 200".to_string(),
+                "all hook Secrets" => format!("all {} hook Secrets", s.total_apps()),
+                "all Services reconciled" => format!("all {} Services reconciled", s.total_services()),
+                "idle" => "idle (CPU < 5%)".to_string(),
+                other => other.to_string(),
+            };
+            println!(
+                "{what:<28} {:>10.2} s {:>11.1} {:>11.1}",
+                p.since_spawn.as_secs_f64(),
+                mib(p.rss_kib),
+                mib(p.hwm_kib)
+            );
+        }
+        let peak = self.points.iter().map(|p| p.hwm_kib.max(p.rss_kib)).max().unwrap_or_default();
+        println!(
+            "peak resident memory {:.1} MiB  {} (target < {MAX_RSS_MIB:.0} MiB)",
+            mib(peak),
+            verdict(mib(peak) < MAX_RSS_MIB)
+        );
+        println!();
+        println!(
+            "fan-out to {} Deployments: one empty POST to App `{BIG}`'s hook, until a watch saw every Deployment patched",
+            s.big
+        );
+        println!(
+            "{:<6} {:>13} {:>12} {:>8} {:>13} {:>10} {:>13} {:>18}",
+            "round",
+            "plain c=32 s",
+            "plain c=1 s",
+            "POST ms",
+            "1st patch ms",
+            "fan-out s",
+            "fan-out/c=32",
+            "Succeeded after s"
+        );
+        for (i, r) in self.rounds.iter().enumerate() {
+            println!(
+                "{:<6} {:>13.3} {:>12.3} {:>8.1} {:>13.1} {:>10.3} {:>13.2} {:>18.2}",
+                i + 1,
+                r.c32.as_secs_f64(),
+                r.c1.as_secs_f64(),
+                r.posted.as_secs_f64() * 1e3,
+                r.first.as_secs_f64() * 1e3,
+                r.fan_out.as_secs_f64(),
+                r.fan_out.as_secs_f64() / r.c32.as_secs_f64(),
+                r.finished.as_secs_f64()
+            );
+        }
+        let total = |f: fn(&Round) -> Duration| self.rounds.iter().map(|r| f(r).as_secs_f64()).sum::<f64>();
+        let ratio = total(|r| r.fan_out) / total(|r| r.c32);
+        println!(
+            "fan-out / plain client (c=32), all rounds  {ratio:.2}  {} (target <= {MAX_FAN_OUT_RATIO:.1})",
+            verdict(ratio <= MAX_FAN_OUT_RATIO)
+        );
+        let load: Vec<String> = self.load.iter().map(|(when, value)| format!("{when}: {value}")).collect();
+        println!("load average (1/5/15 min): {}", load.join("; "));
+    }
+}
