@@ -119,13 +119,14 @@ pub async fn start_operator(
     Ok(running)
 }
 
-/// Waits until `check` returns `Some`, polling every 50 ms for up to 30 s.
+/// Waits until `check` returns `Some`, polling every 50 ms for up to 90 s
+/// (generous: CI machines are small and run the test binaries side by side).
 pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
     loop {
         if let Some(value) = check().await? {
             return Ok(value);
