@@ -491,12 +491,16 @@ async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
         slow.push(stream);
     }
     // ...and the next one is told to come back later.
+    // The probe names no Service, so a free slot answers 422 and stores nothing.
+    let seen = std::sync::Mutex::new(Vec::new());
     let answer = eventually("a 429", || async {
-        let response = reqwest::Client::new().post(&hook).send().await?;
+        let response = reqwest::Client::new().post(format!("{hook}?services=__probe__")).send().await?;
+        seen.lock().unwrap_or_else(|e| e.into_inner()).push(response.status().as_u16());
         let retry_after = response.headers().get("retry-after").cloned();
         Ok((response.status() == 429).then_some(retry_after))
     })
-    .await?;
+    .await
+    .map_err(|e| e.context(format!("answers seen: {:?}", seen.lock().unwrap_or_else(|e| e.into_inner()))))?;
     assert!(answer.is_some(), "429 carries Retry-After");
     drop(slow);
     // Once the slow calls are gone (cut off by the body timeout at the latest) calls are taken again.
