@@ -184,6 +184,27 @@ async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Set
     let url = url.ok_or_else(|| anyhow::anyhow!("the hook Secret has no url"))?;
     anyhow::ensure!(url.starts_with(&format!("http://{hook_addr}/")), "the hook URL {url} is not on {hook_addr}");
 
+    // Redeployments are seen as they are created: the operator executes them and
+    // its history pruning deletes finished ones, so a list at the end would undercount.
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let watch = {
+        let (seen, api) = (seen.clone(), Api::<Redeployment>::namespaced(client.clone(), &namespace));
+        tokio::spawn(async move {
+            use futures::StreamExt;
+            use kube::{
+                ResourceExt,
+                runtime::{WatchStreamExt, watcher},
+            };
+            let mut objects = watcher(api, watcher::Config::default()).default_backoff().applied_objects().boxed();
+            while let Some(object) = objects.next().await {
+                if let Ok(object) = object {
+                    let delivery = object.annotations().get(DELIVERY_ANNOTATION).cloned().unwrap_or_default();
+                    seen.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery);
+                }
+            }
+        })
+    };
+
     let http = reqwest::Client::builder().pool_max_idle_per_host(usize::MAX).build()?;
     let hook = Hook { http, url };
     // Until the operator's caches know the hook and the Service, the fixture gets 404 or 200 (nothing to deploy).
@@ -211,11 +232,18 @@ async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Set
     }
     report.warm_up = [&raw_warm_up, &hook_warm_up].map(|r| (r.ok(), r.failed()));
 
-    // Every 202 and every successful create stored exactly one object.
-    let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    // Every 202 and every successful create stored exactly one object (the
+    // watch may trail the last creates by a moment: give it time to settle).
+    let expected_total = 1 + 2 * warm_up + 2 * settings.n * settings.rounds;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    while seen.lock().unwrap_or_else(|e| e.into_inner()).len() < expected_total && std::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    watch.abort();
+    let deliveries = seen.lock().unwrap_or_else(|e| e.into_inner()).clone();
     let mut by_kind: BTreeMap<&'static str, usize> = BTreeMap::new();
-    for object in redeployments.list_metadata(&ListParams::default()).await?.items {
-        let delivery = object.metadata.annotations.and_then(|mut a| a.remove(DELIVERY_ANNOTATION)).unwrap_or_default();
+    for delivery in deliveries {
         let kind = ["raw-", "hook-", "warm-raw-", "warm-hook-", "probe"]
             .into_iter()
             .find(|prefix| delivery.starts_with(prefix))
