@@ -109,13 +109,26 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     let app_name = &redeployment.spec.app;
+    // Right after a start the other controllers' caches may still be filling:
+    // what the cache lacks is read from the API server before it counts as missing.
+    let app = match context.caches.app(&namespace, app_name) {
+        Some(app) => Some(app),
+        None => Api::<App>::namespaced(context.client.clone(), &namespace).get_opt(app_name).await?,
+    };
+    let profile = match &redeployment.spec.profile {
+        Some(name) => {
+            match context.caches.profiles_of(&namespace, app_name).into_iter().find(|p| &p.name_any() == name) {
+                Some(profile) => Some(profile),
+                None => Api::<DeploymentProfile>::namespaced(context.client.clone(), &namespace).get_opt(name).await?,
+            }
+        }
+        None => None,
+    };
     let world = World {
         context,
         redeployment,
-        app: context.caches.app(&namespace, app_name),
-        profile: redeployment.spec.profile.as_ref().and_then(|name| {
-            context.caches.profiles_of(&namespace, app_name).into_iter().find(|p| &p.name_any() == name)
-        }),
+        app,
+        profile,
         services: context.caches.services_of(&namespace, app_name).into_iter().map(|s| (s.name_any(), s)).collect(),
         namespace,
         noted: Default::default(),
