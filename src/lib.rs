@@ -3,6 +3,7 @@
 
 pub mod api;
 pub mod build;
+pub mod cache;
 pub mod cli;
 pub mod context;
 pub mod hook;

@@ -11,27 +11,23 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment, StatefulSet},
-    batch::v1::Job,
-    core::v1::Secret,
-};
+use k8s_openapi::api::{batch::v1::Job, core::v1::Secret};
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource,
     core::error_boundary::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt,
+        Controller, controller,
         events::{Recorder, Reporter},
-        reflector::{self, ObjectRef},
-        watcher,
+        reflector, watcher,
     },
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{App, DeploymentProfile, Redeployment, Service, WorkloadKind},
+    api::{App, DeploymentProfile, Redeployment, Service},
     build::REDEPLOYMENT_LABEL,
-    context::{Caches, Context, Settings},
+    cache::{Caches, Change, ServiceIndex, Trigger, WorkloadChange, WorkloadIndex, watch_into},
+    context::{Context, Settings},
     hook::{
         credentials::HOOK_LABEL,
         handler::{HookState, Limits},
@@ -41,7 +37,7 @@ use crate::{
     metrics::Metrics,
     reconcile::{self, app, redeployment, service},
     server::serve,
-    workload,
+    workload::Workload,
 };
 
 #[derive(Clone, Debug)]
@@ -121,18 +117,14 @@ fn stopped_sync(
     fired.map(|_| ())
 }
 
-/// Malformed objects stay in the caches as errors, skipped by every reader;
-/// the watch goes on.
-fn warn_if_malformed<K>(kind: &str, change: Result<DeserializeGuard<K>, watcher::Error>) {
-    if let Ok(DeserializeGuard(Err(invalid))) = change {
-        tracing::warn!(
-            kind,
-            name = ?invalid.metadata.name,
-            namespace = ?invalid.metadata.namespace,
-            error = %invalid.error,
-            "skipping a malformed object"
-        );
-    }
+/// Reconciliations each controller runs at once. Unbounded, a start with
+/// thousands of objects runs a reconciliation (and API requests, each on a
+/// connection of its own) for every one of them at the same time.
+const RECONCILE_CONCURRENCY: u16 = 32;
+
+/// Namespace and name of a watched object.
+fn key<K: Resource>(object: &K) -> (String, String) {
+    (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
 }
 
 /// Binds the ports and starts the caches, the reconcilers and both servers.
@@ -142,98 +134,121 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let mut background = JoinSet::new();
     let metrics = Arc::new(Metrics::default());
 
-    let (services, services_writer) = reflector::store();
-    let targets = service::TargetIndex::default();
-    let service_events = watcher(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default())
-        .default_backoff()
-        .reflect(services_writer);
+    // Each controller is told what to reconcile by the watches below: one
+    // watch per kind, shared by every controller and reader.
+    let (app_trigger, app_requests) = Trigger::<DeserializeGuard<App>>::new();
+    let (service_trigger, service_requests) = Trigger::<DeserializeGuard<Service>>::new();
+    let (redeployment_trigger, redeployment_requests) = Trigger::<DeserializeGuard<Redeployment>>::new();
+    let (apps, apps_writer) = reflector::store::<DeserializeGuard<App>>();
+    let (services, services_writer) = reflector::store::<DeserializeGuard<Service>>();
+    let (profiles, profiles_writer) = reflector::store::<DeserializeGuard<DeploymentProfile>>();
+    let (redeployments, redeployments_writer) = reflector::store::<DeserializeGuard<Redeployment>>();
+    let service_index = ServiceIndex::default();
+    let workloads = WorkloadIndex::default();
+    let hooks = HookIndex::default();
 
-    let (profiles, profiles_writer) = reflector::store();
-    let profile_changes =
-        watcher(Api::<DeserializeGuard<DeploymentProfile>>::all(client.clone()), watcher::Config::default())
-            .default_backoff()
-            .reflect(profiles_writer)
-            .applied_objects();
-    background.spawn(profile_changes.for_each(|change| async move { warn_if_malformed("DeploymentProfile", change) }));
-    let index = targets.clone();
-    background.spawn(service_events.for_each(move |event| {
-        match &event {
-            Ok(watcher::Event::Apply(DeserializeGuard(Ok(service))))
-            | Ok(watcher::Event::InitApply(DeserializeGuard(Ok(service)))) => index.insert(service),
-            Ok(watcher::Event::Delete(guard)) => {
-                let metadata = match &guard.0 {
-                    Ok(service) => service.metadata.clone(),
-                    Err(invalid) => invalid.metadata.clone(),
-                };
-                index.remove(&metadata.namespace.unwrap_or_default(), &metadata.name.unwrap_or_default());
+    let trigger = app_trigger.clone();
+    background.spawn(watch_into(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        apps_writer,
+        move |change, _| {
+            if let Change::Applied(app) = change {
+                let (namespace, name) = key(app);
+                trigger.reconcile(&namespace, &name);
             }
-            Ok(watcher::Event::Apply(guard)) | Ok(watcher::Event::InitApply(guard)) => {
-                warn_if_malformed("Service", Ok(guard.clone()));
+        },
+    ));
+
+    // During the first list every controller reconciles all its objects
+    // anyway: the watches then wake only the objects' own controller.
+    let (index, trigger, app) = (service_index.clone(), service_trigger.clone(), app_trigger.clone());
+    background.spawn(watch_into(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        services_writer,
+        move |change, initial| match change {
+            Change::Applied(guard) => {
+                let (namespace, name) = key(guard);
+                if let Ok(service) = &guard.0 {
+                    let moved_from = index.insert(service);
+                    for app_name in moved_from.iter().chain([&service.spec.app]).filter(|_| !initial) {
+                        app.reconcile(&namespace, app_name);
+                    }
+                }
+                trigger.reconcile(&namespace, &name);
             }
-            _ => {}
+            Change::Deleted(guard) => {
+                let (namespace, name) = key(guard);
+                if let Some(app_name) = index.remove(&namespace, &name) {
+                    app.reconcile(&namespace, &app_name);
+                }
+            }
+        },
+    ));
+
+    background.spawn(watch_into(Api::all(client.clone()), watcher::Config::default(), profiles_writer, |change, _| {
+        if let Change::Applied(DeserializeGuard(Err(invalid))) = change {
+            tracing::warn!(
+                kind = "DeploymentProfile",
+                name = ?invalid.metadata.name,
+                namespace = ?invalid.metadata.namespace,
+                error = %invalid.error,
+                "skipping a malformed object"
+            );
         }
-        async {}
     }));
 
-    let hooks = HookIndex::default();
+    let (trigger, app) = (redeployment_trigger.clone(), app_trigger.clone());
+    background.spawn(watch_into(
+        Api::all(client.clone()),
+        watcher::Config::default(),
+        redeployments_writer,
+        move |change, initial| {
+            let (Change::Applied(guard) | Change::Deleted(guard)) = &change;
+            let (namespace, name) = key(*guard);
+            if let (Ok(redeployment), false) = (&guard.0, initial) {
+                app.reconcile(&namespace, &redeployment.spec.app);
+            }
+            if let Change::Applied(_) = change {
+                trigger.reconcile(&namespace, &name);
+            }
+        },
+    ));
+
+    // A workload wakes the Services that target it when its containers come
+    // or go, and the Redeployments its pod template names as it rolls out.
+    let (index, services_trigger, trigger) =
+        (service_index.clone(), service_trigger.clone(), redeployment_trigger.clone());
+    background.spawn(workloads.clone().run(client.clone(), move |change: WorkloadChange<'_>| {
+        if change.before.map(|w| &w.containers) != change.after.map(|w| &w.containers) {
+            for service in index.targeting(change.kind, change.namespace, change.name) {
+                services_trigger.reconcile(change.namespace, &service);
+            }
+        }
+        let named = |w: Option<&Workload>| w.and_then(|w| w.redeployment.clone());
+        let (before, after) = (named(change.before), named(change.after));
+        for redeployment in after.iter().chain(before.iter().filter(|b| Some(*b) != after.as_ref())) {
+            trigger.reconcile(change.namespace, redeployment);
+        }
+    }));
+
     background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone())));
 
-    let app_controller = Controller::new(Api::<DeserializeGuard<App>>::all(client.clone()), watcher::Config::default())
+    let controller_config = || controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
+    let app_controller = Controller::for_stream(futures::stream::pending(), apps.clone())
+        .with_config(controller_config())
         .owns(Api::<Secret>::all(client.clone()), watcher::Config::default().labels(&format!("{HOOK_LABEL}=true")))
-        .watches(
-            Api::<DeserializeGuard<Service>>::all(client.clone()),
-            watcher::Config::default(),
-            |guard: DeserializeGuard<Service>| {
-                let service = guard.0.ok()?;
-                Some(ObjectRef::new(&service.spec.app).within(&service.namespace()?))
-            },
-        );
+        .reconcile_on(app_requests);
+    let redeployment_controller = Controller::for_stream(futures::stream::pending(), redeployments.clone())
+        .with_config(controller_config())
+        .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(REDEPLOYMENT_LABEL))
+        .reconcile_on(redeployment_requests);
+    let service_controller = Controller::for_stream(futures::stream::pending(), services.clone())
+        .with_config(controller_config())
+        .reconcile_on(service_requests);
 
-    let redeployment_controller =
-        Controller::new(Api::<DeserializeGuard<Redeployment>>::all(client.clone()), watcher::Config::default())
-            .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(REDEPLOYMENT_LABEL))
-            .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default(), |deployment| {
-                let name = workload::redeployment_of(Some(&deployment.spec.template))?;
-                Some(ObjectRef::new(&name).within(&deployment.namespace()?))
-            })
-            .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default(), |set| {
-                let name = workload::redeployment_of(Some(&set.spec.template))?;
-                Some(ObjectRef::new(&name).within(&set.namespace()?))
-            })
-            .watches(Api::<DaemonSet>::all(client.clone()), watcher::Config::default(), |set| {
-                let name = workload::redeployment_of(Some(&set.spec.template))?;
-                Some(ObjectRef::new(&name).within(&set.namespace()?))
-            });
-    let app_controller = app_controller.watches(
-        Api::<DeserializeGuard<Redeployment>>::all(client.clone()),
-        watcher::Config::default(),
-        |guard: DeserializeGuard<Redeployment>| {
-            let redeployment = guard.0.ok()?;
-            Some(ObjectRef::new(&redeployment.spec.app).within(&redeployment.namespace()?))
-        },
-    );
-    let service_controller =
-        Controller::new(Api::<DeserializeGuard<Service>>::all(client.clone()), watcher::Config::default());
-    // A workload created or changed after its Service updates the Service's TargetReady condition.
-    let (by_deployment, by_stateful_set, by_daemon_set) = (targets.clone(), targets.clone(), targets.clone());
-    let service_controller = service_controller
-        .watches(Api::<Deployment>::all(client.clone()), watcher::Config::default(), move |w| {
-            by_deployment.services(WorkloadKind::Deployment, w.namespace(), w.name_any())
-        })
-        .watches(Api::<StatefulSet>::all(client.clone()), watcher::Config::default(), move |w| {
-            by_stateful_set.services(WorkloadKind::StatefulSet, w.namespace(), w.name_any())
-        })
-        .watches(Api::<DaemonSet>::all(client.clone()), watcher::Config::default(), move |w| {
-            by_daemon_set.services(WorkloadKind::DaemonSet, w.namespace(), w.name_any())
-        });
-
-    let caches = Caches {
-        apps: app_controller.store(),
-        services,
-        profiles,
-        redeployments: redeployment_controller.store(),
-        hooks,
-    };
+    let caches = Caches { apps, services, service_index, profiles, redeployments, workloads, hooks };
     let reporter = Reporter { controller: "redeploy-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -243,35 +258,52 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         metrics: metrics.clone(),
     });
 
+    // The reconcilers start once every cache holds a full list: before, a
+    // missing object could not be told from one not listed yet.
     let ready = Arc::new(AtomicBool::new(false));
+    let (synced, is_synced) = tokio::sync::oneshot::channel::<()>();
     {
         let (caches, ready) = (context.caches.clone(), ready.clone());
         background.spawn(async move {
             if caches.wait_synced().await.is_ok() {
                 ready.store(true, Ordering::Release);
                 tracing::info!("caches synced; ready");
+                let _ = synced.send(());
             }
         });
     }
+    let is_synced = is_synced.shared();
+    let until_synced = |run: BoxFuture<'static, ()>| {
+        let (is_synced, stopped) = (is_synced.clone(), stopped(&stop));
+        async move {
+            tokio::select! {
+                Ok(()) = is_synced => run.await,
+                () = stopped => {}
+            }
+        }
+    };
 
-    tasks.spawn(
+    tasks.spawn(until_synced(
         app_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(app::reconcile, reconcile::error_policy(app::CONTROLLER), context.clone())
-            .for_each(|_| async {}),
-    );
-    tasks.spawn(
+            .for_each(|_| async {})
+            .boxed(),
+    ));
+    tasks.spawn(until_synced(
         redeployment_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(redeployment::reconcile, reconcile::error_policy(redeployment::CONTROLLER), context.clone())
-            .for_each(|_| async {}),
-    );
-    tasks.spawn(
+            .for_each(|_| async {})
+            .boxed(),
+    ));
+    tasks.spawn(until_synced(
         service_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(service::reconcile, reconcile::error_policy(service::CONTROLLER), context.clone())
-            .for_each(|_| async {}),
-    );
+            .for_each(|_| async {})
+            .boxed(),
+    ));
 
     let hook_listener = TcpListener::bind(config.hook_addr).await?;
     let admin_listener = TcpListener::bind(config.admin_addr).await?;

@@ -1,15 +1,21 @@
 //! The workloads a Service rolls out (Deployment, StatefulSet, DaemonSet):
-//! reading their rollout progress and building the patches that start one.
-//! Progress and patches are pure; `get` and `patch` are thin client calls.
+//! what the operator keeps of each, its rollout progress, and the patches
+//! that start one. All of it is pure but `get` and `patch`, thin client calls.
 
-use k8s_openapi::api::{
-    apps::v1::{DaemonSet, Deployment, StatefulSet},
-    core::v1::{Container, PodTemplateSpec},
+use std::fmt::Debug;
+
+use k8s_openapi::{
+    NamespaceResourceScope,
+    api::{
+        apps::v1::{DaemonSet, Deployment, StatefulSet},
+        core::v1::PodTemplateSpec,
+    },
 };
 use kube::{
-    Api, Client, ResourceExt,
+    Api, Client, Resource,
     api::{Patch, PatchParams},
 };
+use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
 use crate::{
@@ -25,11 +31,30 @@ pub const PREVIOUS_ANNOTATION: &str = "redeploy.dev/previous";
 /// The annotation `kubectl rollout restart` sets.
 pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
 
-#[derive(Clone, Debug)]
-pub enum Workload {
-    Deployment(Deployment),
-    StatefulSet(StatefulSet),
-    DaemonSet(DaemonSet),
+/// What the operator keeps of a workload: the few fields it reads, small
+/// enough to hold every workload of a large cluster in memory.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Workload {
+    pub kind: WorkloadKind,
+    /// For a patch that must apply to exactly this version.
+    pub resource_version: Option<String>,
+    pub generation: i64,
+    pub containers: Vec<ContainerImage>,
+    /// The Redeployment its pod template names.
+    pub redeployment: Option<String>,
+    /// Its pod template's restart annotation.
+    pub restarted_at: Option<String>,
+    /// What ran before the current Redeployment's rollout, as recorded by [`record_previous`].
+    pub previous: Option<PreviousTemplate>,
+    observed_generation: i64,
+    /// Progress as the status shows it, once its controller has observed the spec.
+    rollout: Progress,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerImage {
+    pub name: String,
+    pub image: String,
 }
 
 /// Where a rollout stands.
@@ -40,114 +65,149 @@ pub enum Progress {
     Failed { reason: String, message: String },
 }
 
+/// The workload kinds, for code generic over them.
+pub trait WorkloadObject:
+    Resource<DynamicType = (), Scope = NamespaceResourceScope> + Clone + DeserializeOwned + Debug + Send + Sync + 'static
+{
+    const KIND: WorkloadKind;
+    fn template(&self) -> &PodTemplateSpec;
+    /// Rollout progress from the status alone, assuming it is current.
+    fn rollout(&self) -> Progress;
+    fn observed_generation(&self) -> i64;
+
+    fn summary(&self) -> Workload {
+        let template = self.template();
+        let annotation = |name: &str| template.metadata.as_ref()?.annotations.as_ref()?.get(name).cloned();
+        let containers = template.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
+        Workload {
+            kind: Self::KIND,
+            resource_version: self.meta().resource_version.clone(),
+            generation: self.meta().generation.unwrap_or_default(),
+            containers: containers
+                .iter()
+                .map(|c| ContainerImage { name: c.name.clone(), image: c.image.clone().unwrap_or_default() })
+                .collect(),
+            redeployment: annotation(REDEPLOYMENT_ANNOTATION),
+            restarted_at: annotation(RESTARTED_AT_ANNOTATION),
+            previous: self
+                .meta()
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(PREVIOUS_ANNOTATION))
+                .and_then(|json| serde_json::from_str(json).ok()),
+            observed_generation: self.observed_generation(),
+            rollout: self.rollout(),
+        }
+    }
+}
+
+impl WorkloadObject for Deployment {
+    const KIND: WorkloadKind = WorkloadKind::Deployment;
+
+    fn template(&self) -> &PodTemplateSpec {
+        &self.spec.template
+    }
+
+    fn observed_generation(&self) -> i64 {
+        self.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default()
+    }
+
+    fn rollout(&self) -> Progress {
+        let status = self.status.clone().unwrap_or_default();
+        let deadline_exceeded = status.conditions.unwrap_or_default().into_iter().find(|c| {
+            c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
+        });
+        if let Some(condition) = deadline_exceeded {
+            return Progress::Failed {
+                reason: "ProgressDeadlineExceeded".into(),
+                message: condition.message.unwrap_or_else(|| "the Deployment exceeded its progress deadline".into()),
+            };
+        }
+        let desired = self.spec.replicas.unwrap_or(1);
+        let updated = status.updated_replicas.unwrap_or_default();
+        let available = status.available_replicas.unwrap_or_default();
+        let total = status.replicas.unwrap_or_default();
+        if updated >= desired && available >= desired && total <= updated {
+            Progress::Succeeded
+        } else {
+            Progress::InProgress(format!("{updated} of {desired} pods updated, {available} available, {total} in all"))
+        }
+    }
+}
+
+impl WorkloadObject for StatefulSet {
+    const KIND: WorkloadKind = WorkloadKind::StatefulSet;
+
+    fn template(&self) -> &PodTemplateSpec {
+        &self.spec.template
+    }
+
+    fn observed_generation(&self) -> i64 {
+        self.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default()
+    }
+
+    fn rollout(&self) -> Progress {
+        let status = self.status.clone().unwrap_or_default();
+        let desired = self.spec.replicas.unwrap_or(1);
+        let updated = status.updated_replicas.unwrap_or_default();
+        let ready = status.ready_replicas.unwrap_or_default();
+        let same_revision = status.update_revision.is_some() && status.update_revision == status.current_revision;
+        if updated >= desired && ready >= desired && same_revision {
+            Progress::Succeeded
+        } else {
+            Progress::InProgress(format!("{updated} of {desired} pods updated, {ready} ready"))
+        }
+    }
+}
+
+impl WorkloadObject for DaemonSet {
+    const KIND: WorkloadKind = WorkloadKind::DaemonSet;
+
+    fn template(&self) -> &PodTemplateSpec {
+        &self.spec.template
+    }
+
+    fn observed_generation(&self) -> i64 {
+        self.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default()
+    }
+
+    fn rollout(&self) -> Progress {
+        let status = self.status.clone().unwrap_or_default();
+        let desired = status.desired_number_scheduled;
+        let updated = status.updated_number_scheduled.unwrap_or_default();
+        let available = status.number_available.unwrap_or_default();
+        if updated >= desired && available >= desired {
+            Progress::Succeeded
+        } else {
+            Progress::InProgress(format!("{updated} of {desired} pods updated, {available} available"))
+        }
+    }
+}
+
 impl Workload {
-    pub fn generation(&self) -> i64 {
-        match self {
-            Workload::Deployment(w) => w.metadata.generation,
-            Workload::StatefulSet(w) => w.metadata.generation,
-            Workload::DaemonSet(w) => w.metadata.generation,
-        }
-        .unwrap_or_default()
-    }
-
-    pub fn template(&self) -> Option<&PodTemplateSpec> {
-        match self {
-            Workload::Deployment(w) => Some(&w.spec.template),
-            Workload::StatefulSet(w) => Some(&w.spec.template),
-            Workload::DaemonSet(w) => Some(&w.spec.template),
-        }
-    }
-
     /// The container a Service deploys: the one named, or the only one.
-    pub fn container(&self, name: Option<&str>) -> Result<&Container, String> {
-        let containers =
-            self.template().and_then(|t| t.spec.as_ref()).map(|s| s.containers.as_slice()).unwrap_or_default();
+    pub fn container(&self, name: Option<&str>) -> Result<&ContainerImage, String> {
         match name {
-            Some(name) => containers.iter().find(|c| c.name == name).ok_or_else(|| {
-                let names: Vec<&str> = containers.iter().map(|c| c.name.as_str()).collect();
+            Some(name) => self.containers.iter().find(|c| c.name == name).ok_or_else(|| {
+                let names: Vec<&str> = self.containers.iter().map(|c| c.name.as_str()).collect();
                 format!("has no container `{name}` (its containers: {})", names.join(", "))
             }),
-            None => match containers {
+            None => match self.containers.as_slice() {
                 [only] => Ok(only),
                 _ => Err(format!(
                     "has {} containers: set spec.target.container to the one this Service deploys",
-                    containers.len()
+                    self.containers.len()
                 )),
             },
         }
     }
 
-    /// What ran before the current Redeployment's rollout, as recorded by [`record_previous`].
-    pub fn previous(&self) -> Option<PreviousTemplate> {
-        let metadata = match self {
-            Workload::Deployment(w) => &w.metadata,
-            Workload::StatefulSet(w) => &w.metadata,
-            Workload::DaemonSet(w) => &w.metadata,
-        };
-        serde_json::from_str(metadata.annotations.as_ref()?.get(PREVIOUS_ANNOTATION)?).ok()
-    }
-
     /// How far the rollout that produced `generation` has come.
     pub fn progress(&self, generation: i64) -> Progress {
-        match self {
-            Workload::Deployment(d) => deployment_progress(d, generation),
-            Workload::StatefulSet(s) => {
-                let status = s.status.clone().unwrap_or_default();
-                let desired = s.spec.replicas.unwrap_or(1);
-                if status.observed_generation.unwrap_or_default() < generation {
-                    return Progress::InProgress("waiting for the StatefulSet controller".into());
-                }
-                let updated = status.updated_replicas.unwrap_or_default();
-                let ready = status.ready_replicas.unwrap_or_default();
-                let same_revision =
-                    status.update_revision.is_some() && status.update_revision == status.current_revision;
-                if updated >= desired && ready >= desired && same_revision {
-                    Progress::Succeeded
-                } else {
-                    Progress::InProgress(format!("{updated} of {desired} pods updated, {ready} ready"))
-                }
-            }
-            Workload::DaemonSet(d) => {
-                let status = d.status.clone().unwrap_or_default();
-                if status.observed_generation.unwrap_or_default() < generation {
-                    return Progress::InProgress("waiting for the DaemonSet controller".into());
-                }
-                let desired = status.desired_number_scheduled;
-                let updated = status.updated_number_scheduled.unwrap_or_default();
-                let available = status.number_available.unwrap_or_default();
-                if updated >= desired && available >= desired {
-                    Progress::Succeeded
-                } else {
-                    Progress::InProgress(format!("{updated} of {desired} pods updated, {available} available"))
-                }
-            }
+        if self.observed_generation < generation {
+            return Progress::InProgress(format!("waiting for the {:?} controller", self.kind));
         }
-    }
-}
-
-fn deployment_progress(deployment: &Deployment, generation: i64) -> Progress {
-    let status = deployment.status.clone().unwrap_or_default();
-    if status.observed_generation.unwrap_or_default() < generation {
-        return Progress::InProgress("waiting for the Deployment controller".into());
-    }
-    let deadline_exceeded =
-        status.conditions.unwrap_or_default().into_iter().find(|c| {
-            c.type_.as_deref() == Some("Progressing") && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-        });
-    if let Some(condition) = deadline_exceeded {
-        return Progress::Failed {
-            reason: "ProgressDeadlineExceeded".into(),
-            message: condition.message.unwrap_or_else(|| "the Deployment exceeded its progress deadline".into()),
-        };
-    }
-    let desired = deployment.spec.replicas.unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or_default();
-    let available = status.available_replicas.unwrap_or_default();
-    let total = status.replicas.unwrap_or_default();
-    if updated >= desired && available >= desired && total <= updated {
-        Progress::Succeeded
-    } else {
-        Progress::InProgress(format!("{updated} of {desired} pods updated, {available} available, {total} in all"))
+        self.rollout.clone()
     }
 }
 
@@ -170,9 +230,13 @@ pub fn image_patch(redeployment: &str, container: &str, image: &str) -> Value {
 
 /// Adds to `patch` the record of what ran before it.
 pub fn record_previous(patch: &mut Value, previous: &PreviousTemplate) {
-    patch["metadata"] = json!({ "annotations": {
-        PREVIOUS_ANNOTATION: serde_json::to_string(previous).unwrap_or_default(),
-    } });
+    patch["metadata"]["annotations"][PREVIOUS_ANNOTATION] = serde_json::to_string(previous).unwrap_or_default().into();
+}
+
+/// Makes `patch` apply only to this version of the workload: the API server
+/// answers 409 Conflict if it changed since.
+pub fn require_version(patch: &mut Value, resource_version: &str) {
+    patch["metadata"]["resourceVersion"] = resource_version.into();
 }
 
 /// Restores a container's image and the restart annotation (auto-rollback).
@@ -183,37 +247,40 @@ pub fn rollback_patch(container: &str, image: &str, restarted_at: Option<&str>) 
     } } })
 }
 
+/// Reads the workload from the API server.
 pub async fn get(client: &Client, namespace: &str, target: &WorkloadTarget) -> kube::Result<Option<Workload>> {
-    Ok(match target.kind {
-        WorkloadKind::Deployment => Api::<Deployment>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await?
-            .map(Workload::Deployment),
-        WorkloadKind::StatefulSet => Api::<StatefulSet>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await?
-            .map(Workload::StatefulSet),
-        WorkloadKind::DaemonSet => Api::<DaemonSet>::namespaced(client.clone(), namespace)
-            .get_opt(&target.name)
-            .await?
-            .map(Workload::DaemonSet),
-    })
+    async fn get_kind<K: WorkloadObject>(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+    ) -> kube::Result<Option<Workload>> {
+        Ok(Api::<K>::namespaced(client.clone(), namespace).get_opt(name).await?.map(|w| w.summary()))
+    }
+    match target.kind {
+        WorkloadKind::Deployment => get_kind::<Deployment>(client, namespace, &target.name).await,
+        WorkloadKind::StatefulSet => get_kind::<StatefulSet>(client, namespace, &target.name).await,
+        WorkloadKind::DaemonSet => get_kind::<DaemonSet>(client, namespace, &target.name).await,
+    }
 }
 
+/// Applies a strategic merge `patch` to the workload; returns it as patched.
 pub async fn patch(client: &Client, namespace: &str, target: &WorkloadTarget, patch: &Value) -> kube::Result<Workload> {
-    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let patch = Patch::Strategic(patch);
-    Ok(match target.kind {
-        WorkloadKind::Deployment => Workload::Deployment(
-            Api::<Deployment>::namespaced(client.clone(), namespace).patch(&target.name, &params, &patch).await?,
-        ),
-        WorkloadKind::StatefulSet => Workload::StatefulSet(
-            Api::<StatefulSet>::namespaced(client.clone(), namespace).patch(&target.name, &params, &patch).await?,
-        ),
-        WorkloadKind::DaemonSet => Workload::DaemonSet(
-            Api::<DaemonSet>::namespaced(client.clone(), namespace).patch(&target.name, &params, &patch).await?,
-        ),
-    })
+    async fn patch_kind<K: WorkloadObject>(
+        client: &Client,
+        namespace: &str,
+        name: &str,
+        patch: &Value,
+    ) -> kube::Result<Workload> {
+        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        let patched =
+            Api::<K>::namespaced(client.clone(), namespace).patch(name, &params, &Patch::Strategic(patch)).await?;
+        Ok(patched.summary())
+    }
+    match target.kind {
+        WorkloadKind::Deployment => patch_kind::<Deployment>(client, namespace, &target.name, patch).await,
+        WorkloadKind::StatefulSet => patch_kind::<StatefulSet>(client, namespace, &target.name, patch).await,
+        WorkloadKind::DaemonSet => patch_kind::<DaemonSet>(client, namespace, &target.name, patch).await,
+    }
 }
 
 /// The Redeployment a workload's pod template names, if any.
@@ -224,16 +291,6 @@ pub fn redeployment_of(template: Option<&PodTemplateSpec>) -> Option<String> {
 /// `namespace/name` of a workload, for messages.
 pub fn describe(kind: WorkloadKind, namespace: &str, name: &str) -> String {
     format!("{kind:?} {namespace}/{name}")
-}
-
-impl Workload {
-    pub fn name(&self) -> String {
-        match self {
-            Workload::Deployment(w) => w.name_any(),
-            Workload::StatefulSet(w) => w.name_any(),
-            Workload::DaemonSet(w) => w.name_any(),
-        }
-    }
 }
 
 #[cfg(test)]
@@ -249,7 +306,7 @@ mod tests {
             ..Default::default()
         };
         d.metadata.generation = Some(generation);
-        Workload::Deployment(d)
+        d.summary()
     }
 
     #[test]
@@ -288,10 +345,42 @@ mod tests {
     }
 
     #[test]
+    fn the_summary_keeps_containers_and_the_operators_annotations() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": "web", "resourceVersion": "42", "generation": 7, "annotations": {
+                PREVIOUS_ANNOTATION: r#"{"image":"web:1","restartedAt":"t0"}"#,
+            } },
+            "spec": { "selector": {}, "template": {
+                "metadata": { "annotations": { REDEPLOYMENT_ANNOTATION: "rd-1", RESTARTED_AT_ANNOTATION: "t1" } },
+                "spec": { "containers": [ { "name": "web", "image": "web:2" }, { "name": "sidecar", "image": "proxy" } ] },
+            } },
+        }))
+        .expect("a valid Deployment");
+        let summary = d.summary();
+        assert_eq!(summary.resource_version.as_deref(), Some("42"));
+        assert_eq!(summary.redeployment.as_deref(), Some("rd-1"));
+        assert_eq!(summary.restarted_at.as_deref(), Some("t1"));
+        assert_eq!(summary.previous, Some(PreviousTemplate { image: "web:1".into(), restarted_at: Some("t0".into()) }));
+        assert_eq!(summary.container(Some("web")).map(|c| c.image.as_str()), Ok("web:2"));
+        assert!(summary.container(None).is_err_and(|m| m.contains("2 containers")));
+        assert!(summary.container(Some("db")).is_err_and(|m| m.contains("web, sidecar")));
+        assert!(matches!(summary.progress(8), Progress::InProgress(m) if m.contains("Deployment controller")));
+    }
+
+    #[test]
     fn patches_are_idempotent_values() {
         assert_eq!(restart_patch("rd-1", "2026-11-29T00:00:00Z"), restart_patch("rd-1", "2026-11-29T00:00:00Z"));
         let patch = image_patch("rd-1", "web", "registry.example.com/web:abc");
         assert_eq!(patch["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example.com/web:abc");
         assert_eq!(patch["spec"]["template"]["metadata"]["annotations"][REDEPLOYMENT_ANNOTATION], "rd-1");
+    }
+
+    #[test]
+    fn the_previous_record_and_the_version_share_the_metadata() {
+        let mut patch = restart_patch("rd-1", "t1");
+        record_previous(&mut patch, &PreviousTemplate { image: "web:1".into(), restarted_at: None });
+        require_version(&mut patch, "42");
+        assert_eq!(patch["metadata"]["resourceVersion"], "42");
+        assert_eq!(patch["metadata"]["annotations"][PREVIOUS_ANNOTATION], r#"{"image":"web:1"}"#);
     }
 }

@@ -71,10 +71,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
 
     prune_history(app, &context, &namespace).await?;
     let status = desired_status(app, &context, &secret_name, hook);
-    let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
-    Api::<App>::namespaced(context.client.clone(), &namespace)
-        .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    if app.status.as_ref() != Some(&status) {
+        let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
+        Api::<App>::namespaced(context.client.clone(), &namespace)
+            .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
+    }
     context.metrics.reconciled(CONTROLLER, started.elapsed());
     Ok(Action::await_change())
 }

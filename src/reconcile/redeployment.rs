@@ -30,12 +30,12 @@ use super::Error;
 use crate::{
     api::{
         App, BuildPolicy, BuiltImage, DeploymentProfile, Phase, PlanAction, PlannedService, PreviousTemplate,
-        Redeployment, RedeploymentStatus, Service, ServicePhase, ServiceResult, ServiceStatus, Strategy, conditions,
+        Redeployment, RedeploymentStatus, Service, ServicePhase, ServiceResult, Strategy, conditions,
     },
     build::{self, BuildRequest},
     context::Context,
     install::FIELD_MANAGER,
-    workload::{self, Progress, RESTARTED_AT_ANNOTATION},
+    workload::{self, Progress, Workload},
 };
 
 pub const CONTROLLER: &str = "redeployment";
@@ -549,58 +549,68 @@ async fn roll_out(
     container: Option<String>,
     patch: serde_json::Value,
 ) -> Result<Duration, Error> {
-    let client = &world.context.client;
     let target = &service.spec.target;
-    let Some(current) = workload::get(client, &world.namespace, target).await? else {
-        finish(
-            result,
-            ServicePhase::Failed,
-            format!("{} does not exist", workload::describe(target.kind, &world.namespace, &target.name)),
-        );
-        return Ok(Duration::ZERO);
-    };
-    let container_spec = match current.container(container.as_deref().or(target.container.as_deref())) {
-        Ok(container) => container.clone(),
-        Err(message) => {
-            finish(
-                result,
-                ServicePhase::Failed,
-                format!("{} {message}", workload::describe(target.kind, &world.namespace, &target.name)),
-            );
+    let what = workload::describe(target.kind, &world.namespace, &target.name);
+    let mut current = current_workload(world, service).await?;
+    // The cached copy may be a little behind: the patch applies only to the
+    // version read, and a conflict means reading the workload again.
+    let mut conflicts = 0;
+    loop {
+        let Some(workload) = current else {
+            finish(result, ServicePhase::Failed, format!("{what} does not exist"));
             return Ok(Duration::ZERO);
+        };
+        let running = match workload.container(container.as_deref().or(target.container.as_deref())) {
+            Ok(running) => running.image.clone(),
+            Err(message) => {
+                finish(result, ServicePhase::Failed, format!("{what} {message}"));
+                return Ok(Duration::ZERO);
+            }
+        };
+        // What ran before is recorded on the workload in the same patch that
+        // changes it, so a restarted operator still knows what to roll back to.
+        let mut patch = patch.clone();
+        if workload.redeployment.as_deref() == Some(world.redeployment.name_any().as_str()) {
+            result.previous = workload.previous.clone();
+        } else {
+            let previous = PreviousTemplate { image: running.clone(), restarted_at: workload.restarted_at.clone() };
+            workload::record_previous(&mut patch, &previous);
+            result.previous = Some(previous);
         }
-    };
-    // What ran before is recorded on the workload in the same patch that
-    // changes it, so a restarted operator still knows what to roll back to.
-    let mut patch = patch;
-    if workload::redeployment_of(current.template()).as_deref() == Some(world.redeployment.name_any().as_str()) {
-        result.previous = current.previous();
-    } else {
-        let restarted_at = current
-            .template()
-            .and_then(|t| t.metadata.as_ref())
-            .and_then(|m| m.annotations.as_ref())
-            .and_then(|a| a.get(RESTARTED_AT_ANNOTATION).cloned());
-        let previous = PreviousTemplate { image: container_spec.image.clone().unwrap_or_default(), restarted_at };
-        workload::record_previous(&mut patch, &previous);
-        result.previous = Some(previous);
+        if let Some(version) = &workload.resource_version {
+            workload::require_version(&mut patch, version);
+        }
+        match workload::patch(&world.context.client, &world.namespace, target, &patch).await {
+            Ok(patched) => {
+                result.phase = ServicePhase::Deploying;
+                result.rollout_generation = Some(patched.generation);
+                result.image.get_or_insert(running);
+                world.note(EventType::Normal, "RolloutStarted", format!("rolling out {what}"));
+                return Ok(Duration::from_secs(5));
+            }
+            Err(kube::Error::Api(status)) if status.code == 409 && conflicts < 2 => {
+                conflicts += 1;
+                current = workload::get(&world.context.client, &world.namespace, target).await?;
+            }
+            Err(error) => return Err(error.into()),
+        }
     }
-    let patched = workload::patch(client, &world.namespace, target, &patch).await?;
-    result.phase = ServicePhase::Deploying;
-    result.rollout_generation = Some(patched.generation());
-    result.image.get_or_insert(container_spec.image.clone().unwrap_or_default());
-    world.note(
-        EventType::Normal,
-        "RolloutStarted",
-        format!("rolling out {}", workload::describe(target.kind, &world.namespace, &target.name)),
-    );
-    Ok(Duration::from_secs(5))
+}
+
+/// The Service's workload as the cache has it; read from the API server when
+/// the cache lacks it (it may not have seen a workload just created).
+async fn current_workload(world: &World<'_>, service: &Service) -> Result<Option<Workload>, Error> {
+    let target = &service.spec.target;
+    match world.context.caches.workloads.get(target.kind, &world.namespace, &target.name) {
+        Some(workload) => Ok(Some(workload)),
+        None => Ok(workload::get(&world.context.client, &world.namespace, target).await?),
+    }
 }
 
 async fn follow_rollout(world: &World<'_>, service: &Service, result: &mut ServiceResult) -> Result<Duration, Error> {
     let target = &service.spec.target;
     let what = workload::describe(target.kind, &world.namespace, &target.name);
-    let Some(current) = workload::get(&world.context.client, &world.namespace, target).await? else {
+    let Some(current) = current_workload(world, service).await? else {
         finish(result, ServicePhase::Failed, format!("{what} was deleted during the rollout"));
         return Ok(Duration::ZERO);
     };
@@ -667,9 +677,8 @@ async fn pin_digest(world: &World<'_>, service: &Service, result: &mut ServiceRe
             return Ok(Duration::ZERO);
         }
     };
-    let target = &service.spec.target;
-    let current = workload::get(&world.context.client, &world.namespace, target).await?;
-    let running = current.as_ref().and_then(|w| w.container(Some(&container)).ok()).and_then(|c| c.image.clone());
+    let current = current_workload(world, service).await?;
+    let running = current.as_ref().and_then(|w| w.container(Some(&container)).ok()).map(|c| c.image.clone());
     result.git_ref = Some(digest.digest.clone());
     if running.as_deref() == Some(digest.pinned.as_str()) {
         result.image = Some(digest.pinned.clone());
@@ -683,7 +692,7 @@ async fn pin_digest(world: &World<'_>, service: &Service, result: &mut ServiceRe
 async fn container_name(world: &World<'_>, service: &Service) -> Result<Result<String, String>, Error> {
     let target = &service.spec.target;
     let what = workload::describe(target.kind, &world.namespace, &target.name);
-    let Some(current) = workload::get(&world.context.client, &world.namespace, target).await? else {
+    let Some(current) = current_workload(world, service).await? else {
         return Ok(Err(format!("{what} does not exist")));
     };
     Ok(current.container(target.container.as_deref()).map(|c| c.name.clone()).map_err(|m| format!("{what} {m}")))
@@ -705,16 +714,10 @@ async fn record_build(world: &World<'_>, service: &Service, outcome: &build::Bui
 }
 
 async fn record_deployed(world: &World<'_>, service: &Service, result: &ServiceResult) -> Result<(), Error> {
-    let status = ServiceStatus {
-        deployed_ref: result.git_ref.clone().or_else(|| result.image.clone()),
-        deployed_image: result.image.clone(),
-        last_redeployment: Some(world.redeployment.name_any()),
-        ..Default::default()
-    };
     let patch = json!({ "status": {
-        "deployedRef": status.deployed_ref,
-        "deployedImage": status.deployed_image,
-        "lastRedeployment": status.last_redeployment,
+        "deployedRef": result.git_ref.as_ref().or(result.image.as_ref()),
+        "deployedImage": result.image,
+        "lastRedeployment": world.redeployment.name_any(),
     } });
     Api::<Service>::namespaced(world.context.client.clone(), &world.namespace)
         .patch_status(&service.name_any(), &PatchParams::default(), &Patch::Merge(&patch))

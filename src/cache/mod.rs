@@ -1,0 +1,114 @@
+//! The watched copies of the cluster every reconciler and the hook handler
+//! read: one watch per kind, objects kept without what no reader needs,
+//! workloads kept as small summaries. A malformed object stays in its store
+//! as an error, is skipped by every reader, and never stalls a watch.
+
+mod service_index;
+mod watch;
+mod workloads;
+
+use kube::{
+    Resource, ResourceExt,
+    core::error_boundary::DeserializeGuard,
+    runtime::reflector::{ObjectRef, Store, store::WriterDropped},
+};
+
+pub use self::{
+    service_index::ServiceIndex,
+    watch::{Change, Trigger, watch_into},
+    workloads::{WorkloadChange, WorkloadIndex},
+};
+use crate::{
+    api::{App, DeploymentProfile, Redeployment, Service},
+    hook::index::HookIndex,
+};
+
+#[derive(Clone)]
+pub struct Caches {
+    pub apps: Store<DeserializeGuard<App>>,
+    pub services: Store<DeserializeGuard<Service>>,
+    /// Which Services belong to which App and target which workload.
+    pub service_index: ServiceIndex,
+    pub profiles: Store<DeserializeGuard<DeploymentProfile>>,
+    pub redeployments: Store<DeserializeGuard<Redeployment>>,
+    pub workloads: WorkloadIndex,
+    pub hooks: HookIndex,
+}
+
+impl Caches {
+    pub fn app(&self, namespace: &str, name: &str) -> Option<App> {
+        let guard = self.apps.get(&ObjectRef::new(name).within(namespace))?;
+        guard.0.as_ref().ok().cloned()
+    }
+
+    /// The valid Services of `app`, by name.
+    pub fn services_of(&self, namespace: &str, app: &str) -> Vec<Service> {
+        self.service_index
+            .services_of(namespace, app)
+            .into_iter()
+            .filter_map(|name| self.services.get(&ObjectRef::new(&name).within(namespace)))
+            .filter_map(|guard| guard.0.as_ref().ok().filter(|s| s.spec.app == app).cloned())
+            .collect()
+    }
+
+    /// The valid Redeployments of `app`.
+    pub fn redeployments_of(&self, namespace: &str, app: &str) -> Vec<Redeployment> {
+        self.redeployments
+            .state()
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.app == app)
+            .cloned()
+            .collect()
+    }
+
+    /// The valid DeploymentProfiles of `app`.
+    pub fn profiles_of(&self, namespace: &str, app: &str) -> Vec<DeploymentProfile> {
+        self.profiles
+            .state()
+            .iter()
+            .filter_map(|guard| guard.0.as_ref().ok())
+            .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.app == app)
+            .cloned()
+            .collect()
+    }
+
+    /// Returns once every cache holds a full list.
+    pub async fn wait_synced(&self) -> Result<(), WriterDropped> {
+        store_ready(&self.apps).await?;
+        store_ready(&self.services).await?;
+        store_ready(&self.profiles).await?;
+        store_ready(&self.redeployments).await?;
+        self.workloads.wait_synced().await;
+        self.hooks.wait_synced().await;
+        Ok(())
+    }
+}
+
+/// Annotation `kubectl apply` keeps a whole copy of the object in.
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what no reader of a cached object needs: managed fields and the
+/// copy `kubectl apply` keeps, often most of a small object's size.
+pub fn slim<K: Resource>(object: &mut K) {
+    let meta = object.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// Waits until `store` is ready. kube-runtime's readiness future wakes only
+/// the task that polled it last, and each controller waits on its own store
+/// too, so one waiter can sleep forever: poll again every 100 ms.
+async fn store_ready<K>(store: &Store<K>) -> Result<(), WriterDropped>
+where
+    K: kube::runtime::reflector::Lookup + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        if let Ok(ready) = tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
+            return ready;
+        }
+    }
+}
