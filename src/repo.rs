@@ -54,14 +54,6 @@ impl std::fmt::Display for RepoId {
     }
 }
 
-/// Whether `a` and `b` name the same repository. Unparsable URLs match nothing, not even themselves.
-pub fn same_repository(a: &str, b: &str) -> bool {
-    match (RepoId::parse(a), RepoId::parse(b)) {
-        (Some(a), Some(b)) => a == b,
-        _ => false,
-    }
-}
-
 /// `[user@]host:path` as Git reads it: a `:` before any `/`.
 pub struct ScpLike<'a> {
     pub user: Option<&'a str>,
@@ -235,6 +227,14 @@ fn gitlab_pages(mut segs: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Whether `a` and `b` name the same repository. Unparsable URLs match nothing, not even themselves.
+    fn same_repository(a: &str, b: &str) -> bool {
+        match (RepoId::parse(a), RepoId::parse(b)) {
+            (Some(a), Some(b)) => a == b,
+            _ => false,
+        }
+    }
 
     fn id(host: &str, path: &str) -> Option<RepoId> {
         Some(RepoId { host: host.into(), path: path.into() })
