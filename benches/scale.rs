@@ -67,6 +67,7 @@ use redeploy_operator::{
 };
 use redeploy_testenv::ControlPlane;
 use serde_json::json;
+use support::wait_for;
 use tokio::sync::mpsc;
 
 const BIG: &str = "big";
@@ -92,8 +93,7 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
-        if !std::env::args().any(|arg| arg == "--bench") {
+        if support::smoke_run() {
             return Ok(Settings {
                 apps: 5,
                 services: 2,
@@ -104,22 +104,12 @@ impl Settings {
                 smoke: true,
             });
         }
-        let var = |name: &str, default: usize| -> anyhow::Result<usize> {
-            match std::env::var(name) {
-                Ok(value) => {
-                    let parsed: usize = value.trim().parse().map_err(|e| anyhow::anyhow!("{name}={value}: {e}"))?;
-                    anyhow::ensure!(parsed > 0, "{name} must be at least 1");
-                    Ok(parsed)
-                }
-                Err(_) => Ok(default),
-            }
-        };
         Ok(Settings {
-            apps: var("SCALE_APPS", 1000)?,
-            services: var("SCALE_SERVICES", 10)?,
-            namespaces: var("SCALE_NAMESPACES", 10)?,
-            big: var("SCALE_BIG", 500)?,
-            rounds: var("SCALE_ROUNDS", 2)?,
+            apps: support::env_count("SCALE_APPS", 1000)?,
+            services: support::env_count("SCALE_SERVICES", 10)?,
+            namespaces: support::env_count("SCALE_NAMESPACES", 10)?,
+            big: support::env_count("SCALE_BIG", 500)?,
+            rounds: support::env_count("SCALE_ROUNDS", 2)?,
             create_concurrency: 64,
             smoke: false,
         })
@@ -140,7 +130,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    let smoke = support::smoke_run();
     let settings = match Settings::from_env() {
         Ok(settings) => settings,
         Err(error) => {
@@ -164,8 +154,7 @@ fn main() -> ExitCode {
 
 fn run(report: &mut Report) -> anyhow::Result<()> {
     let control_plane = ControlPlane::start()?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
-    runtime.block_on(scale(&control_plane, report))
+    support::runtime()?.block_on(scale(&control_plane, report))
 }
 
 /// Runs every step, filling `report` as it goes: on an error it holds what was measured until then.
@@ -277,8 +266,7 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
     let secrets = Api::<Secret>::namespaced(client.clone(), BIG_NAMESPACE);
     let secret_name = format!("{BIG}-hook");
     let secret = retrying(|| secrets.get(&secret_name)).await?;
-    let url = secret.data.and_then(|mut d| d.remove("url")).map(|v| String::from_utf8(v.0)).transpose()?;
-    let url = url.ok_or_else(|| anyhow::anyhow!("the hook Secret {BIG}-hook has no url"))?;
+    let url = support::secret_value(&secret, "url")?;
     let mut tracker = Tracker::start(big.clone()).await?;
     let redeployments = Api::<Redeployment>::namespaced(client.clone(), BIG_NAMESPACE);
     for round in 1..=s.rounds {
@@ -628,15 +616,15 @@ impl Operator {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
     {
-        let deadline = Instant::now() + timeout;
-        loop {
-            self.check_running()?;
-            if let Some(value) = check().await? {
-                return Ok(value);
+        wait_for(what, timeout, every, || {
+            let running = self.check_running();
+            let check = check();
+            async move {
+                running?;
+                check.await
             }
-            anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-            tokio::time::sleep(every).await;
-        }
+        })
+        .await
     }
 
     /// VmRSS and VmHWM, in KiB.
@@ -664,22 +652,6 @@ impl Drop for Operator {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// Waits until `check` returns `Some`, polling every `every`.
-async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> anyhow::Result<T>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(value) = check().await? {
-            return Ok(value);
-        }
-        anyhow::ensure!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
-        tokio::time::sleep(every).await;
     }
 }
 
@@ -742,9 +714,7 @@ impl Report {
     }
 
     fn load(&mut self, when: &str) {
-        let value = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let value = value.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-        self.load.push((when.into(), value));
+        self.load.push((when.into(), support::load_average()));
     }
 
     /// Prints what was measured; `complete` is false when a step failed (its error is printed next).
