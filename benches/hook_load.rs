@@ -76,24 +76,13 @@ struct Settings {
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
-        // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this binary without it.
-        if !std::env::args().any(|arg| arg == "--bench") {
+        if support::smoke_run() {
             return Ok(Settings { n: 20, concurrency: 4, rounds: 2, smoke: true });
         }
-        let var = |name: &str, default: usize| -> anyhow::Result<usize> {
-            match std::env::var(name) {
-                Ok(value) => {
-                    let parsed: usize = value.trim().parse().map_err(|e| anyhow::anyhow!("{name}={value}: {e}"))?;
-                    anyhow::ensure!(parsed > 0, "{name} must be at least 1");
-                    Ok(parsed)
-                }
-                Err(_) => Ok(default),
-            }
-        };
         Ok(Settings {
-            n: var("LOAD_N", 1000)?,
-            concurrency: var("LOAD_CONCURRENCY", 32)?,
-            rounds: var("LOAD_ROUNDS", 2)?,
+            n: support::env_count("LOAD_N", 1000)?,
+            concurrency: support::env_count("LOAD_CONCURRENCY", 32)?,
+            rounds: support::env_count("LOAD_ROUNDS", 2)?,
             smoke: false,
         })
     }
@@ -105,7 +94,7 @@ impl Settings {
 }
 
 fn main() -> ExitCode {
-    let smoke = !std::env::args().any(|arg| arg == "--bench");
+    let smoke = support::smoke_run();
     let result = Settings::from_env().and_then(run);
     if smoke && let Err(error) = &result {
         panic!("the smoke run failed: {error:#}");
@@ -127,10 +116,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
-}
-
 /// Starts the control plane, runs the operator on a runtime (and thread) of
 /// its own, as it would run in its own process, and the load on another.
 fn run(settings: Settings) -> anyhow::Result<Report> {
@@ -140,7 +125,7 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
         let (started, operator_addr) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let operator = scope.spawn(move || {
-            let result = runtime().and_then(|runtime| {
+            let result = support::runtime().and_then(|runtime| {
                 runtime.block_on(async {
                     let running = support::start_operator(control_plane, CONCURRENT_PER_APP).await?;
                     let _ = started.send(Ok(running.hook_addr));
@@ -157,7 +142,7 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
             .recv()
             .map_err(|_| anyhow::anyhow!("the operator thread died"))
             .and_then(|addr| addr.map_err(|e| e.context("starting the operator")))
-            .and_then(|addr| runtime()?.block_on(load(control_plane, addr, settings)));
+            .and_then(|addr| support::runtime()?.block_on(load(control_plane, addr, settings)));
         drop(stop);
         let _ = operator.join();
         result
@@ -180,8 +165,7 @@ async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Set
     let apps = Api::<App>::namespaced(client.clone(), &namespace);
     support::eventually("the App's hook", || async { Ok(apps.get(APP).await?.status.and_then(|s| s.hook)) }).await?;
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace).get(&format!("{APP}-hook")).await?;
-    let url = secret.data.and_then(|mut d| d.remove("url")).map(|v| String::from_utf8(v.0)).transpose()?;
-    let url = url.ok_or_else(|| anyhow::anyhow!("the hook Secret has no url"))?;
+    let url = support::secret_value(&secret, "url")?;
     anyhow::ensure!(url.starts_with(&format!("http://{hook_addr}/")), "the hook URL {url} is not on {hook_addr}");
 
     // Redeployments are seen as they are created: the operator executes them and
@@ -448,9 +432,7 @@ struct LoadAverage {
 
 impl LoadAverage {
     fn now(when: &str) -> LoadAverage {
-        let value = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
-        let value = value.split_whitespace().take(3).collect::<Vec<_>>().join(" ");
-        LoadAverage { when: when.to_string(), value }
+        LoadAverage { when: when.to_string(), value: support::load_average() }
     }
 }
 

@@ -121,6 +121,8 @@ pub enum Outcome {
     rate_limited,
     timeout,
     unavailable,
+    /// Not served yet: the hook index has not loaded every hook Secret.
+    starting,
 }
 
 pub struct Metrics {

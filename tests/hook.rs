@@ -54,8 +54,7 @@ async fn app_with_hook(
     })
     .await?;
     let secret = Api::<Secret>::namespaced(client.clone(), namespace).get(&format!("{app}-hook")).await?;
-    let data = secret.data.unwrap_or_default();
-    let value = |key: &str| String::from_utf8(data.get(key).map(|v| v.0.clone()).unwrap_or_default());
+    let value = |key: &str| support::secret_value(&secret, key);
     let (id, token, url) = (value("id")?, value("token")?, value("url")?);
     let hook = format!("{}/stacks/redeploy/{id}/{token}", operator.hook);
     assert_eq!(url, hook, "the Secret's url is the public URL of the hook");
@@ -66,6 +65,15 @@ async fn app_with_hook(
     })
     .await?;
     Ok(hook)
+}
+
+/// A namespace of its own (named after `prefix`) with App `multi` and its
+/// image-based Service `web`: the client, the namespace and the hook URL.
+async fn multi_with_web(prefix: &str) -> anyhow::Result<(Client, String, String)> {
+    let (_, client, namespace) = support::setup(prefix).await?;
+    let objects = format!("{APP_MULTI}{}", image_service("web", "multi", "nginx"));
+    let hook = app_with_hook(&client, &namespace, "multi", &["web"], &objects).await?;
+    Ok((client, namespace, hook))
 }
 
 async fn redeployments(client: &Client, namespace: &str) -> anyhow::Result<Vec<Redeployment>> {
@@ -309,15 +317,7 @@ async fn every_provider_fixture_creates_the_expected_redeployment() -> anyhow::R
 
 #[tokio::test]
 async fn wrong_token_and_unknown_id_get_the_same_404_and_store_nothing() -> anyhow::Result<()> {
-    let (_, client, namespace) = support::setup("hook-404").await?;
-    let hook = app_with_hook(
-        &client,
-        &namespace,
-        "multi",
-        &[],
-        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
-    )
-    .await?;
+    let (client, namespace, hook) = multi_with_web("hook-404").await?;
     let (base, token) = hook.rsplit_once('/').expect("a hook URL");
     let (prefix, id) = base.rsplit_once('/').expect("a hook URL");
     let mut wrong_token = token.to_string();
@@ -361,15 +361,7 @@ async fn a_redelivery_is_answered_with_the_original_redeployment() -> anyhow::Re
 
 #[tokio::test]
 async fn unknown_services_profiles_and_bad_refs_are_422_and_store_nothing() -> anyhow::Result<()> {
-    let (_, client, namespace) = support::setup("hook-422").await?;
-    let hook = app_with_hook(
-        &client,
-        &namespace,
-        "multi",
-        &["web"],
-        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
-    )
-    .await?;
+    let (client, namespace, hook) = multi_with_web("hook-422").await?;
     let (status, body) = post(&format!("{hook}?services=web,wbe"), &[], Vec::new()).await?;
     assert_eq!(status, 422);
     let message = body["message"].as_str().unwrap_or_default();
@@ -465,15 +457,7 @@ async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
 async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;
 
-    let (_, client, namespace) = support::setup("hook-limits").await?;
-    let hook = app_with_hook(
-        &client,
-        &namespace,
-        "multi",
-        &["web"],
-        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
-    )
-    .await?;
+    let (client, namespace, hook) = multi_with_web("hook-limits").await?;
     let (status, body) =
         post(&hook, &[("Content-Type", "application/json")], vec![b' '; support::BODY_LIMIT + 1]).await?;
     assert_eq!(status, 413, "{body}");
@@ -515,15 +499,7 @@ async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
 
 #[tokio::test]
 async fn health_readiness_and_metrics_are_served() -> anyhow::Result<()> {
-    let (_, client, namespace) = support::setup("hook-metrics").await?;
-    let hook = app_with_hook(
-        &client,
-        &namespace,
-        "multi",
-        &["web"],
-        &format!("{APP_MULTI}{}", image_service("web", "multi", "nginx")),
-    )
-    .await?;
+    let (_, _, hook) = multi_with_web("hook-metrics").await?;
     let (status, _) = post(&hook, &[], Vec::new()).await?;
     assert_eq!(status, 202);
     let admin = &operator().admin;

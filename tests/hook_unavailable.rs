@@ -23,9 +23,11 @@ async fn a_stopped_api_server_gets_503_and_nothing_is_stored() -> anyhow::Result
     support::apply_yaml(&client, &namespace, OBJECTS).await?;
 
     let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
-    let data = eventually("the hook Secret", || async { Ok(secrets.get_opt("shop-hook").await?.and_then(|s| s.data)) })
-        .await?;
-    let value = |key: &str| String::from_utf8(data.get(key).map(|v| v.0.clone()).unwrap_or_default());
+    let secret = eventually("the hook Secret", || async {
+        Ok(secrets.get_opt("shop-hook").await?.filter(|s| s.data.is_some()))
+    })
+    .await?;
+    let value = |key: &str| support::secret_value(&secret, key);
     let hook = format!("http://{}/stacks/redeploy/{}/{}", running.hook_addr, value("id")?, value("token")?);
     let http = reqwest::Client::new();
     // The App's status lists its Services from the same cache the hook plans with.

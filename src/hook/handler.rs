@@ -102,6 +102,18 @@ impl Reply {
         self
     }
 
+    /// Until the hook index has loaded every hook Secret, an unknown hook id
+    /// may just not be loaded yet: the caller is told to retry, not that the
+    /// hook does not exist.
+    fn starting() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::starting,
+            "the operator is starting: its hook index is not loaded yet; retry shortly",
+        )
+        .retry_after(1)
+    }
+
     pub fn not_found() -> Self {
         Self::new(
             StatusCode::NOT_FOUND,
@@ -164,6 +176,9 @@ async fn accept(
     seen: &mut Seen,
 ) -> Result<Reply, Reply> {
     let context = &state.context;
+    if !context.caches.hooks.is_synced() {
+        return Err(Reply::starting());
+    }
     let target = context.caches.hooks.authenticate(id, token).ok_or_else(Reply::not_found)?;
     let app = context.caches.app(&target.namespace, &target.app).ok_or_else(Reply::not_found)?;
     let _permit = state.permit(&target.namespace, &target.app).ok_or_else(|| {
@@ -377,4 +392,71 @@ fn unavailable(error: kube::Error) -> Reply {
         format!("the Kubernetes API server did not take the Redeployment ({error}); nothing was deployed: retry"),
     )
     .retry_after(5)
+}
+
+#[cfg(test)]
+mod tests {
+    use axum::http::Request;
+    use kube::runtime::{events::Recorder, reflector};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::{context::Caches, hook::index::HookIndex, metrics::Metrics};
+
+    /// The hook's router on caches that are never filled, with a client that
+    /// points at no API server (nothing here may call one).
+    fn router(hooks: HookIndex) -> anyhow::Result<(axum::Router, Arc<Metrics>)> {
+        let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?;
+        let caches = Caches {
+            apps: reflector::store().0,
+            services: reflector::store().0,
+            profiles: reflector::store().0,
+            redeployments: reflector::store().0,
+            hooks,
+        };
+        let metrics = Arc::new(Metrics::default());
+        let context = Arc::new(Context {
+            recorder: Recorder::new(client.clone(), "redeploy-operator".into()),
+            client,
+            settings: crate::context::Settings { public_url: "http://hooks.example.com".into() },
+            caches,
+            metrics: metrics.clone(),
+        });
+        let state = Arc::new(HookState::new(context, Limits::default()));
+        Ok((crate::hook::routes::hook_router(state), metrics))
+    }
+
+    async fn post(router: axum::Router) -> anyhow::Result<(StatusCode, HeaderMap, serde_json::Value)> {
+        let request = Request::post("/stacks/redeploy/some-id/some-token").body(Body::empty())?;
+        let response = router.oneshot(request).await?;
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
+        Ok((status, headers, serde_json::from_slice(&body)?))
+    }
+
+    #[tokio::test]
+    async fn before_the_hook_index_is_loaded_a_call_is_told_to_retry() -> anyhow::Result<()> {
+        let (router, metrics) = router(HookIndex::default())?;
+        let (status, headers, body) = post(router).await?;
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
+        assert_eq!(headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("starting") && message.contains("retry"), "{message}");
+        let rendered = metrics.render();
+        assert!(
+            rendered
+                .contains(r#"redeploy_hook_requests_total{provider="unknown",event="unknown",outcome="starting"} 1"#),
+            "{rendered}"
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn once_the_hook_index_is_loaded_an_unknown_hook_is_404() -> anyhow::Result<()> {
+        let (router, _) = router(HookIndex::loaded([]))?;
+        let (status, headers, body) = post(router).await?;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+        assert!(!headers.contains_key(header::RETRY_AFTER));
+        Ok(())
+    }
 }

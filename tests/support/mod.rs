@@ -1,11 +1,13 @@
 //! Shared set-up of the integration tests: one real control plane per test
 //! binary (see the `redeploy-testenv` crate), the CRDs installed once, and a
-//! namespace of its own for every test.
+//! namespace of its own for every test. The benches that run on a control
+//! plane (`hook_load`, `scale`) include it too.
 
 #![allow(dead_code)]
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
@@ -68,8 +70,7 @@ pub fn operator() -> &'static Operator {
     OPERATOR.get_or_init(|| {
         let (sender, receiver) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build();
-            let result = runtime.map_err(anyhow::Error::from).and_then(|runtime| {
+            let result = runtime().and_then(|runtime| {
                 runtime.block_on(async {
                     let running = start_operator(ControlPlane::shared(), CONCURRENCY_PER_APP).await?;
                     let _ = sender.send(Ok(Operator {
@@ -119,19 +120,66 @@ pub async fn start_operator(
     Ok(running)
 }
 
+/// The runtime the operator and the load each run on: two worker threads.
+pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
 /// Waits until `check` returns `Some`, polling every 50 ms for up to 90 s
 /// (generous: CI machines are small and run the test binaries side by side).
-pub async fn eventually<T, F, Fut>(what: &str, mut check: F) -> anyhow::Result<T>
+pub async fn eventually<T, F, Fut>(what: &str, check: F) -> anyhow::Result<T>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
 {
-    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    wait_for(what, Duration::from_secs(90), Duration::from_millis(50), check).await
+}
+
+/// Waits until `check` returns `Some`, polling every `every` for up to `timeout`.
+pub async fn wait_for<T, F, Fut>(what: &str, timeout: Duration, every: Duration, mut check: F) -> anyhow::Result<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<Option<T>>>,
+{
+    let deadline = std::time::Instant::now() + timeout;
     loop {
         if let Some(value) = check().await? {
             return Ok(value);
         }
-        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        anyhow::ensure!(std::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(every).await;
     }
+}
+
+/// The value of `key` in a Secret (such as an App's hook Secret: `id`, `token`, `url`).
+pub fn secret_value(secret: &Secret, key: &str) -> anyhow::Result<String> {
+    let value = secret.data.as_ref().and_then(|data| data.get(key)).ok_or_else(|| {
+        anyhow::anyhow!("Secret {} has no key `{key}`", secret.metadata.name.as_deref().unwrap_or_default())
+    })?;
+    Ok(String::from_utf8(value.0.clone())?)
+}
+
+/// Whether a bench binary (`harness = false`) runs as a smoke run: `cargo bench`
+/// passes `--bench` and measures; `cargo test --all-targets` runs it without.
+pub fn smoke_run() -> bool {
+    !std::env::args().any(|arg| arg == "--bench")
+}
+
+/// A bench setting from environment variable `name`: a whole number of at
+/// least 1, or `default` when the variable is not set.
+pub fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
+    match std::env::var(name) {
+        Ok(value) => {
+            let parsed: usize = value.trim().parse().map_err(|e| anyhow::anyhow!("{name}={value}: {e}"))?;
+            anyhow::ensure!(parsed > 0, "{name} must be at least 1");
+            Ok(parsed)
+        }
+        Err(_) => Ok(default),
+    }
+}
+
+/// The load average over 1, 5 and 15 minutes (`/proc/loadavg`), or an empty string.
+pub fn load_average() -> String {
+    let value = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    value.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
 }
