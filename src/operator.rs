@@ -248,7 +248,8 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         .with_config(controller_config())
         .reconcile_on(service_requests);
 
-    let caches = Caches { apps, services, service_index, profiles, redeployments, workloads, hooks };
+    let caches =
+        Caches { apps, services, service_index, profiles, redeployments, workloads, hooks, synced: Default::default() };
     let reporter = Reporter { controller: "redeploy-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -260,13 +261,12 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
 
     // The reconcilers start once every cache holds a full list: before, a
     // missing object could not be told from one not listed yet.
-    let ready = Arc::new(AtomicBool::new(false));
+    let ready = context.caches.synced.clone();
     let (synced, is_synced) = tokio::sync::oneshot::channel::<()>();
     {
-        let (caches, ready) = (context.caches.clone(), ready.clone());
+        let caches = context.caches.clone();
         background.spawn(async move {
             if caches.wait_synced().await.is_ok() {
-                ready.store(true, Ordering::Release);
                 tracing::info!("caches synced; ready");
                 let _ = synced.send(());
             }

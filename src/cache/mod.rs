@@ -7,6 +7,11 @@ mod service_index;
 mod watch;
 mod workloads;
 
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
 use kube::{
     Resource, ResourceExt,
     core::error_boundary::DeserializeGuard,
@@ -33,6 +38,8 @@ pub struct Caches {
     pub redeployments: Store<DeserializeGuard<Redeployment>>,
     pub workloads: WorkloadIndex,
     pub hooks: HookIndex,
+    /// Set once [`Caches::wait_synced`] has returned.
+    pub synced: Arc<AtomicBool>,
 }
 
 impl Caches {
@@ -81,7 +88,13 @@ impl Caches {
         store_ready(&self.redeployments).await?;
         self.workloads.wait_synced().await;
         self.hooks.wait_synced().await;
+        self.synced.store(true, Ordering::Release);
         Ok(())
+    }
+
+    /// True once every cache holds a full list.
+    pub fn is_synced(&self) -> bool {
+        self.synced.load(Ordering::Acquire)
     }
 }
 

@@ -109,7 +109,7 @@ impl Reply {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Outcome::starting,
-            "the operator is starting: its hook index is not loaded yet; retry shortly",
+            "the operator is starting: its caches are not loaded yet; retry shortly",
         )
         .retry_after(1)
     }
@@ -176,7 +176,7 @@ async fn accept(
     seen: &mut Seen,
 ) -> Result<Reply, Reply> {
     let context = &state.context;
-    if !context.caches.hooks.is_synced() {
+    if !context.caches.is_synced() {
         return Err(Reply::starting());
     }
     let target = context.caches.hooks.authenticate(id, token).ok_or_else(Reply::not_found)?;
@@ -405,14 +405,17 @@ mod tests {
 
     /// The hook's router on caches that are never filled, with a client that
     /// points at no API server (nothing here may call one).
-    fn router(hooks: HookIndex) -> anyhow::Result<(axum::Router, Arc<Metrics>)> {
+    fn router(synced: bool) -> anyhow::Result<(axum::Router, Arc<Metrics>)> {
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?;
         let caches = Caches {
             apps: reflector::store().0,
             services: reflector::store().0,
             profiles: reflector::store().0,
             redeployments: reflector::store().0,
-            hooks,
+            service_index: Default::default(),
+            workloads: Default::default(),
+            hooks: HookIndex::default(),
+            synced: Arc::new(synced.into()),
         };
         let metrics = Arc::new(Metrics::default());
         let context = Arc::new(Context {
@@ -435,8 +438,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn before_the_hook_index_is_loaded_a_call_is_told_to_retry() -> anyhow::Result<()> {
-        let (router, metrics) = router(HookIndex::default())?;
+    async fn before_the_caches_are_loaded_a_call_is_told_to_retry() -> anyhow::Result<()> {
+        let (router, metrics) = router(false)?;
         let (status, headers, body) = post(router).await?;
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         assert_eq!(headers.get(header::RETRY_AFTER).map(|v| v.as_bytes()), Some(&b"1"[..]));
@@ -452,8 +455,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn once_the_hook_index_is_loaded_an_unknown_hook_is_404() -> anyhow::Result<()> {
-        let (router, _) = router(HookIndex::loaded([]))?;
+    async fn once_the_caches_are_loaded_an_unknown_hook_is_404() -> anyhow::Result<()> {
+        let (router, _) = router(true)?;
         let (status, headers, body) = post(router).await?;
         assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
         assert!(!headers.contains_key(header::RETRY_AFTER));

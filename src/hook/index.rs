@@ -75,19 +75,6 @@ impl HookIndex {
         }
     }
 
-    /// An index that has loaded `secrets` as its first full list, as [`HookIndex::run`] would.
-    #[cfg(test)]
-    pub(crate) fn loaded(secrets: impl IntoIterator<Item = Secret>) -> Self {
-        let index = Self::default();
-        let mut buffer = None;
-        index.apply(watcher::Event::Init, &mut buffer);
-        for secret in secrets {
-            index.apply(watcher::Event::InitApply(secret), &mut buffer);
-        }
-        index.apply(watcher::Event::InitDone, &mut buffer);
-        index
-    }
-
     fn apply(&self, event: watcher::Event<Secret>, buffer: &mut Option<HashMap<String, Entry>>) {
         match event {
             watcher::Event::Init => *buffer = Some(HashMap::new()),
