@@ -20,7 +20,9 @@
 //!   context, at concurrency 1, and as a GET then the PATCH of each Deployment
 //!   at concurrency 32); then one empty POST to App `big`'s hook, timed until a
 //!   watch has seen every one of its Deployments name the new Redeployment on
-//!   its pod template. Each round waits for the previous Redeployment to finish.
+//!   its pod template. Each round waits for the previous Redeployment to
+//!   finish, and every timed step for the control plane and the operator to
+//!   be quiet (see `settle`).
 //!
 //! Targets: peak resident memory under 128 MiB; the fan-out within 1.5x the
 //! plain client's PATCH time at concurrency 32. A missed target is reported,
@@ -269,19 +271,20 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
     let url = support::secret_value(&secret, "url")?;
     let mut tracker = Tracker::start(big.clone()).await?;
     let redeployments = Api::<Redeployment>::namespaced(client.clone(), BIG_NAMESPACE);
+    let pids: Vec<u32> = control_plane.pids().into_iter().chain([operator.child.id()]).collect();
     for round in 1..=s.rounds {
         // Pushed first and filled in as it goes, so a failed step leaves what was measured before it.
         report.rounds.push(Round::default());
         let r = report.rounds.len() - 1;
-        settle(&big, &s).await?;
+        settle(&big, &s, &pids).await?;
         let value = format!("baseline-{round}-c{BASELINE_CONCURRENCY}");
         report.rounds[r].c32 = Some(baseline(&big, &names, &value, BASELINE_CONCURRENCY, Read::No).await?);
-        settle(&big, &s).await?;
+        settle(&big, &s, &pids).await?;
         report.rounds[r].c1 = Some(baseline(&big, &names, &format!("baseline-{round}-c1"), 1, Read::No).await?);
-        settle(&big, &s).await?;
+        settle(&big, &s, &pids).await?;
         let value = format!("baseline-{round}-get-c{BASELINE_CONCURRENCY}");
         report.rounds[r].get_c32 = Some(baseline(&big, &names, &value, BASELINE_CONCURRENCY, Read::First).await?);
-        settle(&big, &s).await?;
+        settle(&big, &s, &pids).await?;
         tracker.drain();
 
         let started = Instant::now();
@@ -427,12 +430,32 @@ fn observed(deployment: &Deployment) -> bool {
 }
 
 /// Waits until the Deployment controller has caught up with App `big`'s Deployments.
-async fn settle(big: &Api<Deployment>, s: &Settings) -> anyhow::Result<()> {
+/// Waits until the Deployment controller has caught up with App `big`'s
+/// Deployments, then until the control plane and the operator (`pids`) are
+/// quiet, so that no timed step pays for the work the one before left behind
+/// (new ReplicaSets, old ones cleaned up). Quiet: under 10% of a core over a
+/// second, or 30 s at most.
+async fn settle(big: &Api<Deployment>, s: &Settings, pids: &[u32]) -> anyhow::Result<()> {
     wait_for("App big's Deployments observed", s.patience(), Duration::from_millis(100), || async {
         Ok(list_all(big).await?.iter().all(observed).then_some(()))
     })
-    .await
+    .await?;
+    let total = || pids.iter().filter_map(|pid| cpu_ticks(*pid).ok()).sum::<u64>();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut last = total();
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = total();
+        if now - last <= QUIET_TICKS_PER_SECOND {
+            break;
+        }
+        last = now;
+    }
+    Ok(())
 }
+
+/// CPU ticks per second under which the control plane and the operator count as quiet: 10%.
+const QUIET_TICKS_PER_SECOND: u64 = 10;
 
 /// Whether the plain client reads each Deployment before it patches it.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -12,7 +12,7 @@ use kube::{
     Api, Client, ResourceExt,
     api::{ListParams, Patch, PatchParams},
 };
-use redeploy_operator::api::{App, PlanAction, Redeployment};
+use redeploy_operator::api::{App, CANCEL_FINALIZER, PlanAction, Redeployment};
 use serde_json::{Value, json};
 use sha2::Sha256;
 use support::{eventually, operator};
@@ -394,6 +394,7 @@ async fn a_call_without_git_information_redeploys_every_service_with_modifiers()
     let name = body["redeployment"].as_str().expect("name").to_string();
     let stored = Api::<Redeployment>::namespaced(client.clone(), &namespace).get(&name).await?;
     assert_eq!(serde_json::to_value(stored.spec.trigger.provider)?, json!("empty"));
+    assert_eq!(stored.finalizers(), [CANCEL_FINALIZER], "created cancelable, ready to run");
     assert!(stored.spec.git.is_none());
     let actions: BTreeMap<_, _> =
         stored.spec.plan.iter().map(|p| (p.service.as_str(), (p.action, p.git_ref.clone()))).collect();

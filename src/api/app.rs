@@ -52,7 +52,7 @@ pub struct AppBuildSpec {
     /// that sets no `spec.build.template` of its own (same contract).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "schema::embedded_object")]
-    pub template: Option<k8s_openapi::api::core::v1::PodTemplateSpec>,
+    pub template: Option<Box<k8s_openapi::api::core::v1::PodTemplateSpec>>,
 }
 
 fn default_environment() -> String {

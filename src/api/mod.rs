@@ -14,8 +14,8 @@ pub use profile::{
     BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy,
 };
 pub use redeployment::{
-    GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment, RedeploymentSpec,
-    RedeploymentStatus, ServicePhase, ServiceResult, Trigger,
+    CANCEL_FINALIZER, GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment,
+    RedeploymentSpec, RedeploymentStatus, ServicePhase, ServiceResult, Trigger,
 };
 pub use service::{
     BuildSpec, BuiltImage, GitSource, ImageSource, SecretKeyRef, Service, ServiceSpec, ServiceStatus, SourceType,

@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 
 use super::schema;
 
+/// Finalizer that lets a deleted Redeployment cancel its builds first. The
+/// hook sets it when it creates a Redeployment; the reconciler adds it to
+/// one created otherwise.
+pub const CANCEL_FINALIZER: &str = "redeploy.dev/cancel";
+
 /// One accepted hook call (or `kubectl redeploy` call): the durable record of
 /// what was asked, the plan resolved when it was accepted, and what happened.
 // Each printcolumn(...) repeats the same keys, which clippy mistakes for duplicates.

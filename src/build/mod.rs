@@ -432,7 +432,7 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
 
     let app_template = app.spec.build.as_ref().and_then(|b| b.template.as_ref());
     let mut template = match build.template.as_ref().or(app_template) {
-        Some(template) => custom_template(template.clone(), &env)
+        Some(template) => custom_template(PodTemplateSpec::clone(template), &env)
             .ok_or_else(|| BuildError::TemplateWithoutContainers { service: service_name.clone() })?,
         None => {
             let remote = buildkit_remote(&git.repository).map_err(|reason| BuildError::InvalidRepository {

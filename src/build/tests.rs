@@ -222,7 +222,7 @@ fn custom_template_keeps_the_users_pod_and_gets_the_inputs() {
     }))
     .expect("template");
     let mut svc = service(Some("git-creds"), Some("registry-push"));
-    svc.spec.build.as_mut().expect("build").template = Some(template);
+    svc.spec.build.as_mut().expect("build").template = Some(Box::new(template));
     let job = render(&svc, Some(SHA)).expect("job");
 
     let spec = pod_spec(&job);
@@ -271,7 +271,7 @@ fn custom_template_keeps_the_users_pod_and_gets_the_inputs() {
     svc.spec.git.as_mut().expect("git").repository = "https://dev.azure.com/org/project/_git/repo".into();
     assert!(render(&svc, Some(SHA)).is_ok());
 
-    svc.spec.build.as_mut().expect("build").template = Some(PodTemplateSpec::default());
+    svc.spec.build.as_mut().expect("build").template = Some(Box::default());
     assert_eq!(render(&svc, Some(SHA)), Err(BuildError::TemplateWithoutContainers { service: "web".into() }));
 }
 
@@ -717,7 +717,7 @@ fn an_app_template_builds_services_without_their_own() {
     }))
     .expect("template");
     let mut app = app();
-    app.spec.build = Some(crate::api::AppBuildSpec { template: Some(template) });
+    app.spec.build = Some(crate::api::AppBuildSpec { template: Some(Box::new(template)) });
     let plain = service(None, None);
     let redeployment = redeployment();
     let request = BuildRequest { app: &app, service: &plain, redeployment: &redeployment, git_ref: Some(SHA) };
@@ -731,7 +731,7 @@ fn an_app_template_builds_services_without_their_own() {
     }))
     .expect("template");
     let mut custom = service(None, None);
-    custom.spec.build.as_mut().expect("build").template = Some(own);
+    custom.spec.build.as_mut().expect("build").template = Some(Box::new(own));
     let request = BuildRequest { app: &app, service: &custom, redeployment: &redeployment, git_ref: Some(SHA) };
     assert_eq!(pod_spec(&render_job(&request).expect("job")).containers[0].name, "own");
 }

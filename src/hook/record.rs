@@ -7,7 +7,7 @@ use sha2::{Digest, Sha256};
 
 use super::{credentials::APP_LABEL, event::HookEvent};
 use crate::{
-    api::{Provider, Redeployment, RedeploymentSpec, Trigger},
+    api::{CANCEL_FINALIZER, Provider, Redeployment, RedeploymentSpec, Trigger},
     plan::{Modifiers, Plan},
 };
 
@@ -74,6 +74,8 @@ pub fn redeployment(
             labels: Some(labels),
             annotations,
             owner_references: owner.map(|o| vec![o]),
+            // Set now, so the reconciler starts at once instead of adding it first.
+            finalizers: Some(vec![CANCEL_FINALIZER.to_string()]),
             ..Default::default()
         },
         spec,

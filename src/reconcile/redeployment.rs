@@ -29,8 +29,8 @@ use serde_json::json;
 use super::Error;
 use crate::{
     api::{
-        App, BuildPolicy, BuiltImage, DeploymentProfile, Phase, PlanAction, PlannedService, PreviousTemplate,
-        Redeployment, RedeploymentStatus, Service, ServicePhase, ServiceResult, Strategy, conditions,
+        App, BuildPolicy, BuiltImage, CANCEL_FINALIZER, DeploymentProfile, Phase, PlanAction, PlannedService,
+        PreviousTemplate, Redeployment, RedeploymentStatus, Service, ServicePhase, ServiceResult, Strategy, conditions,
     },
     build::{self, BuildRequest},
     context::Context,
@@ -39,8 +39,6 @@ use crate::{
 };
 
 pub const CONTROLLER: &str = "redeployment";
-/// Finalizer that lets a deleted Redeployment cancel its builds first.
-pub const FINALIZER: &str = "redeploy.dev/cancel";
 
 pub async fn reconcile(guard: Arc<DeserializeGuard<Redeployment>>, context: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
@@ -57,7 +55,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Redeployment>>, context: Arc<
     };
     let namespace = redeployment.namespace().ok_or_else(|| Error::NoNamespace(redeployment.name_any()))?;
     let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
-    let action = finalizer(&api, FINALIZER, redeployment, |event| async {
+    let action = finalizer(&api, CANCEL_FINALIZER, redeployment, |event| async {
         match event {
             Finalizer::Apply(redeployment) => apply(&redeployment, &context).await,
             Finalizer::Cleanup(redeployment) => cancel(&redeployment, &context).await,

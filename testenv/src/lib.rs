@@ -359,6 +359,12 @@ impl ControlPlane {
         Ok(name)
     }
 
+    /// Process ids of the running control-plane processes.
+    pub fn pids(&self) -> Vec<u32> {
+        let processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        processes.iter().map(|p| p.child.id()).collect()
+    }
+
     /// Stops every process (API server last-but-one, etcd last).
     pub fn stop(&self) {
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());

@@ -15,7 +15,7 @@ use anyhow::Context;
 
 pub(crate) struct Process {
     pub(crate) name: String,
-    child: Child,
+    pub(crate) child: Child,
 }
 
 type SpawnRequest = (Command, mpsc::Sender<io::Result<Child>>);
