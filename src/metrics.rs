@@ -13,7 +13,10 @@ use prometheus_client::{
     registry::Registry,
 };
 
-use crate::{api::Provider, hook::event::EventKind};
+use crate::{
+    api::{Phase, Provider},
+    hook::event::EventKind,
+};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HookLabels {
@@ -30,6 +33,11 @@ pub struct OutcomeLabels {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileLabels {
     pub controller: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PhaseLabels {
+    pub phase: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -132,6 +140,8 @@ pub struct Metrics {
     pub reconciles: Family<ReconcileLabels, Counter>,
     pub reconcile_errors: Family<ReconcileErrorLabels, Counter>,
     pub reconcile_duration: Family<ReconcileLabels, Histogram>,
+    pub redeployments: Family<PhaseLabels, Counter>,
+    pub redeployment_duration: Family<PhaseLabels, Histogram>,
 }
 
 impl Default for Metrics {
@@ -165,7 +175,27 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             reconcile_duration.clone(),
         );
-        Self { registry, hooks, hook_duration, reconciles, reconcile_errors, reconcile_duration }
+        let redeployments = Family::<PhaseLabels, Counter>::default();
+        registry.register("redeployments_finished", "Redeployments finished, by final phase", redeployments.clone());
+        let redeployment_duration = Family::<PhaseLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(exponential_buckets(0.5, 2.0, 14))
+        });
+        registry.register_with_unit(
+            "redeployment_duration",
+            "Time from a Redeployment's creation to its end, by final phase",
+            prometheus_client::registry::Unit::Seconds,
+            redeployment_duration.clone(),
+        );
+        Self {
+            registry,
+            hooks,
+            hook_duration,
+            reconciles,
+            reconcile_errors,
+            reconcile_duration,
+            redeployments,
+            redeployment_duration,
+        }
     }
 }
 
@@ -183,6 +213,22 @@ impl Metrics {
 
     pub fn reconcile_failed(&self, controller: &'static str, error: &'static str) {
         self.reconcile_errors.get_or_create(&ReconcileErrorLabels { controller, error }).inc();
+    }
+
+    /// A Redeployment reached its final `phase`, `took` after it was created.
+    pub fn redeployment_finished(&self, phase: Phase, took: Duration) {
+        let phase = match phase {
+            Phase::Pending => "pending",
+            Phase::Building => "building",
+            Phase::Deploying => "deploying",
+            Phase::Succeeded => "succeeded",
+            Phase::Failed => "failed",
+            Phase::Superseded => "superseded",
+            Phase::Canceled => "canceled",
+        };
+        let labels = PhaseLabels { phase };
+        self.redeployments.get_or_create(&labels).inc();
+        self.redeployment_duration.get_or_create(&labels).observe(took.as_secs_f64());
     }
 
     /// The metrics in the Prometheus text format.

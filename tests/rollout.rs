@@ -132,6 +132,9 @@ async fn an_image_service_restarts_and_rolls_out() -> anyhow::Result<()> {
     let service = Api::<Service>::namespaced(client.clone(), &namespace).get("worker").await?;
     assert_eq!(service.status.and_then(|s| s.last_redeployment).as_deref(), Some("restart-1"));
     assert!(status.started_at.is_some() && status.finished_at.is_some());
+    let metrics = reqwest::get(format!("{}/metrics", operator().admin)).await?.text().await?;
+    assert!(metrics.contains(r#"redeploy_redeployments_finished_total{phase="succeeded"}"#), "{metrics}");
+    assert!(metrics.contains(r#"redeploy_redeployment_duration_seconds_count{phase="succeeded"}"#), "{metrics}");
     Ok(())
 }
 

@@ -199,6 +199,10 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
             publish(&world, type_, &format!("Redeployment{phase:?}"), note).await;
         }
         write_status(context, redeployment, &status).await?;
+        if let Some(phase) = status.phase.filter(|p| p.is_finished() && !previous.phase.is_some_and(Phase::is_finished))
+        {
+            context.metrics.redeployment_finished(phase, age(redeployment));
+        }
     }
     Ok(if status.phase.is_some_and(Phase::is_finished) { Action::await_change() } else { Action::requeue(requeue) })
 }
@@ -778,6 +782,7 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     status.finished_at = Some(now());
     status.message = Some("canceled: the Redeployment was deleted".into());
     write_status(context, redeployment, &status).await?;
+    context.metrics.redeployment_finished(Phase::Canceled, age(redeployment));
     Ok(Action::await_change())
 }
 
