@@ -6,7 +6,10 @@ mod support;
 
 use std::time::Duration;
 
-use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job};
+use k8s_openapi::api::{
+    apps::v1::{DaemonSet, Deployment, StatefulSet},
+    batch::v1::Job,
+};
 use kube::{
     Api, Client, ResourceExt,
     api::{DeleteParams, ListParams, PostParams},
@@ -222,6 +225,77 @@ async fn a_stuck_rollout_fails_and_auto_rollback_restores_the_template() -> anyh
         None,
         "the previous template is back"
     );
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_rollout_past_the_profile_timeout_fails() -> anyhow::Result<()> {
+    let objects = format!(
+        "{}{}{}{}",
+        app(20),
+        image_service("slow"),
+        deployment("slow", json!({"testenv.redeploy.dev/never-ready": "true"}), 600),
+        profile("parallel", false, 3),
+    );
+    let (client, namespace) = setup("timeout", &objects).await?;
+    redeploy(&client, &namespace, "timeout-1", json!([{"service": "slow", "action": "restart"}]), Some("p")).await?;
+    let done = finished(&client, &namespace, "timeout-1").await?;
+    let result = done.status.clone().unwrap_or_default().services[0].clone();
+    assert_eq!(result.phase, ServicePhase::Failed, "{result:?}");
+    let message = result.message.unwrap_or_default();
+    assert!(message.contains("Timeout") && message.contains("not rolled out within 3s"), "{message}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn stateful_sets_and_daemon_sets_restart_and_roll_out() -> anyhow::Result<()> {
+    let workload = |kind: &str, name: &str| {
+        let mut object = json!({
+            "apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name},
+            "spec": {
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": name, "image": format!("registry.example.com/{name}:initial")}]},
+                },
+            },
+        });
+        if kind == "StatefulSet" {
+            object["spec"]["replicas"] = json!(2);
+            object["spec"]["podManagementPolicy"] = json!("Parallel");
+        }
+        format!("---\n{}\n", serde_json::to_string(&object).unwrap_or_default())
+    };
+    let service = |kind: &str, name: &str| {
+        format!(
+            "---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  app: shop\n  target:\n    kind: {kind}\n    name: {name}\n  image:\n    reference: registry.example.com/{name}:initial\n"
+        )
+    };
+    let objects = format!(
+        "{}{}{}{}{}",
+        app(20),
+        workload("StatefulSet", "db"),
+        service("StatefulSet", "db"),
+        workload("DaemonSet", "agent"),
+        service("DaemonSet", "agent"),
+    );
+    let (client, namespace) = setup("kinds", &objects).await?;
+    let plan = json!([{"service": "db", "action": "restart"}, {"service": "agent", "action": "restart"}]);
+    redeploy(&client, &namespace, "kinds-1", plan, None).await?;
+    let done = finished(&client, &namespace, "kinds-1").await?;
+    assert_eq!(
+        phases(&done),
+        [("db".to_string(), ServicePhase::Succeeded), ("agent".to_string(), ServicePhase::Succeeded)],
+        "{:?}",
+        done.status
+    );
+    let db = Api::<StatefulSet>::namespaced(client.clone(), &namespace).get("db").await?;
+    let status = db.status.clone().unwrap_or_default();
+    assert_eq!(status.update_revision, status.current_revision, "rolled out when Succeeded");
+    assert_eq!(status.updated_replicas, Some(2));
+    let agent = Api::<DaemonSet>::namespaced(client.clone(), &namespace).get("agent").await?;
+    let annotations = agent.spec.template.metadata.and_then(|m| m.annotations).unwrap_or_default();
+    assert_eq!(annotations.get("redeploy.dev/redeployment").map(String::as_str), Some("kinds-1"));
     Ok(())
 }
 
