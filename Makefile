@@ -5,7 +5,7 @@
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
 #   make scale         the operator at scale (1,000 Apps x 10 Services): memory, start-up, a 500-Service fan-out
-#   make crds          regenerates crds/ from the Rust types
+#   make crds          regenerates crds/ (and the chart's copy) from the Rust types
 #   make cluster       starts a local control plane in the background
 #   make cluster-down  stops it
 #   make demo          the README's demo: cluster, CRDs, operator, examples/, a signed GitHub push, the rollout
@@ -45,6 +45,7 @@ scale: control-plane
 
 crds:
 	$(CARGO) run -q -- crds --dir crds
+	$(CARGO) run -q -- crds --dir charts/redeploy-operator/crds
 
 cluster: control-plane
 	@$(CARGO) build -q -p redeploy-testenv

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl
 # and kwok from their Go modules (pinned in hack/{k8s,etcd,kwok}) into a cache
-# outside the repository, keyed by version, and prints that directory. A warm
-# cache builds nothing.
+# outside the repository, keyed by version, and prints that directory. Helm
+# (hack/helm), for the chart's tests, goes there too, under its own version.
+# A warm cache builds nothing.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 # shellcheck source=versions.env
@@ -47,6 +48,12 @@ fi
 if missing kwok; then
   log "building kwok $KWOK_VERSION"
   build kwok "$bin" "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" sigs.k8s.io/kwok/cmd/kwok
+fi
+
+if [ "$(cat "$bin/helm.version" 2>/dev/null)" != "$HELM_VERSION" ]; then
+  log "building helm $HELM_VERSION"
+  build helm "$bin" "-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION" helm.sh/helm/v3/cmd/helm
+  echo "$HELM_VERSION" > "$bin/helm.version"
 fi
 
 echo "$bin"

@@ -332,6 +332,21 @@ impl ControlPlane {
         Ok(Client::try_from(self.config().await?)?)
     }
 
+    /// A client that authenticates with a bearer `token` (a ServiceAccount's, say)
+    /// instead of the administrator's.
+    pub async fn client_with_token(&self, token: &str) -> anyhow::Result<Client> {
+        let mut config = self.config().await?;
+        config.auth_info = kube::config::AuthInfo { token: Some(token.to_string().into()), ..Default::default() };
+        Ok(Client::try_from(config)?)
+    }
+
+    /// `helm` (built with the control plane) pointed at this control plane.
+    pub fn helm(&self) -> Command {
+        let mut command = Command::new(self.bin.join("helm"));
+        command.env("KUBECONFIG", &self.kubeconfig);
+        command
+    }
+
     /// `kubectl` pointed at this control plane.
     pub fn kubectl(&self) -> Command {
         let mut command = Command::new(self.bin.join("kubectl"));

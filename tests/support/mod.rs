@@ -100,17 +100,29 @@ pub async fn start_operator(
     let client = control_plane.client().await?;
     apply_crds(&client, Duration::from_secs(60)).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let config = redeploy_operator::operator::Config {
-        hook_addr: ([127, 0, 0, 1], port).into(),
+    start_operator_with(client, operator_config(port, concurrent_per_app)).await
+}
+
+/// How the tests run the operator: on loopback, the hook on `hook_port`.
+pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_operator::operator::Config {
+    redeploy_operator::operator::Config {
+        hook_addr: ([127, 0, 0, 1], hook_port).into(),
         admin_addr: ([127, 0, 0, 1], 0).into(),
-        settings: redeploy_operator::context::Settings { public_url: format!("http://127.0.0.1:{port}") },
+        settings: redeploy_operator::context::Settings { public_url: format!("http://127.0.0.1:{hook_port}") },
         limits: redeploy_operator::hook::handler::Limits {
             body_bytes: BODY_LIMIT,
             body_timeout: Duration::from_secs(10),
             concurrent_per_app,
         },
         header_timeout: Duration::from_secs(3),
-    };
+    }
+}
+
+/// Starts an operator with `client` and waits until it is ready.
+pub async fn start_operator_with(
+    client: Client,
+    config: redeploy_operator::operator::Config,
+) -> anyhow::Result<redeploy_operator::operator::Running> {
     let running = redeploy_operator::operator::start(client, config).await?;
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     while !running.is_ready() {

@@ -1,0 +1,229 @@
+//! The Helm chart on the real control plane: it lints, refuses bad values,
+//! installs (CRDs included), and its RBAC is enough for the operator to do all
+//! of its work, running as the chart's ServiceAccount, and no more.
+
+mod support;
+
+use std::process::Command;
+
+use k8s_openapi::api::{
+    apps::v1::Deployment,
+    authentication::v1::{TokenRequest, TokenRequestSpec},
+    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
+    core::v1::{Secret, ServiceAccount},
+    events::v1::Event,
+    networking::v1::Ingress,
+};
+use kube::{
+    Api, Client,
+    api::{ListParams, PostParams},
+};
+use redeploy_operator::api::{App, Phase, Redeployment, Service};
+use redeploy_testenv::ControlPlane;
+use serde_json::json;
+use support::eventually;
+
+const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
+const RELEASE: &str = "redeploy-operator";
+const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+/// Runs `command`; its stdout, or an error with its stderr.
+fn run(command: &mut Command) -> anyhow::Result<String> {
+    let output = command.output()?;
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    anyhow::ensure!(output.status.success(), "{command:?} failed ({}):\n{stderr}{stdout}", output.status);
+    Ok(stdout.into_owned())
+}
+
+#[test]
+fn the_chart_lints_and_refuses_what_it_cannot_run() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    run(control_plane.helm().args(["lint", "--strict", CHART, "--set", "publicUrl=https://hooks.example.com"]))?;
+
+    let template = |sets: &[&str]| {
+        let mut command = control_plane.helm();
+        // Rendered offline: helm would assume Kubernetes v1.20, older than the chart allows.
+        command.args(["template", RELEASE, CHART, "--kube-version", "v1.37.2"]);
+        for set in sets {
+            command.args(["--set", set]);
+        }
+        run(&mut command)
+    };
+    let missing = template(&[]).expect_err("publicUrl is required");
+    assert!(missing.to_string().contains("publicUrl is required"), "{missing}");
+    let replicas = template(&["publicUrl=https://h.example.com", "replicaCount=2"]).expect_err("one replica only");
+    assert!(replicas.to_string().contains("replicaCount must be 1"), "{replicas}");
+
+    let rendered = template(&["publicUrl=https://h.example.com"])?;
+    assert!(!rendered.contains("kind: Ingress"), "no Ingress unless enabled");
+    assert!(rendered.contains("value: \"https://h.example.com\""), "{rendered}");
+    Ok(())
+}
+
+/// Whether the client may do `verb` on `resource` (`group` "" for the core group).
+async fn can(client: &Client, verb: &str, group: &str, resource: &str) -> anyhow::Result<bool> {
+    let review = SelfSubjectAccessReview {
+        spec: SelfSubjectAccessReviewSpec {
+            resource_attributes: Some(ResourceAttributes {
+                verb: Some(verb.into()),
+                group: Some(group.into()),
+                resource: Some(resource.into()),
+                namespace: Some("default".into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let answer = Api::<SelfSubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
+    Ok(answer.status.is_some_and(|s| s.allowed))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    let admin = control_plane.client().await?;
+    let release_namespace = control_plane.namespace(&admin, "chart").await?;
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    run(control_plane.helm().args(["install", RELEASE, CHART, "--namespace", &release_namespace]).args([
+        "--set",
+        &format!("publicUrl=http://127.0.0.1:{hook_port}"),
+        "--set",
+        "ingress.enabled=true",
+    ]))?;
+    let ingress = Api::<Ingress>::namespaced(admin.clone(), &release_namespace).get(RELEASE).await?;
+    let paths = ingress.spec.and_then(|s| s.rules).unwrap_or_default();
+    assert_eq!(paths[0].http.as_ref().map(|h| h.paths[0].path.clone()), Some(Some("/stacks/redeploy".into())));
+    let deployment = Api::<Deployment>::namespaced(admin.clone(), &release_namespace).get(RELEASE).await?;
+    assert_eq!(deployment.spec.replicas, Some(1));
+
+    // The operator runs with the token of the chart's ServiceAccount.
+    let request = TokenRequest {
+        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+        ..Default::default()
+    };
+    let token = Api::<ServiceAccount>::namespaced(admin.clone(), &release_namespace)
+        .create_token_request(RELEASE, &PostParams::default(), &request)
+        .await?
+        .status
+        .and_then(|s| s.token)
+        .ok_or_else(|| anyhow::anyhow!("the TokenRequest returned no token"))?;
+    let operator_client = control_plane.client_with_token(&token).await?;
+    for (verb, group, resource) in
+        [("patch", "apps", "deployments"), ("create", "redeploy.dev", "redeployments"), ("create", "batch", "jobs")]
+    {
+        assert!(can(&operator_client, verb, group, resource).await?, "the operator may {verb} {resource}");
+    }
+    for (verb, group, resource) in [
+        ("delete", "apps", "deployments"),
+        ("create", "apps", "deployments"),
+        ("get", "", "configmaps"),
+        ("delete", "", "secrets"),
+        ("patch", "apiextensions.k8s.io", "customresourcedefinitions"),
+        ("create", "", "namespaces"),
+        ("update", "redeploy.dev", "apps"),
+    ] {
+        assert!(!can(&operator_client, verb, group, resource).await?, "the operator may not {verb} {resource}");
+    }
+    // Ready only once every watch has listed: any list or watch it may not do keeps it unready.
+    let operator = support::start_operator_with(operator_client, support::operator_config(hook_port, 4)).await?;
+
+    // An App with a Git-built and an image-based Service, posted to.
+    let namespace = control_plane.namespace(&admin, "chart-app").await?;
+    let objects = format!(
+        r#"
+apiVersion: redeploy.dev/v1alpha1
+kind: App
+metadata: {{name: shop}}
+spec: {{history: {{limit: 1}}}}
+---
+apiVersion: redeploy.dev/v1alpha1
+kind: Service
+metadata: {{name: web}}
+spec:
+  app: shop
+  target: {{name: web}}
+  git: {{repository: "https://github.com/Codertocat/Hello-World", branch: master}}
+  build: {{image: registry.example.com/web}}
+---
+apiVersion: redeploy.dev/v1alpha1
+kind: Service
+metadata: {{name: worker}}
+spec:
+  app: shop
+  target: {{name: worker}}
+  image: {{reference: "registry.example.com/worker:1"}}
+{}{}"#,
+        workload("web"),
+        workload("worker")
+    );
+    support::apply_yaml(&admin, &namespace, &objects).await?;
+    let secrets = Api::<Secret>::namespaced(admin.clone(), &namespace);
+    let url = eventually("the hook Secret", || async {
+        Ok(match secrets.get_opt("shop-hook").await? {
+            Some(secret) => Some(support::secret_value(&secret, "url")?),
+            None => None,
+        })
+    })
+    .await?;
+    assert!(url.starts_with(&format!("http://127.0.0.1:{hook_port}/stacks/redeploy/")), "{url}");
+
+    let redeployments = Api::<Redeployment>::namespaced(admin.clone(), &namespace);
+    let mut names = Vec::new();
+    for _ in 0..2 {
+        let response = reqwest::Client::new().post(format!("{url}?git_ref={SHA}")).send().await?;
+        assert_eq!(response.status(), 202);
+        let body: serde_json::Value = response.json().await?;
+        assert_eq!(body["services"], json!(["web", "worker"]), "{body}");
+        let name = body["redeployment"].as_str().unwrap_or_default().to_string();
+        let phase = eventually(&format!("Redeployment {name} to finish"), || async {
+            let phase = redeployments.get_opt(&name).await?.and_then(|r| r.status?.phase);
+            Ok(phase.filter(|p| p.is_finished()))
+        })
+        .await?;
+        assert_eq!(phase, Phase::Succeeded, "{:?}", redeployments.get(&name).await?.status);
+        names.push(name);
+    }
+    // History limit 1: the first was pruned (delete, and its finalizer removed).
+    eventually("the first Redeployment to be pruned", || async {
+        Ok(redeployments.get_opt(&names[0]).await?.is_none().then_some(()))
+    })
+    .await?;
+
+    let web = Api::<Deployment>::namespaced(admin.clone(), &namespace).get("web").await?;
+    let image = web.spec.template.spec.map(|s| s.containers[0].image.clone());
+    assert_eq!(image, Some(Some(format!("registry.example.com/web:{SHA}"))), "built and deployed");
+    let services = Api::<Service>::namespaced(admin.clone(), &namespace);
+    let worker = services.get("worker").await?.status.unwrap_or_default();
+    assert_eq!(worker.last_redeployment.as_deref(), Some(names[1].as_str()));
+    assert!(worker.conditions.iter().any(|c| c.type_ == "TargetReady" && c.status == "True"));
+    let app = Api::<App>::namespaced(admin.clone(), &namespace).get("shop").await?;
+    assert!(app.status.and_then(|s| s.hook).is_some());
+    let events = Api::<Event>::namespaced(admin.clone(), &namespace).list(&ListParams::default()).await?;
+    let on_app: Vec<String> = events
+        .items
+        .iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("shop"))
+        .filter_map(|e| e.reason.clone())
+        .collect();
+    assert!(on_app.iter().any(|r| r == "RedeploymentSucceeded"), "Events published: {on_app:?}");
+    operator.shutdown().await;
+    Ok(())
+}
+
+fn workload(name: &str) -> String {
+    format!(
+        "---\n{}\n",
+        json!({
+            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+            "spec": {
+                "replicas": 1,
+                "selector": {"matchLabels": {"app": name}},
+                "template": {
+                    "metadata": {"labels": {"app": name}},
+                    "spec": {"containers": [{"name": name, "image": format!("registry.example.com/{name}:1")}]},
+                },
+            },
+        })
+    )
+}
