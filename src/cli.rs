@@ -16,7 +16,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the operator: the hook server, the admin server and the reconcilers.
     /// Connects with the usual kubeconfig (KUBECONFIG, ~/.kube/config) or in-cluster configuration.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Print the CustomResourceDefinitions as one YAML stream (the files of `crds/`, concatenated).
     Crds {
         /// Write one file per kind, `<plural>.yaml`, into this directory instead.
@@ -45,6 +45,19 @@ pub struct RunArgs {
     /// Hook calls of one App handled at once; more get 429 with Retry-After.
     #[arg(long, env = "REDEPLOY_CONCURRENCY_PER_APP", default_value_t = 32)]
     pub concurrency_per_app: usize,
+    /// Run the reconcilers only while holding a Lease, so that several
+    /// replicas can serve the hook. Needs --lease-namespace.
+    #[arg(long, env = "REDEPLOY_LEADER_ELECTION")]
+    pub leader_election: bool,
+    /// Namespace of the leader Lease (the operator's own).
+    #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_election", "true"))]
+    pub lease_namespace: Option<String>,
+    /// Name of the leader Lease.
+    #[arg(long, env = "REDEPLOY_LEASE_NAME", default_value = "redeploy-operator")]
+    pub lease_name: String,
+    /// This replica's name in the Lease; defaults to the pod's name.
+    #[arg(long, env = "POD_NAME")]
+    pub identity: Option<String>,
 }
 
 impl RunArgs {
@@ -62,6 +75,17 @@ impl RunArgs {
                 concurrent_per_app: self.concurrency_per_app,
             },
             header_timeout: read_timeout,
+            leader_election: self.leader_election.then(|| {
+                let identity = self.identity.clone().unwrap_or_else(|| {
+                    // Unique per process when no pod name is given.
+                    format!("redeploy-operator-{}", hex::encode(rand::random::<[u8; 4]>()))
+                });
+                crate::leader::LeaseConfig::new(
+                    self.lease_namespace.as_deref().unwrap_or("default"),
+                    &self.lease_name,
+                    &identity,
+                )
+            }),
         }
     }
 }

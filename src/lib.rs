@@ -8,6 +8,7 @@ pub mod cli;
 pub mod context;
 pub mod hook;
 pub mod install;
+pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod plan;

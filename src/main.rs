@@ -11,8 +11,7 @@ async fn main() -> anyhow::Result<()> {
                 .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
                 .init();
             let client = kube::Client::try_default().await?;
-            redeploy_operator::operator::start(client, args.config()).await?.until_signal().await;
-            Ok(())
+            redeploy_operator::operator::start(client, args.config()).await?.until_signal().await
         }
     }
 }

@@ -34,6 +34,7 @@ use crate::{
         index::HookIndex,
         routes::{AdminState, admin_router, hook_router},
     },
+    leader::{Elector, LeaseConfig},
     metrics::Metrics,
     reconcile::{self, app, redeployment, service},
     server::serve,
@@ -48,6 +49,8 @@ pub struct Config {
     pub limits: Limits,
     /// Time a client has to send its request headers.
     pub header_timeout: Duration,
+    /// Run the reconcilers only while holding this Lease; `None`: always.
+    pub leader_election: Option<LeaseConfig>,
 }
 
 /// A running operator. Dropping it does not stop it: call [`Running::shutdown`].
@@ -56,6 +59,10 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     pub context: Arc<Context>,
     pub ready: Arc<AtomicBool>,
+    /// Whether this replica runs the reconcilers.
+    leading: watch::Sender<bool>,
+    /// Set when the reconcilers stopped because another replica took the Lease.
+    lost_leadership: Arc<AtomicBool>,
     stop: watch::Sender<bool>,
     /// Servers and reconcilers: they finish on their own once stopped.
     tasks: JoinSet<()>,
@@ -71,8 +78,9 @@ impl Running {
         self.background.shutdown().await;
     }
 
-    /// Runs until SIGINT or SIGTERM, then shuts down.
-    pub async fn until_signal(self) {
+    /// Runs until SIGINT or SIGTERM, or until it lost the leadership, then
+    /// shuts down; the latter is an error (a restarted replica follows).
+    pub async fn until_signal(self) -> anyhow::Result<()> {
         let terminate = async {
             match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
                 Ok(mut term) => {
@@ -84,9 +92,18 @@ impl Running {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {},
             () = terminate => {},
+            () = stopped(&self.stop) => {},
         }
         tracing::info!("shutting down");
+        let lost = self.lost_leadership.load(Ordering::Acquire);
         self.shutdown().await;
+        anyhow::ensure!(!lost, "another replica took the leader lease: stopped, to start again as a follower");
+        Ok(())
+    }
+
+    /// Whether this replica runs the reconcilers (holds the Lease, or elects none).
+    pub fn is_leading(&self) -> bool {
+        *self.leading.borrow()
     }
 
     pub fn is_ready(&self) -> bool {
@@ -272,12 +289,33 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             }
         });
     }
+    // ...and only on the replica that holds the Lease. Once it loses it,
+    // the whole operator stops: a replica started again follows.
+    let (leading, _) = watch::channel(config.leader_election.is_none());
+    if let Some(lease) = config.leader_election.clone() {
+        tasks.spawn(Elector::new(client.clone(), lease).run(leading.clone(), stopped(&stop)));
+    }
+    let lost_leadership = Arc::new(AtomicBool::new(false));
     let is_synced = is_synced.shared();
     let until_synced = |run: BoxFuture<'static, ()>| {
-        let (is_synced, stopped) = (is_synced.clone(), stopped(&stop));
+        let (is_synced, stopped, stop) = (is_synced.clone(), stopped(&stop), stop.clone());
+        let (mut leading, lost_leadership) = (leading.subscribe(), lost_leadership.clone());
         async move {
+            let lead = async {
+                if is_synced.await.is_err() || leading.wait_for(|leading| *leading).await.is_err() {
+                    return;
+                }
+                tokio::select! {
+                    () = run => {}
+                    Ok(_) = leading.wait_for(|leading| !*leading) => {
+                        tracing::error!("lost the leader lease: stopping");
+                        lost_leadership.store(true, Ordering::Release);
+                        stop.send_replace(true);
+                    }
+                }
+            };
             tokio::select! {
-                Ok(()) = is_synced => run.await,
+                () = lead => {}
                 () = stopped => {}
             }
         }
@@ -313,5 +351,5 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let admin = AdminState { metrics, ready: ready.clone() };
     tasks.spawn(serve(admin_listener, admin_router(admin), config.header_timeout, stopped(&stop)));
     tracing::info!(%hook_addr, %admin_addr, "serving");
-    Ok(Running { hook_addr, admin_addr, context, ready, stop, tasks, background })
+    Ok(Running { hook_addr, admin_addr, context, ready, leading, lost_leadership, stop, tasks, background })
 }

@@ -1,6 +1,7 @@
 //! The Helm chart on the real control plane: it lints, refuses bad values,
 //! installs (CRDs included), and its RBAC is enough for the operator to do all
-//! of its work, running as the chart's ServiceAccount, and no more.
+//! of its work, leader election included, running as the chart's
+//! ServiceAccount, and no more.
 
 mod support;
 
@@ -18,7 +19,10 @@ use kube::{
     Api, Client,
     api::{ListParams, PostParams},
 };
-use redeploy_operator::api::{App, Phase, Redeployment, Service};
+use redeploy_operator::{
+    api::{App, Phase, Redeployment, Service},
+    leader::LeaseConfig,
+};
 use redeploy_testenv::ControlPlane;
 use serde_json::json;
 use support::eventually;
@@ -51,8 +55,8 @@ fn the_chart_lints_and_refuses_what_it_cannot_run() -> anyhow::Result<()> {
     };
     let missing = template(&[]).expect_err("publicUrl is required");
     assert!(missing.to_string().contains("publicUrl is required"), "{missing}");
-    let replicas = template(&["publicUrl=https://h.example.com", "replicaCount=2"]).expect_err("one replica only");
-    assert!(replicas.to_string().contains("replicaCount must be 1"), "{replicas}");
+    let replicas = template(&["publicUrl=https://h.example.com", "replicaCount=3"])?;
+    assert!(replicas.contains("replicas: 3") && replicas.contains("REDEPLOY_LEADER_ELECTION"), "{replicas}");
 
     let rendered = template(&["publicUrl=https://h.example.com"])?;
     assert!(!rendered.contains("kind: Ingress"), "no Ingress unless enabled");
@@ -122,11 +126,16 @@ async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::
         ("patch", "apiextensions.k8s.io", "customresourcedefinitions"),
         ("create", "", "namespaces"),
         ("update", "redeploy.dev", "apps"),
+        ("update", "coordination.k8s.io", "leases"),
     ] {
         assert!(!can(&operator_client, verb, group, resource).await?, "the operator may not {verb} {resource}");
     }
-    // Ready only once every watch has listed: any list or watch it may not do keeps it unready.
-    let operator = support::start_operator_with(operator_client, support::operator_config(hook_port, 4)).await?;
+    // Ready only once every watch has listed: any list or watch it may not do
+    // keeps it unready. It elects itself leader on the chart's Lease, as in a pod.
+    let mut config = support::operator_config(hook_port, 4);
+    config.leader_election = Some(LeaseConfig::new(&release_namespace, RELEASE, "chart-test"));
+    let operator = support::start_operator_with(operator_client, config).await?;
+    eventually("the operator to lead", || async { Ok(operator.is_leading().then_some(())) }).await?;
 
     // An App with a Git-built and an image-based Service, posted to.
     let namespace = control_plane.namespace(&admin, "chart-app").await?;
@@ -167,13 +176,21 @@ spec:
     })
     .await?;
     assert!(url.starts_with(&format!("http://127.0.0.1:{hook_port}/stacks/redeploy/")), "{url}");
+    // The hook plans from the operator's caches: wait until they hold both Services.
+    let apps = Api::<App>::namespaced(admin.clone(), &namespace);
+    eventually("the App to list its Services", || async {
+        let services = apps.get("shop").await?.status.map(|s| s.services).unwrap_or_default();
+        Ok((services == ["web", "worker"]).then_some(()))
+    })
+    .await?;
 
     let redeployments = Api::<Redeployment>::namespaced(admin.clone(), &namespace);
     let mut names = Vec::new();
     for _ in 0..2 {
         let response = reqwest::Client::new().post(format!("{url}?git_ref={SHA}")).send().await?;
-        assert_eq!(response.status(), 202);
+        let status = response.status();
         let body: serde_json::Value = response.json().await?;
+        assert_eq!(status, 202, "{body}");
         assert_eq!(body["services"], json!(["web", "worker"]), "{body}");
         let name = body["redeployment"].as_str().unwrap_or_default().to_string();
         let phase = eventually(&format!("Redeployment {name} to finish"), || async {
@@ -197,7 +214,7 @@ spec:
     let worker = services.get("worker").await?.status.unwrap_or_default();
     assert_eq!(worker.last_redeployment.as_deref(), Some(names[1].as_str()));
     assert!(worker.conditions.iter().any(|c| c.type_ == "TargetReady" && c.status == "True"));
-    let app = Api::<App>::namespaced(admin.clone(), &namespace).get("shop").await?;
+    let app = apps.get("shop").await?;
     assert!(app.status.and_then(|s| s.hook).is_some());
     let events = Api::<Event>::namespaced(admin.clone(), &namespace).list(&ListParams::default()).await?;
     let on_app: Vec<String> = events

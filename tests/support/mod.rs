@@ -115,6 +115,7 @@ pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_op
             concurrent_per_app,
         },
         header_timeout: Duration::from_secs(3),
+        leader_election: None,
     }
 }
 
