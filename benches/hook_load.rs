@@ -35,7 +35,7 @@ use std::{
 
 use futures::StreamExt;
 use http::{HeaderMap, HeaderValue};
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Client, Resource,
     api::{ListParams, PostParams},
@@ -307,7 +307,7 @@ impl Raw {
         let plan = plan::plan(&event, &self.app, &self.services, None, &modifiers)?;
         anyhow::ensure!(!plan.is_empty(), "the fixture plans nothing: {:?}", plan.reason);
         let owner = self.app.controller_owner_ref(&());
-        Ok(record::redeployment(self.app.meta(), owner, &event, &modifiers, None, &plan))
+        Ok(record::redeployment(self.app.meta(), owner, &event, &modifiers, None, &plan, Timestamp::now()))
     }
 
     /// Fails unless the handler stored what [`Raw::redeployment`] builds.
@@ -316,7 +316,13 @@ impl Raw {
         let (b, s) = (&built.metadata, &stored.metadata);
         let same_meta = (&b.name, &b.labels, &b.annotations, &b.owner_references)
             == (&s.name, &s.labels, &s.annotations, &s.owner_references);
-        let same_spec = serde_json::to_value(&built.spec)? == serde_json::to_value(&stored.spec)?;
+        // Equal but for the moment each was made.
+        let comparable = |r: &Redeployment| {
+            let mut spec = r.spec.clone();
+            spec.trigger.received_at = None;
+            serde_json::to_value(spec)
+        };
+        let same_spec = comparable(&built)? == comparable(stored)?;
         anyhow::ensure!(
             same_meta && same_spec,
             "the raw side builds {built:?}\nbut the hook stored {stored:?}",

@@ -12,6 +12,7 @@ pub mod leader;
 pub mod metrics;
 pub mod operator;
 pub mod plan;
+pub mod plugin;
 pub mod reconcile;
 pub mod registry;
 pub mod repo;

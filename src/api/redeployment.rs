@@ -1,5 +1,9 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use k8s_openapi::{
+    apimachinery::pkg::apis::meta::v1::{Condition, MicroTime, Time},
+    jiff::Timestamp,
+};
 use kube::CustomResource;
+use kube::ResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -77,6 +81,10 @@ pub struct Trigger {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 256))]
     pub sender: Option<String>,
+    /// When the call was accepted, to the microsecond: orders Redeployments
+    /// created within the same second (creationTimestamp has seconds only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub received_at: Option<MicroTime>,
 }
 
 /// Where a redeployment request came from.
@@ -169,6 +177,15 @@ pub enum Phase {
     Failed,
     Superseded,
     Canceled,
+}
+
+impl Redeployment {
+    /// Orders Redeployments by when they were asked for: the time the call
+    /// was accepted (or, for one created by hand, created), then the name.
+    pub fn order_key(&self) -> (Option<Timestamp>, String) {
+        let received = self.spec.trigger.received_at.as_ref().map(|t| t.0);
+        (received.or_else(|| self.metadata.creation_timestamp.as_ref().map(|t| t.0)), self.name_any())
+    }
 }
 
 impl Phase {

@@ -15,7 +15,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{Api, Resource, ResourceExt, api::PostParams};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -230,6 +230,7 @@ async fn accept(
         &modifiers,
         profile.map(|p| p.name_any()),
         &plan,
+        Timestamp::now(),
     );
     store(context, redeployment).await
 }

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 
+use k8s_openapi::{apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
 use kube::{Resource, ResourceExt, api::ObjectMeta};
 use sha2::{Digest, Sha256};
 
@@ -44,6 +45,7 @@ pub fn redeployment(
     modifiers: &Modifiers,
     profile: Option<String>,
     plan: &Plan,
+    received_at: Timestamp,
 ) -> Redeployment {
     let app_name = app.name.clone().unwrap_or_default();
     let name = redeployment_name(&app_name, event.provider, event.delivery_id.as_deref());
@@ -60,6 +62,7 @@ pub fn redeployment(
             event: bounded(&event.event, 128),
             delivery_id: event.delivery_id.as_deref().map(|id| bounded(id, 256)),
             sender: event.sender.as_deref().map(|s| bounded(s, 256)),
+            received_at: Some(MicroTime(received_at)),
         },
         git: event.git_info(),
         services: modifiers.services.clone(),

@@ -115,7 +115,7 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
             .caches
             .redeployments_of(&namespace, &app.name_any())
             .iter()
-            .max_by_key(|r| (r.metadata.creation_timestamp.as_ref().map(|t| t.0), r.name_any()))
+            .max_by_key(|r| r.order_key())
             .map(|r| r.name_any()),
         conditions: vec![ready],
     }
@@ -141,7 +141,7 @@ async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<
 
 /// Names of the finished Redeployments beyond the newest `limit` (pure).
 fn prunable(mut finished: Vec<Redeployment>, limit: usize) -> Vec<String> {
-    finished.sort_by_key(|r| std::cmp::Reverse((r.metadata.creation_timestamp.as_ref().map(|t| t.0), r.name_any())));
+    finished.sort_by_key(|r| std::cmp::Reverse(r.order_key()));
     finished.into_iter().skip(limit).map(|r| r.name_any()).collect()
 }
 

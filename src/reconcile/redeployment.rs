@@ -217,7 +217,7 @@ enum Gate {
 /// Services supersedes this one while it is pending; an older active one makes it wait.
 fn waiting_on(world: &World) -> Gate {
     let mine: Vec<&str> = world.redeployment.spec.plan.iter().map(|p| p.service.as_str()).collect();
-    let key = order_key(world.redeployment);
+    let key = world.redeployment.order_key();
     let others: Vec<Redeployment> = world
         .context
         .caches
@@ -234,11 +234,11 @@ fn waiting_on(world: &World) -> Gate {
         .collect();
     let covers = |other: &Redeployment| mine.iter().all(|s| other.spec.plan.iter().any(|p| p.service == *s));
     let newest_covering =
-        others.iter().filter(|o| order_key(o) > key && covers(o)).max_by_key(|o| order_key(o)).map(|o| o.name_any());
+        others.iter().filter(|o| o.order_key() > key && covers(o)).max_by_key(|o| o.order_key()).map(|o| o.name_any());
     if let Some(newer) = newest_covering {
         return Gate::Superseded(newer);
     }
-    let busy = others.iter().filter(|o| order_key(o) < key).find_map(|o| {
+    let busy = others.iter().filter(|o| o.order_key() < key).find_map(|o| {
         let results = o.status.as_ref().map(|s| s.services.clone()).unwrap_or_default();
         let started = results.iter().any(|r| r.phase != ServicePhase::Pending);
         let shared = o.spec.plan.iter().find(|p| mine.contains(&p.service.as_str()));
@@ -250,10 +250,6 @@ fn waiting_on(world: &World) -> Gate {
         }
     });
     busy.map_or(Gate::Go, Gate::Wait)
-}
-
-fn order_key(redeployment: &Redeployment) -> (Option<Timestamp>, String) {
-    (redeployment.metadata.creation_timestamp.as_ref().map(|t| t.0), redeployment.name_any())
 }
 
 /// Services of one Redeployment stepped at once under the parallel strategy:

@@ -1,0 +1,132 @@
+//! `kubectl redeploy` (the `kubectl-redeploy` binary) against the real control
+//! plane and a running operator: trigger with modifiers and follow to the
+//! end, refuse what cannot be planned, show the URL, rotate, list history.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use kube::Api;
+use redeploy_operator::api::{App, Provider, Redeployment};
+use support::{eventually, operator};
+
+const OBJECTS: &str = r#"
+apiVersion: redeploy.dev/v1alpha1
+kind: App
+metadata: {name: shop}
+spec: {}
+---
+apiVersion: redeploy.dev/v1alpha1
+kind: Service
+metadata: {name: worker}
+spec: {app: shop, target: {name: worker}, image: {reference: "registry.example.com/worker:1"}}
+---
+apiVersion: redeploy.dev/v1alpha1
+kind: Service
+metadata: {name: stuck}
+spec: {app: shop, target: {name: stuck}, image: {reference: "registry.example.com/stuck:1"}}
+---
+apiVersion: redeploy.dev/v1alpha1
+kind: DeploymentProfile
+metadata: {name: quick}
+spec: {app: shop, displayName: Quick Fix, services: [stuck], rollout: {timeoutSeconds: 3}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: worker}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: worker}}
+  template:
+    metadata: {labels: {app: worker}}
+    spec: {containers: [{name: worker, image: "registry.example.com/worker:1"}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: stuck}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: stuck}}
+  template:
+    metadata: {labels: {app: stuck}, annotations: {testenv.redeploy.dev/never-ready: "true"}}
+    spec: {containers: [{name: stuck, image: "registry.example.com/stuck:1"}]}
+"#;
+
+fn kubectl_redeploy(namespace: &str, args: &[&str]) -> anyhow::Result<Output> {
+    let control_plane = redeploy_testenv::ControlPlane::shared();
+    Ok(Command::new(env!("CARGO_BIN_EXE_kubectl-redeploy"))
+        .env("KUBECONFIG", control_plane.kubeconfig_path())
+        .args(["-n", namespace])
+        .args(args)
+        .output()?)
+}
+
+fn text(output: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr))
+}
+
+#[tokio::test]
+async fn kubectl_redeploy_triggers_follows_rotates_and_lists() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("plugin").await?;
+    let operator = operator();
+    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    eventually("the App's hook and Services", || async {
+        let status = apps.get("shop").await?.status.unwrap_or_default();
+        Ok((status.hook.is_some() && status.services.len() == 2).then_some(()))
+    })
+    .await?;
+
+    let url = kubectl_redeploy(&namespace, &["url", "shop"])?;
+    assert!(url.status.success(), "{}", text(&url));
+    let url = String::from_utf8(url.stdout)?.trim().to_string();
+    assert!(url.starts_with(&format!("{}/stacks/redeploy/", operator.hook)), "{url}");
+
+    let done = kubectl_redeploy(&namespace, &["trigger", "shop", "--services", "worker", "--wait"])?;
+    let output = text(&done);
+    assert!(done.status.success(), "{output}");
+    assert!(output.contains("worker") && output.contains(": Succeeded"), "{output}");
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    let name = output.split_whitespace().next().and_then(|s| s.strip_prefix("redeployment.redeploy.dev/"));
+    let stored = redeployments.get(name.unwrap_or_default()).await?;
+    assert_eq!(stored.spec.trigger.provider, Provider::Manual);
+    assert_eq!(stored.spec.plan.iter().map(|p| p.service.as_str()).collect::<Vec<_>>(), ["worker"]);
+
+    // A profile by display name; its timeout fails the stuck rollout, and the exit status says so.
+    let failed = kubectl_redeploy(&namespace, &["trigger", "shop", "--profile", "Quick Fix", "--wait"])?;
+    let output = text(&failed);
+    assert_eq!(failed.status.code(), Some(1), "{output}");
+    assert!(output.contains("stuck") && output.contains(": Failed"), "{output}");
+
+    for (args, expected) in [
+        (&["trigger", "shop", "--services", "nope"][..], "nope"),
+        (&["trigger", "shop", "--git-ref", "bad ref"][..], "git_ref"),
+        (&["trigger", "gone"][..], "App `gone` does not exist"),
+    ] {
+        let refused = kubectl_redeploy(&namespace, args)?;
+        assert!(!refused.status.success() && text(&refused).contains(expected), "{args:?}: {}", text(&refused));
+    }
+
+    let history = kubectl_redeploy(&namespace, &["history", "shop"])?;
+    let listed = text(&history);
+    let lines: Vec<&str> = listed.lines().collect();
+    assert_eq!(lines.len(), 3, "a header and two Redeployments, no refused ones: {listed}");
+    assert!(lines[1].contains("Failed") && lines[2].contains("Succeeded"), "newest first: {listed}");
+
+    let rotated = kubectl_redeploy(&namespace, &["rotate", "shop"])?;
+    assert!(rotated.status.success(), "{}", text(&rotated));
+    let new_url = String::from_utf8(rotated.stdout)?.trim().to_string();
+    assert!(new_url != url && new_url.starts_with(&format!("{}/stacks/redeploy/", operator.hook)), "{new_url}");
+    let http = reqwest::Client::new();
+    eventually("the old URL to stop working", || async {
+        Ok((http.post(&url).send().await?.status() == 404).then_some(()))
+    })
+    .await?;
+    let accepted = eventually("the new URL to work", || async {
+        let status = http.post(format!("{new_url}?services=worker")).send().await?.status();
+        Ok((status == 202).then_some(status))
+    })
+    .await?;
+    assert_eq!(accepted, 202);
+    Ok(())
+}
