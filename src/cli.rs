@@ -45,6 +45,9 @@ pub struct RunArgs {
     /// Hook calls of one App handled at once; more get 429 with Retry-After.
     #[arg(long, env = "REDEPLOY_CONCURRENCY_PER_APP", default_value_t = 32)]
     pub concurrency_per_app: usize,
+    /// The GitHub REST API continuous deploy talks to (GitHub Enterprise Server: https://<host>/api/v3).
+    #[arg(long, env = "REDEPLOY_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_URL)]
+    pub github_api_url: url::Url,
     /// Run the reconcilers only while holding a Lease, so that several
     /// replicas can serve the hook. Needs --lease-namespace.
     #[arg(long, env = "REDEPLOY_LEADER_ELECTION")]
@@ -68,6 +71,7 @@ impl RunArgs {
             admin_addr: self.metrics_addr,
             settings: crate::context::Settings {
                 public_url: self.public_url.as_str().trim_end_matches('/').to_string(),
+                github_api_url: self.github_api_url.as_str().trim_end_matches('/').to_string(),
             },
             limits: crate::hook::handler::Limits {
                 body_bytes: self.body_limit,

@@ -13,6 +13,8 @@ use crate::metrics::Metrics;
 pub struct Settings {
     /// Externally visible base URL of the hook, e.g. `https://hooks.example.com`.
     pub public_url: String,
+    /// The GitHub REST API, for continuous deploy (`https://api.github.com`).
+    pub github_api_url: String,
 }
 
 pub struct Context {

@@ -64,6 +64,10 @@ pub struct RedeploymentSpec {
     /// What was resolved to happen when the request was accepted.
     #[serde(default)]
     pub plan: Vec<PlannedService>,
+    /// The GitHub Deployment this Redeployment carries out (continuous
+    /// deploy): its progress is posted to it as deployment statuses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_deployment: Option<i64>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -232,6 +236,9 @@ pub struct RedeploymentStatus {
     pub started_at: Option<Time>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Time>,
+    /// The last deployment status posted to the GitHub Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub github_state: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,

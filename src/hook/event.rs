@@ -23,6 +23,8 @@ pub struct HookEvent {
     pub sender: Option<String>,
     /// For registry events: the image pushed.
     pub image: Option<PushedImage>,
+    /// For a GitHub `deployment` event: the Deployment's id, for its statuses.
+    pub github_deployment: Option<i64>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

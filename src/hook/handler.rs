@@ -29,6 +29,7 @@ use super::{
 use crate::{
     api::{App, Provider, Redeployment, SecretKeyRef},
     context::Context,
+    github::Deployments,
     install::FIELD_MANAGER,
     metrics::{EventLabel, Outcome, ProviderLabel},
     plan::{self, Modifiers},
@@ -223,6 +224,11 @@ async fn accept(
         return Ok(Reply::new(StatusCode::OK, Outcome::no_match, format!("nothing to deploy: {reason}")));
     }
 
+    let continuous = app.spec.github.as_ref().is_some_and(|g| g.continuous_deploy);
+    if continuous && event.provider == Provider::GitHub && event.kind == EventKind::Push {
+        return create_github_deployment(context, &app, &event, &modifiers).await;
+    }
+
     let redeployment = record::redeployment(
         app.meta(),
         app.controller_owner_ref(&()),
@@ -233,6 +239,50 @@ async fn accept(
         Timestamp::now(),
     );
     store(context, redeployment).await
+}
+
+/// Continuous deploy: the push becomes a GitHub Deployment of the App's
+/// environment, and the `deployment` event GitHub then sends deploys it.
+/// GitHub holds the durable record; nothing is stored here.
+async fn create_github_deployment(
+    context: &Context,
+    app: &App,
+    event: &HookEvent,
+    modifiers: &Modifiers,
+) -> Result<Reply, Reply> {
+    let git_ref = [&modifiers.git_ref, &event.sha, &event.branch, &event.tag].into_iter().find_map(|r| r.clone());
+    let git_ref = git_ref.ok_or_else(|| {
+        Reply::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            Outcome::unprocessable,
+            "continuous deploy: the push names no commit, branch or tag to deploy",
+        )
+    })?;
+    let github_error = |error: crate::github::GitHubError| {
+        Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::unavailable,
+            format!("continuous deploy: creating the GitHub Deployment failed: {error}"),
+        )
+        .retry_after(10)
+    };
+    let deployments =
+        Deployments::for_app(&context.client, app, &context.settings.github_api_url).await.map_err(github_error)?;
+    let environment = crate::github::environment(app);
+    let description = match &event.sender {
+        Some(sender) => format!("redeploy-operator: push by {sender}"),
+        None => "redeploy-operator: push".to_string(),
+    };
+    let id = deployments.create(&git_ref, &environment, &description).await.map_err(github_error)?;
+    let mut reply = Reply::new(
+        StatusCode::ACCEPTED,
+        Outcome::accepted,
+        format!(
+            "continuous deploy: GitHub Deployment {id} of {git_ref} to {environment} created; GitHub's deployment event deploys it"
+        ),
+    );
+    reply.body["githubDeployment"] = id.into();
+    Ok(reply)
 }
 
 /// Creates the Redeployment; a redelivery gets the original one back.
@@ -422,7 +472,10 @@ mod tests {
         let context = Arc::new(Context {
             recorder: Recorder::new(client.clone(), "redeploy-operator".into()),
             client,
-            settings: crate::context::Settings { public_url: "http://hooks.example.com".into() },
+            settings: crate::context::Settings {
+                public_url: "http://hooks.example.com".into(),
+                github_api_url: crate::github::DEFAULT_API_URL.into(),
+            },
             caches,
             metrics: metrics.clone(),
         });

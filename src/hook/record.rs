@@ -69,6 +69,7 @@ pub fn redeployment(
         profile,
         git_ref: modifiers.git_ref.clone(),
         plan: plan.services.clone(),
+        github_deployment: event.github_deployment,
     };
     Redeployment {
         metadata: ObjectMeta {

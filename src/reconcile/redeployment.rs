@@ -34,6 +34,7 @@ use crate::{
     },
     build::{self, BuildRequest},
     context::Context,
+    github,
     install::FIELD_MANAGER,
     workload::{self, Progress, Workload},
 };
@@ -103,9 +104,6 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     let Some(redeployment) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
     let redeployment = &redeployment;
     let previous = redeployment.status.clone().unwrap_or_default();
-    if previous.phase.is_some_and(Phase::is_finished) {
-        return Ok(Action::await_change());
-    }
     let app_name = &redeployment.spec.app;
     // Right after a start the other controllers' caches may still be filling:
     // what the cache lacks is read from the API server before it counts as missing.
@@ -113,6 +111,17 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         Some(app) => Some(app),
         None => Api::<App>::namespaced(context.client.clone(), &namespace).get_opt(app_name).await?,
     };
+    if previous.phase.is_some_and(Phase::is_finished) {
+        // All that may be left is telling GitHub, if it has not heard yet.
+        let mut status = previous.clone();
+        if !report_to_github(context, redeployment, app.as_ref(), &mut status).await {
+            return Ok(Action::requeue(GITHUB_RETRY));
+        }
+        if status != previous {
+            write_status(context, redeployment, &status).await?;
+        }
+        return Ok(Action::await_change());
+    }
     let profile = match &redeployment.spec.profile {
         Some(name) => {
             match context.caches.profiles_of(&namespace, app_name).into_iter().find(|p| &p.name_any() == name) {
@@ -187,6 +196,9 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     status.conditions = vec![condition];
     status.observed_generation = redeployment.metadata.generation;
 
+    if !report_to_github(context, redeployment, world.app.as_ref(), &mut status).await {
+        requeue = requeue.min(GITHUB_RETRY);
+    }
     if status != previous {
         if status.phase != previous.phase {
             let phase = status.phase.unwrap_or_default();
@@ -204,7 +216,57 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
             context.metrics.redeployment_finished(phase, age(redeployment));
         }
     }
-    Ok(if status.phase.is_some_and(Phase::is_finished) { Action::await_change() } else { Action::requeue(requeue) })
+    let told_github = status.github_state.as_deref() == github_state(redeployment, &status);
+    Ok(if status.phase.is_some_and(Phase::is_finished) && told_github {
+        Action::await_change()
+    } else {
+        Action::requeue(requeue)
+    })
+}
+
+/// How soon a deployment status GitHub did not take is posted again.
+const GITHUB_RETRY: Duration = Duration::from_secs(30);
+
+/// The deployment status GitHub should show for this Redeployment, if it carries a GitHub Deployment.
+fn github_state(redeployment: &Redeployment, status: &RedeploymentStatus) -> Option<&'static str> {
+    redeployment.spec.github_deployment?;
+    status.phase.and_then(github::state_of)
+}
+
+/// Continuous deploy: posts the Redeployment's phase to its GitHub Deployment
+/// when GitHub has not been told it yet, and records it in `status`. False
+/// when that failed: it is noted and tried again, never failing the Redeployment.
+async fn report_to_github(
+    context: &Context,
+    redeployment: &Redeployment,
+    app: Option<&App>,
+    status: &mut RedeploymentStatus,
+) -> bool {
+    let (Some(id), Some(state)) = (redeployment.spec.github_deployment, github_state(redeployment, status)) else {
+        return true;
+    };
+    if status.github_state.as_deref() == Some(state) {
+        return true;
+    }
+    let Some(app) = app.filter(|a| a.spec.github.is_some()) else {
+        // No token to post with: nothing to retry either.
+        return true;
+    };
+    let description = status.message.clone().unwrap_or_else(|| format!("{:?}", status.phase.unwrap_or_default()));
+    let posted = async {
+        let deployments = github::Deployments::for_app(&context.client, app, &context.settings.github_api_url).await?;
+        deployments.status(id, state, &description).await
+    };
+    match posted.await {
+        Ok(()) => {
+            status.github_state = Some(state.to_string());
+            true
+        }
+        Err(error) => {
+            tracing::warn!(redeployment = %redeployment.name_any(), github_deployment = id, %error, "posting the deployment status failed; retrying");
+            false
+        }
+    }
 }
 
 enum Gate {
@@ -777,6 +839,9 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     status.phase = Some(Phase::Canceled);
     status.finished_at = Some(now());
     status.message = Some("canceled: the Redeployment was deleted".into());
+    // Best effort: the Redeployment is going away, there is no later pass.
+    let app = context.caches.app(&namespace, &redeployment.spec.app);
+    report_to_github(context, redeployment, app.as_ref(), &mut status).await;
     write_status(context, redeployment, &status).await?;
     context.metrics.redeployment_finished(Phase::Canceled, age(redeployment));
     Ok(Action::await_change())

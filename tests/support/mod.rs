@@ -108,7 +108,11 @@ pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_op
     redeploy_operator::operator::Config {
         hook_addr: ([127, 0, 0, 1], hook_port).into(),
         admin_addr: ([127, 0, 0, 1], 0).into(),
-        settings: redeploy_operator::context::Settings { public_url: format!("http://127.0.0.1:{hook_port}") },
+        settings: redeploy_operator::context::Settings {
+            public_url: format!("http://127.0.0.1:{hook_port}"),
+            // Continuous deploy is tested against a local stand-in for GitHub: it sets its own.
+            github_api_url: "http://127.0.0.1:1".into(),
+        },
         limits: redeploy_operator::hook::handler::Limits {
             body_bytes: BODY_LIMIT,
             body_timeout: Duration::from_secs(10),

@@ -120,6 +120,7 @@ struct DeploymentPayload {
 
 #[derive(Debug, Deserialize)]
 struct Deployment {
+    id: Option<i64>,
     sha: Option<String>,
     #[serde(rename = "ref")]
     git_ref: Option<String>,
@@ -158,6 +159,7 @@ fn deployment(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError
             deployment.creator.as_ref().and_then(|c| c.login.as_deref()),
             payload.sender.as_ref().and_then(|s| s.login.as_deref()),
         ]),
+        github_deployment: deployment.id,
         ..event(PROVIDER, event_name, EventKind::Deployment)
     })
 }
@@ -261,6 +263,7 @@ mod tests {
         assert_eq!(event.sha.as_deref(), Some("f95f852bd8fca8fcc58a9a2d6c842781e32a215e"));
         assert!(!event.deleted);
         assert_eq!(event.sender.as_deref(), Some("Codertocat"));
+        assert_eq!(event.github_deployment, Some(145988746));
         assert!(event.has_git_info());
     }
 
