@@ -37,7 +37,7 @@ use futures::StreamExt;
 use http::{HeaderMap, HeaderValue};
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
-    Api, Client, Resource,
+    Api, Client,
     api::{ListParams, PostParams},
 };
 use redeploy_operator::{
@@ -306,8 +306,7 @@ impl Raw {
         let modifiers = Modifiers::parse(None, None)?;
         let plan = plan::plan(&event, &self.app, &self.services, None, &modifiers)?;
         anyhow::ensure!(!plan.is_empty(), "the fixture plans nothing: {:?}", plan.reason);
-        let owner = self.app.controller_owner_ref(&());
-        Ok(record::redeployment(self.app.meta(), owner, &event, &modifiers, None, &plan, Timestamp::now()))
+        Ok(record::redeployment(&self.app, &event, &modifiers, &plan, Timestamp::now()))
     }
 
     /// Fails unless the handler stored what [`Raw::redeployment`] builds.

@@ -134,11 +134,13 @@ pub struct Plan {
     pub services: Vec<PlannedService>,
     /// Why nothing was planned, for a 200 answer.
     pub reason: Option<String>,
+    /// The DeploymentProfile applied, by name.
+    pub profile: Option<String>,
 }
 
 impl Plan {
     fn nothing(reason: String) -> Plan {
-        Plan { services: Vec::new(), reason: Some(reason) }
+        Plan { services: Vec::new(), reason: Some(reason), profile: None }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -193,6 +195,22 @@ fn shown(value: &str) -> String {
         out.push('…');
     }
     out
+}
+
+/// [`plan`], with the profile the modifiers name looked up among `profiles`
+/// (an unknown one is an error).
+pub fn plan_with_profiles(
+    event: &HookEvent,
+    app: &App,
+    services: &[Service],
+    profiles: &[DeploymentProfile],
+    modifiers: &Modifiers,
+) -> Result<Plan, PlanError> {
+    let profile = match &modifiers.profile {
+        Some(wanted) => Some(find_profile(&app.name_any(), profiles, wanted)?),
+        None => None,
+    };
+    plan(event, app, services, profile, modifiers)
 }
 
 /// Finds a DeploymentProfile of `app` by metadata.name or by spec.displayName (exact, then case-insensitive; display names have spaces).
@@ -371,7 +389,7 @@ pub fn plan(
     if !order.is_empty() {
         planned.sort_by_key(|p| order.iter().position(|n| *n == p.service));
     }
-    Ok(Plan { services: planned, reason: None })
+    Ok(Plan { services: planned, reason: None, profile: profile.map(|p| p.name_any()) })
 }
 
 /// The Services a call selects before the modifiers restrict them, and how to name the call.

@@ -56,29 +56,17 @@ pub async fn trigger(client: &Client, namespace: &str, request: &TriggerRequest)
     let modifiers = Modifiers::parse(Some(&query.finish()), None)?;
     let services = list_of_app::<Service>(client, namespace, &request.app, |s| &s.spec.app).await?;
     let profiles = list_of_app::<DeploymentProfile>(client, namespace, &request.app, |p| &p.spec.app).await?;
-    let profile = match &modifiers.profile {
-        Some(wanted) => Some(plan::find_profile(&request.app, &profiles, wanted)?),
-        None => None,
-    };
     let event = HookEvent {
         provider: Provider::Manual,
         event: "kubectl redeploy".into(),
         sender: request.sender.clone(),
         ..Default::default()
     };
-    let plan = plan::plan(&event, &app, &services, profile, &modifiers)?;
+    let plan = plan::plan_with_profiles(&event, &app, &services, &profiles, &modifiers)?;
     if plan.is_empty() {
         anyhow::bail!("nothing to deploy: {}", plan.reason.unwrap_or_else(|| "no Service matched".into()));
     }
-    let redeployment = record::redeployment(
-        app.meta(),
-        app.controller_owner_ref(&()),
-        &event,
-        &modifiers,
-        profile.map(|p| p.name_any()),
-        &plan,
-        Timestamp::now(),
-    );
+    let redeployment = record::redeployment(&app, &event, &modifiers, &plan, Timestamp::now());
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     Ok(Api::<Redeployment>::namespaced(client.clone(), namespace).create(&params, &redeployment).await?)
 }

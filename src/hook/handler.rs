@@ -16,7 +16,7 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
-use kube::{Api, Resource, ResourceExt, api::PostParams};
+use kube::{Api, ResourceExt, api::PostParams};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -213,12 +213,8 @@ async fn accept(
         ));
     }
     let profiles = context.caches.profiles_of(&target.namespace, &target.app);
-    let profile = match &modifiers.profile {
-        Some(wanted) => Some(plan::find_profile(&target.app, &profiles, wanted).map_err(unprocessable)?),
-        None => None,
-    };
     let services = context.caches.services_of(&target.namespace, &target.app);
-    let plan = plan::plan(&event, &app, &services, profile, &modifiers).map_err(unprocessable)?;
+    let plan = plan::plan_with_profiles(&event, &app, &services, &profiles, &modifiers).map_err(unprocessable)?;
     if plan.is_empty() {
         let reason = plan.reason.clone().unwrap_or_else(|| "no Service matched".into());
         return Ok(Reply::new(StatusCode::OK, Outcome::no_match, format!("nothing to deploy: {reason}")));
@@ -229,15 +225,7 @@ async fn accept(
         return create_github_deployment(context, &app, &event, &modifiers).await;
     }
 
-    let redeployment = record::redeployment(
-        app.meta(),
-        app.controller_owner_ref(&()),
-        &event,
-        &modifiers,
-        profile.map(|p| p.name_any()),
-        &plan,
-        Timestamp::now(),
-    );
+    let redeployment = record::redeployment(&app, &event, &modifiers, &plan, Timestamp::now());
     store(context, redeployment).await
 }
 

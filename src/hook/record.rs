@@ -8,7 +8,7 @@ use sha2::{Digest, Sha256};
 
 use super::{credentials::APP_LABEL, event::HookEvent};
 use crate::{
-    api::{CANCEL_FINALIZER, Provider, Redeployment, RedeploymentSpec, Trigger},
+    api::{App, CANCEL_FINALIZER, Provider, Redeployment, RedeploymentSpec, Trigger},
     plan::{Modifiers, Plan},
 };
 
@@ -39,15 +39,14 @@ fn provider_key(provider: Provider) -> String {
 
 /// The Redeployment recording an accepted call.
 pub fn redeployment(
-    app: &kube::core::ObjectMeta,
-    owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
+    app: &App,
     event: &HookEvent,
     modifiers: &Modifiers,
-    profile: Option<String>,
     plan: &Plan,
     received_at: Timestamp,
 ) -> Redeployment {
-    let app_name = app.name.clone().unwrap_or_default();
+    let owner = app.controller_owner_ref(&());
+    let app_name = app.name_any();
     let name = redeployment_name(&app_name, event.provider, event.delivery_id.as_deref());
     let mut labels = BTreeMap::from([(TRIGGER_LABEL.to_string(), provider_key(event.provider))]);
     if app_name.len() <= 63 {
@@ -66,7 +65,7 @@ pub fn redeployment(
         },
         git: event.git_info(),
         services: modifiers.services.clone(),
-        profile,
+        profile: plan.profile.clone(),
         git_ref: modifiers.git_ref.clone(),
         plan: plan.services.clone(),
         github_deployment: event.github_deployment,
@@ -74,7 +73,7 @@ pub fn redeployment(
     Redeployment {
         metadata: ObjectMeta {
             name: Some(name),
-            namespace: app.namespace.clone(),
+            namespace: app.namespace(),
             labels: Some(labels),
             annotations,
             owner_references: owner.map(|o| vec![o]),
