@@ -97,6 +97,12 @@ impl World<'_> {
 }
 
 async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error> {
+    // A finished Redeployment never starts again: the cached copy tells,
+    // without a read (a start reconciles every one kept in history).
+    let finished = |r: &Redeployment| r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
+    if finished(cached) && github_pending(cached, &cached.status.clone().unwrap_or_default()).is_none() {
+        return Ok(Action::await_change());
+    }
     // The cache can lag behind our own last status write (a workload event
     // may wake us first): read the Redeployment itself.
     let namespace = cached.namespace().unwrap_or_default();
@@ -105,14 +111,9 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     let redeployment = &redeployment;
     let previous = redeployment.status.clone().unwrap_or_default();
     let app_name = &redeployment.spec.app;
-    // Right after a start the other controllers' caches may still be filling:
-    // what the cache lacks is read from the API server before it counts as missing.
-    let app = match context.caches.app(&namespace, app_name) {
-        Some(app) => Some(app),
-        None => Api::<App>::namespaced(context.client.clone(), &namespace).get_opt(app_name).await?,
-    };
-    if previous.phase.is_some_and(Phase::is_finished) {
+    if finished(redeployment) {
         // All that may be left is telling GitHub, if it has not heard yet.
+        let app = context.caches.app(&namespace, app_name);
         let mut status = previous.clone();
         if !report_to_github(context, redeployment, app.as_ref(), &mut status).await {
             return Ok(Action::requeue(GITHUB_RETRY));
@@ -122,6 +123,12 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         }
         return Ok(Action::await_change());
     }
+    // The App's watch may not have seen an App created together with this
+    // Redeployment: what the cache lacks is read before it counts as missing.
+    let app = match context.caches.app(&namespace, app_name) {
+        Some(app) => Some(app),
+        None => Api::<App>::namespaced(context.client.clone(), &namespace).get_opt(app_name).await?,
+    };
     let profile = match &redeployment.spec.profile {
         Some(name) => {
             match context.caches.profiles_of(&namespace, app_name).into_iter().find(|p| &p.name_any() == name) {
@@ -196,7 +203,8 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     status.conditions = vec![condition];
     status.observed_generation = redeployment.metadata.generation;
 
-    if !report_to_github(context, redeployment, world.app.as_ref(), &mut status).await {
+    let told_github = report_to_github(context, redeployment, world.app.as_ref(), &mut status).await;
+    if !told_github {
         requeue = requeue.min(GITHUB_RETRY);
     }
     if status != previous {
@@ -216,7 +224,6 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
             context.metrics.redeployment_finished(phase, age(redeployment));
         }
     }
-    let told_github = status.github_state.as_deref() == github_state(redeployment, &status);
     Ok(if status.phase.is_some_and(Phase::is_finished) && told_github {
         Action::await_change()
     } else {
@@ -227,10 +234,12 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
 /// How soon a deployment status GitHub did not take is posted again.
 const GITHUB_RETRY: Duration = Duration::from_secs(30);
 
-/// The deployment status GitHub should show for this Redeployment, if it carries a GitHub Deployment.
-fn github_state(redeployment: &Redeployment, status: &RedeploymentStatus) -> Option<&'static str> {
-    redeployment.spec.github_deployment?;
-    status.phase.and_then(github::state_of)
+/// The status the Redeployment's GitHub Deployment has yet to hear, with the
+/// Deployment's id; `None` when there is nothing to tell.
+fn github_pending(redeployment: &Redeployment, status: &RedeploymentStatus) -> Option<(i64, &'static str)> {
+    let id = redeployment.spec.github_deployment?;
+    let state = status.phase.and_then(github::state_of)?;
+    (status.github_state.as_deref() != Some(state)).then_some((id, state))
 }
 
 /// Continuous deploy: posts the Redeployment's phase to its GitHub Deployment
@@ -242,12 +251,7 @@ async fn report_to_github(
     app: Option<&App>,
     status: &mut RedeploymentStatus,
 ) -> bool {
-    let (Some(id), Some(state)) = (redeployment.spec.github_deployment, github_state(redeployment, status)) else {
-        return true;
-    };
-    if status.github_state.as_deref() == Some(state) {
-        return true;
-    }
+    let Some((id, state)) = github_pending(redeployment, status) else { return true };
     let Some(app) = app.filter(|a| a.spec.github.is_some()) else {
         // No token to post with: nothing to retry either.
         return true;
