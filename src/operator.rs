@@ -296,52 +296,48 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         tasks.spawn(Elector::new(client.clone(), lease).run(leading.clone(), stopped(&stop)));
     }
     let lost_leadership = Arc::new(AtomicBool::new(false));
-    let is_synced = is_synced.shared();
-    let until_synced = |run: BoxFuture<'static, ()>| {
-        let (is_synced, stopped, stop) = (is_synced.clone(), stopped(&stop), stop.clone());
-        let (mut leading, lost_leadership) = (leading.subscribe(), lost_leadership.clone());
-        async move {
-            let lead = async {
-                if is_synced.await.is_err() || leading.wait_for(|leading| *leading).await.is_err() {
-                    return;
-                }
-                tokio::select! {
-                    () = run => {}
-                    Ok(_) = leading.wait_for(|leading| !*leading) => {
-                        tracing::error!("lost the leader lease: stopping");
-                        lost_leadership.store(true, Ordering::Release);
-                        stop.send_replace(true);
-                    }
-                }
-            };
-            tokio::select! {
-                () = lead => {}
-                () = stopped => {}
-            }
-        }
-    };
-
-    tasks.spawn(until_synced(
+    let reconcilers = futures::future::join3(
         app_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(app::reconcile, reconcile::error_policy(app::CONTROLLER), context.clone())
-            .for_each(|_| async {})
-            .boxed(),
-    ));
-    tasks.spawn(until_synced(
+            .for_each(|_| async {}),
         redeployment_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(redeployment::reconcile, reconcile::error_policy(redeployment::CONTROLLER), context.clone())
-            .for_each(|_| async {})
-            .boxed(),
-    ));
-    tasks.spawn(until_synced(
+            .for_each(|_| async {}),
         service_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(service::reconcile, reconcile::error_policy(service::CONTROLLER), context.clone())
-            .for_each(|_| async {})
-            .boxed(),
-    ));
+            .for_each(|_| async {}),
+    );
+    let (mut leading_changes, lost, stop_all, stopped_first) =
+        (leading.subscribe(), lost_leadership.clone(), stop.clone(), stopped(&stop));
+    tasks.spawn(async move {
+        let may_lead = async { is_synced.await.is_ok() && leading_changes.wait_for(|leading| *leading).await.is_ok() };
+        let lead = tokio::select! {
+            lead = may_lead => lead,
+            () = stopped_first => false,
+        };
+        if !lead {
+            return;
+        }
+        // Losing the Lease stops everything; a stop asked for lets the
+        // reconcilers finish what they are doing (the Lease is handed back then too).
+        let lost_lease = async {
+            if leading_changes.wait_for(|leading| !*leading).await.is_ok() && !*stop_all.borrow() {
+                return;
+            }
+            std::future::pending().await
+        };
+        tokio::select! {
+            _ = reconcilers => {}
+            () = lost_lease => {
+                tracing::error!("lost the leader lease: stopping");
+                lost.store(true, Ordering::Release);
+                stop_all.send_replace(true);
+            }
+        }
+    });
 
     let hook_listener = TcpListener::bind(config.hook_addr).await?;
     let admin_listener = TcpListener::bind(config.admin_addr).await?;
