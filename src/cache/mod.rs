@@ -60,24 +60,12 @@ impl Caches {
 
     /// The valid Redeployments of `app`.
     pub fn redeployments_of(&self, namespace: &str, app: &str) -> Vec<Redeployment> {
-        self.redeployments
-            .state()
-            .iter()
-            .filter_map(|guard| guard.0.as_ref().ok())
-            .filter(|r| r.namespace().as_deref() == Some(namespace) && r.spec.app == app)
-            .cloned()
-            .collect()
+        of_app(&self.redeployments, namespace, app, |r| &r.spec.app)
     }
 
     /// The valid DeploymentProfiles of `app`.
     pub fn profiles_of(&self, namespace: &str, app: &str) -> Vec<DeploymentProfile> {
-        self.profiles
-            .state()
-            .iter()
-            .filter_map(|guard| guard.0.as_ref().ok())
-            .filter(|p| p.namespace().as_deref() == Some(namespace) && p.spec.app == app)
-            .cloned()
-            .collect()
+        of_app(&self.profiles, namespace, app, |p| &p.spec.app)
     }
 
     /// Returns once every cache holds a full list.
@@ -96,6 +84,16 @@ impl Caches {
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
     }
+}
+
+/// The valid objects of `store` in `namespace` that belong to `app`.
+fn of_app<K>(store: &Store<DeserializeGuard<K>>, namespace: &str, app: &str, app_of: impl Fn(&K) -> &String) -> Vec<K>
+where
+    K: Resource<DynamicType = ()> + Clone,
+{
+    let state = store.state();
+    let valid = state.iter().filter_map(|guard| guard.0.as_ref().ok());
+    valid.filter(|o| o.namespace().as_deref() == Some(namespace) && app_of(o) == app).cloned().collect()
 }
 
 /// Annotation `kubectl apply` keeps a whole copy of the object in.
