@@ -53,7 +53,7 @@ use redeploy_testenv::ControlPlane;
 
 const FIXTURE: &str = "github/push-new-branch.json";
 const BODY: &[u8] =
-    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/webhooks/github/push-new-branch.json"));
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/push-new-branch.json"));
 const APP: &str = "load";
 const SERVICE: &str = "web";
 /// The fixture's repository and branch, which the Service builds.

@@ -45,7 +45,7 @@ use sha2::Sha256;
 
 /// The largest GitHub push fixture (8.8 kB), as the hook receives it.
 const BODY: &[u8] =
-    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/fixtures/webhooks/github/push-new-branch.json"));
+    include_bytes!(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/github/push-new-branch.json"));
 const FIXTURE: &str = "github/push-new-branch.json";
 /// The fixture's repository and branch.
 const REPOSITORY: &str = "https://github.com/Codertocat/Hello-World";

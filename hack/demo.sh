@@ -23,7 +23,7 @@ cd "$root"
 cluster_dir=${CLUSTER_DIR:-$root/.cluster}
 timeout=${DEMO_TIMEOUT:-120}
 operator=${CARGO_TARGET_DIR:-$root/target}/debug/redeploy-operator
-fixture=$root/../shared/fixtures/webhooks/github/push-new-branch.json
+fixture=$root/tests/fixtures/webhooks/github/push-new-branch.json
 make_cmd=${MAKE:-make}
 
 if [ -t 1 ]; then bold=$'\033[1m' plain=$'\033[0m'; else bold='' plain=''; fi

@@ -24,8 +24,8 @@ use serde_json::{Value, json};
 use support::eventually;
 
 const TOKEN: &str = "ghp_test_token";
-const PUSH: &[u8] = include_bytes!("../../shared/fixtures/webhooks/github/push-new-branch.json");
-const DEPLOYMENT: &[u8] = include_bytes!("../../shared/fixtures/webhooks/github/deployment.json");
+const PUSH: &[u8] = include_bytes!("fixtures/webhooks/github/push-new-branch.json");
+const DEPLOYMENT: &[u8] = include_bytes!("fixtures/webhooks/github/deployment.json");
 
 /// A call the stand-in for GitHub received: path and JSON body.
 type Calls = Arc<Mutex<Vec<(String, Value)>>>;

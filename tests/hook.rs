@@ -1,6 +1,6 @@
 //! The redeployment hook end to end: the operator (App reconciler, hook and
 //! admin servers) runs against the real control plane, and each test POSTs
-//! real payloads from `../shared/fixtures` the way Git hosts send them.
+//! real payloads from `tests/fixtures` the way Git hosts send them.
 
 mod support;
 
@@ -18,7 +18,7 @@ use sha2::Sha256;
 use support::{eventually, operator};
 
 fn fixture(path: &str) -> Vec<u8> {
-    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/webhooks").join(path);
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks").join(path);
     std::fs::read(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
 }
 

@@ -150,14 +150,14 @@ mod tests {
 
     use super::{SignatureCheck, SignatureError, verify};
 
-    const GITHUB_PUSH: &[u8] = include_bytes!("../../../shared/fixtures/webhooks/github/push-new-branch.json");
+    const GITHUB_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/github/push-new-branch.json");
     const BITBUCKET_CLOUD_PUSH: &[u8] =
-        include_bytes!("../../../shared/fixtures/webhooks/bitbucket-cloud/repo-push.json");
+        include_bytes!("../../tests/fixtures/webhooks/bitbucket-cloud/repo-push.json");
     const BITBUCKET_SERVER_PUSH: &[u8] =
-        include_bytes!("../../../shared/fixtures/webhooks/bitbucket-server/repo-refs-changed.json");
-    const GITEA_PUSH: &[u8] = include_bytes!("../../../shared/fixtures/webhooks/gitea/push-event.json");
-    const GOGS_PUSH: &[u8] = include_bytes!("../../../shared/fixtures/webhooks/gogs/push-event.json");
-    const GITLAB_PUSH: &[u8] = include_bytes!("../../../shared/fixtures/webhooks/gitlab/push-event.json");
+        include_bytes!("../../tests/fixtures/webhooks/bitbucket-server/repo-refs-changed.json");
+    const GITEA_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/gitea/push-event.json");
+    const GOGS_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/gogs/push-event.json");
+    const GITLAB_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/gitlab/push-event.json");
 
     const SECRET: &[u8] = b"It's a Secret to Everybody";
     const OTHER_SECRET: &[u8] = b"not the configured secret";

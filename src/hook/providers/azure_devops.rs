@@ -107,7 +107,7 @@ mod tests {
     use crate::api::Provider;
     use crate::hook::event::EventKind;
 
-    const GIT_PUSH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/azure-devops/git-push.json");
+    const GIT_PUSH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/azure-devops/git-push.json");
 
     #[test]
     fn git_push() {

@@ -135,7 +135,7 @@ mod tests {
     use crate::api::Provider;
     use crate::hook::event::EventKind;
 
-    const REPO_PUSH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/bitbucket-cloud/repo-push.json");
+    const REPO_PUSH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/bitbucket-cloud/repo-push.json");
 
     fn cloud(event: &str) -> http::HeaderMap {
         headers(&[

@@ -154,7 +154,7 @@ mod tests {
     use crate::hook::event::EventKind;
 
     const REFS_CHANGED: &[u8] =
-        include_bytes!("../../../../shared/fixtures/webhooks/bitbucket-server/repo-refs-changed.json");
+        include_bytes!("../../../tests/fixtures/webhooks/bitbucket-server/repo-refs-changed.json");
 
     fn server(event: &str) -> http::HeaderMap {
         headers(&[

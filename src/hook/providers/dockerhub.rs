@@ -52,7 +52,7 @@ mod tests {
     use crate::api::Provider;
     use crate::hook::event::{EventKind, PushedImage};
 
-    const PUSH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/dockerhub/push.json");
+    const PUSH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/dockerhub/push.json");
 
     #[test]
     fn image_push() {

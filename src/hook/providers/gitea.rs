@@ -36,8 +36,8 @@ mod tests {
     use crate::api::Provider;
     use crate::hook::event::EventKind;
 
-    const GITEA_PUSH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/gitea/push-event.json");
-    const GOGS_PUSH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/gogs/push-event.json");
+    const GITEA_PUSH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/gitea/push-event.json");
+    const GOGS_PUSH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/gogs/push-event.json");
 
     const GITEA_URLS: [&str; 3] = [
         "http://localhost:3000/example/example.git",

@@ -170,12 +170,12 @@ mod tests {
     use crate::api::Provider;
     use crate::hook::event::EventKind;
 
-    const PUSH_NEW_BRANCH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/push-new-branch.json");
-    const PUSH_TAG_DELETED: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/push-tag-deleted.json");
-    const PING: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/ping.json");
-    const DEPLOYMENT: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/github/deployment.json");
+    const PUSH_NEW_BRANCH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/push-new-branch.json");
+    const PUSH_TAG_DELETED: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/push-tag-deleted.json");
+    const PING: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/ping.json");
+    const DEPLOYMENT: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/deployment.json");
     const DEPLOYMENT_STATUS: &[u8] =
-        include_bytes!("../../../../shared/fixtures/webhooks/github/deployment-status.json");
+        include_bytes!("../../../tests/fixtures/webhooks/github/deployment-status.json");
 
     const HELLO_WORLD: [&str; 4] = [
         "https://github.com/Codertocat/Hello-World.git",

@@ -98,8 +98,8 @@ mod tests {
     use crate::api::Provider;
     use crate::hook::event::EventKind;
 
-    const PUSH: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/gitlab/push-event.json");
-    const TAG: &[u8] = include_bytes!("../../../../shared/fixtures/webhooks/gitlab/tag-event.json");
+    const PUSH: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/gitlab/push-event.json");
+    const TAG: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/gitlab/tag-event.json");
 
     fn gitlab(event: &str) -> http::HeaderMap {
         headers(&[

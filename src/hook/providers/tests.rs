@@ -40,7 +40,7 @@ fn is_empty_call(event: &HookEvent) -> bool {
 /// Every fixture has a test that parses it; a new fixture needs one too.
 #[test]
 fn every_fixture_has_a_test() {
-    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/fixtures/webhooks");
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/webhooks");
     let mut found = Vec::new();
     for folder in std::fs::read_dir(&root).expect("fixtures folder") {
         let folder = folder.expect("fixtures folder entry").path();
@@ -177,7 +177,7 @@ fn generic_json_with_a_field_of_the_wrong_type_is_an_error() {
 
 #[test]
 fn header_less_github_push_is_generic_with_git_info() {
-    let body = include_bytes!("../../../../shared/fixtures/webhooks/github/push-new-branch.json");
+    let body = include_bytes!("../../../tests/fixtures/webhooks/github/push-new-branch.json");
     let event = parse_ok(&json(), body);
     assert_eq!(event.provider, Provider::Generic);
     assert_eq!(event.event, "push");
@@ -188,7 +188,7 @@ fn header_less_github_push_is_generic_with_git_info() {
     assert_eq!(event.sha.as_deref(), Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
     assert_eq!(event.sender.as_deref(), Some("Codertocat"));
     let deleted =
-        parse_ok(&json(), include_bytes!("../../../../shared/fixtures/webhooks/github/push-tag-deleted.json"));
+        parse_ok(&json(), include_bytes!("../../../tests/fixtures/webhooks/github/push-tag-deleted.json"));
     assert_eq!(
         (deleted.provider, deleted.tag.as_deref(), deleted.deleted),
         (Provider::Generic, Some("simple-tag"), true)
