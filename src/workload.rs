@@ -368,8 +368,13 @@ mod tests {
     }
 
     #[test]
-    fn patches_are_idempotent_values() {
-        assert_eq!(restart_patch("rd-1", "2026-11-29T00:00:00Z"), restart_patch("rd-1", "2026-11-29T00:00:00Z"));
+    fn patches_set_only_the_operator_annotations_and_the_image() {
+        let restart = restart_patch("rd-1", "2026-11-29T00:00:00Z");
+        let annotations = &restart["spec"]["template"]["metadata"]["annotations"];
+        assert_eq!(annotations[RESTARTED_AT_ANNOTATION], "2026-11-29T00:00:00Z");
+        assert_eq!(annotations[REDEPLOYMENT_ANNOTATION], "rd-1");
+        assert_eq!(annotations.as_object().map(|a| a.len()), Some(2), "{restart}");
+        assert!(restart["spec"]["template"].get("spec").is_none(), "a restart changes no container: {restart}");
         let patch = image_patch("rd-1", "web", "registry.example.com/web:abc");
         assert_eq!(patch["spec"]["template"]["spec"]["containers"][0]["image"], "registry.example.com/web:abc");
         assert_eq!(patch["spec"]["template"]["metadata"]["annotations"][REDEPLOYMENT_ANNOTATION], "rd-1");

@@ -277,8 +277,9 @@ fn custom_template_keeps_the_users_pod_and_gets_the_inputs() {
 
 #[test]
 fn job_names_are_deterministic_short_valid_and_distinct() {
-    assert_eq!(job_name("shop-1a2b3c4d5e6f", "web"), job_name("shop-1a2b3c4d5e6f", "web"));
-    assert!(job_name("shop-1a2b3c4d5e6f", "web").starts_with("shop-1a2b3c4d5e6f-web-"));
+    // Pinned: a restarted (or upgraded) operator must find the Job it created before under the same name.
+    // The suffix is the first 10 hex digits of sha256("shop-1a2b3c4d5e6f\nweb"), as `sha256sum` prints it.
+    assert_eq!(job_name("shop-1a2b3c4d5e6f", "web"), "shop-1a2b3c4d5e6f-web-3256de499d");
     let long = "a".repeat(253);
     let names = [
         job_name(&long, "web"),
