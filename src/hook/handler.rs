@@ -203,8 +203,10 @@ async fn accept(
         .map_err(|e| Reply::new(StatusCode::BAD_REQUEST, Outcome::bad_request, e.to_string()))?;
     seen.provider = Some(event.provider);
     seen.kind = Some(event.kind);
-    check_provider_allowed(&app, event.provider)?;
+    // Authentication first: an unsigned call to an App that requires
+    // signatures learns nothing more than that (401), whatever it claims to be.
     let signed = verify_signature(state, &app, &event, headers, &body).await?;
+    check_provider_allowed(&app, event.provider)?;
 
     let form_body = providers::is_form(headers).then_some(body.as_ref());
     let modifiers = Modifiers::parse(query, form_body).map_err(unprocessable)?;
