@@ -306,7 +306,7 @@ impl Raw {
         let modifiers = Modifiers::parse(None, None)?;
         let plan = plan::plan(&event, &self.app, &self.services, None, &modifiers)?;
         anyhow::ensure!(!plan.is_empty(), "the fixture plans nothing: {:?}", plan.reason);
-        Ok(record::redeployment(&self.app, &event, &modifiers, &plan, Timestamp::now()))
+        Ok(record::redeployment(&self.app, &event, None, &modifiers, &plan, Timestamp::now()))
     }
 
     /// Fails unless the handler stored what [`Raw::redeployment`] builds.

@@ -6,6 +6,7 @@ pub mod build;
 pub mod cache;
 pub mod cli;
 pub mod context;
+pub mod git;
 pub mod github;
 pub mod hook;
 pub mod install;

@@ -12,6 +12,7 @@ use kube::ResourceExt;
 use percent_encoding::percent_decode_str;
 
 use crate::api::{App, DeploymentProfile, GitSource, ImageSource, PlanAction, PlannedService, Service};
+use crate::git::{GitRef, is_zero_sha};
 use crate::hook::event::{EventKind, HookEvent, PushedImage};
 use crate::repo::RepoId;
 
@@ -170,6 +171,13 @@ pub enum PlanError {
     },
     #[error("invalid git_ref `{}`: {reason}; give a branch, tag or commit SHA", shown(.git_ref))]
     InvalidGitRef { git_ref: String, reason: String },
+    /// The ref a Service would build (from the payload or its `spec.git.branch`)
+    /// is not one the build can take: refused now rather than failing later.
+    #[error(
+        "Service `{service}` would build `{}`, which is not a branch, tag or full commit SHA the build can take: {reason}",
+        shown(.git_ref)
+    )]
+    UnbuildableRef { service: String, git_ref: String, reason: String },
     /// A malformed modifier (bad encoding, given twice with different values, ambiguous).
     #[error("invalid {name}: {reason}")]
     InvalidModifier { name: String, reason: String },
@@ -259,55 +267,12 @@ pub fn find_profile<'a>(
     }
 }
 
-/// Checks `git_ref` the way `git check-ref-format` would (a full SHA passes too).
+/// Checks a `git_ref=` modifier with the operator's one Git ref validator
+/// ([`GitRef::parse`]): a branch, a tag or a full commit SHA.
 pub fn validate_git_ref(git_ref: &str) -> Result<(), PlanError> {
-    match git_ref_problem(git_ref) {
-        None => Ok(()),
-        Some(reason) => Err(PlanError::InvalidGitRef { git_ref: git_ref.into(), reason }),
-    }
-}
-
-fn git_ref_problem(r: &str) -> Option<String> {
-    if r.is_empty() {
-        return Some("it is empty".into());
-    }
-    if r.len() > 255 {
-        return Some(format!("it is {} bytes long, more than 255", r.len()));
-    }
-    if r.chars().any(char::is_whitespace) {
-        return Some("it contains whitespace".into());
-    }
-    if r.chars().any(char::is_control) {
-        return Some("it contains a control character".into());
-    }
-    if let Some(c) = r.chars().find(|c| "~^:?*[\\".contains(*c)) {
-        return Some(format!("it contains `{c}`"));
-    }
-    for bad in ["..", "@{", "//"] {
-        if r.contains(bad) {
-            return Some(format!("it contains `{bad}`"));
-        }
-    }
-    if r == "@" {
-        return Some("`@` alone is not a ref".into());
-    }
-    for bad in ["-", "/"] {
-        if r.starts_with(bad) {
-            return Some(format!("it starts with `{bad}`"));
-        }
-    }
-    for bad in ["/", ".lock", "."] {
-        if r.ends_with(bad) {
-            return Some(format!("it ends with `{bad}`"));
-        }
-    }
-    if r.split('/').any(|c| c.starts_with('.')) {
-        return Some("a part between slashes starts with `.`".into());
-    }
-    if r.split('/').any(|c| c.ends_with(".lock")) {
-        return Some("a part between slashes ends with `.lock`".into());
-    }
-    None
+    GitRef::parse(git_ref)
+        .map(drop)
+        .map_err(|error| PlanError::InvalidGitRef { git_ref: git_ref.into(), reason: error.reason })
 }
 
 /// Which Services of `app` the call redeploys, and how (DESIGN.md, "Which Services are redeployed").
@@ -351,6 +316,11 @@ pub fn plan(
         });
     }
 
+    // A GitHub Deployment is for one environment: only the App's deploys it.
+    if let Some(reason) = environment_mismatch(event, app) {
+        return Ok(Plan::nothing(reason));
+    }
+
     // Rules 2 to 5: what the call itself selects.
     let Selection { trigger, mut planned } = match select(event, &app_name, &own, modifiers) {
         Ok(selection) => selection,
@@ -384,12 +354,50 @@ pub fn plan(
         }
     }
 
+    // Every ref planned must be one the build Job can render (the one Git ref validator).
+    for planned in planned.iter().filter(|p| p.action == PlanAction::Build) {
+        if let Some(git_ref) = &planned.git_ref
+            && let Err(error) = GitRef::parse(git_ref)
+        {
+            return Err(PlanError::UnbuildableRef {
+                service: planned.service.clone(),
+                git_ref: git_ref.clone(),
+                reason: error.reason,
+            });
+        }
+    }
+
     // Rule 7: order.
     let order = if !profile_services.is_empty() { profile_services } else { modifiers.services.as_slice() };
     if !order.is_empty() {
         planned.sort_by_key(|p| order.iter().position(|n| *n == p.service));
     }
     Ok(Plan { services: planned, reason: None, profile: profile.map(|p| p.name_any()) })
+}
+
+/// Why a GitHub `deployment` event is not for `app`: its environment is not
+/// the App's (`spec.github.environment`, else `spec.environment`). GitHub
+/// treats environment names case-insensitively, and so does this.
+fn environment_mismatch(event: &HookEvent, app: &App) -> Option<String> {
+    if event.kind != EventKind::Deployment {
+        return None;
+    }
+    let wanted = crate::github::environment(app);
+    let found = event.environment.as_deref().map(str::trim).filter(|e| !e.is_empty());
+    match found {
+        Some(found) if found.to_lowercase() == wanted.trim().to_lowercase() => None,
+        Some(found) => Some(format!(
+            "the deployment is for environment `{}`, and App `{}` deploys only `{}`: nothing is deployed",
+            shown(found),
+            app.name_any(),
+            shown(&wanted)
+        )),
+        None => Some(format!(
+            "the deployment names no environment, and App `{}` deploys only `{}`: nothing is deployed",
+            app.name_any(),
+            shown(&wanted)
+        )),
+    }
 }
 
 /// The Services a call selects before the modifiers restrict them, and how to name the call.
@@ -543,10 +551,6 @@ fn describe_git(event: &HookEvent) -> String {
 
 fn short_branch(branch: &str) -> &str {
     branch.strip_prefix("refs/heads/").unwrap_or(branch)
-}
-
-fn is_zero_sha(sha: &str) -> bool {
-    !sha.is_empty() && sha.bytes().all(|b| b == b'0')
 }
 
 fn image_action(service: &Service, image: Option<&ImageSource>) -> PlannedService {

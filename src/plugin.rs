@@ -66,7 +66,7 @@ pub async fn trigger(client: &Client, namespace: &str, request: &TriggerRequest)
     if plan.is_empty() {
         anyhow::bail!("nothing to deploy: {}", plan.reason.unwrap_or_else(|| "no Service matched".into()));
     }
-    let redeployment = record::redeployment(&app, &event, &modifiers, &plan, Timestamp::now());
+    let redeployment = record::redeployment(&app, &event, None, &modifiers, &plan, Timestamp::now());
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     Ok(Api::<Redeployment>::namespaced(client.clone(), namespace).create(&params, &redeployment).await?)
 }

@@ -454,6 +454,236 @@ async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// POSTs with no body at all, as `curl -X POST <url>` does.
+async fn post_without_body(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
+    let mut request = reqwest::Client::new().post(url);
+    for (name, value) in headers {
+        request = request.header(*name, *value);
+    }
+    let response = request.send().await?;
+    let status = response.status().as_u16();
+    let body: Value = response.json().await?;
+    anyhow::ensure!(body["message"].is_string(), "answer {status} has no message: {body}");
+    Ok((status, body))
+}
+
+/// A namespace with App `multi` whose hook requires the signatures of
+/// `signature_secrets` (YAML flow mappings, keys in Secret `signing-keys`),
+/// of environment `environment`, with the Git-built Service `github` of the
+/// GitHub fixtures' repository: the client, the namespace and the hook URL.
+async fn signed_app(
+    prefix: &str,
+    signature_secrets: &str,
+    environment: &str,
+) -> anyhow::Result<(Client, String, String)> {
+    let (_, client, namespace) = support::setup(prefix).await?;
+    let objects = format!(
+        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: signing-keys\nstringData:\n  github: s3cret\n  generic: g3neric\n---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: multi\nspec:\n  environment: {environment}\n  hook:\n    signatureSecrets:\n{signature_secrets}\n{}",
+        git_service("github", "https://github.com/Codertocat/Hello-World", Some("master"))
+    );
+    let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
+    Ok((client, namespace, hook))
+}
+
+/// What a call is, its headers and its body.
+type Call<'a> = (&'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+
+const GITHUB_KEY: &str = "      github: {name: signing-keys, key: github}";
+const GENERIC_KEY: &str = "      generic: {name: signing-keys, key: generic}";
+const JSON: (&str, &str) = ("Content-Type", "application/json");
+const FORM: (&str, &str) = ("Content-Type", "application/x-www-form-urlencoded");
+const PUSH_SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+#[tokio::test]
+async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> anyhow::Result<()> {
+    let (client, namespace, hook) = signed_app("hook-fail-closed", GITHUB_KEY, "production").await?;
+    let push = fixture("github/push-new-branch.json");
+    let signature = github_signature(b"s3cret", &push);
+    let signed = ("X-Hub-Signature-256", signature.as_str());
+    let gitlab = [JSON, ("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Event-UUID", "d-gl")];
+    let cases: Vec<Call> = vec![
+        ("an empty body", vec![], Vec::new()),
+        ("an empty body as a GitHub push", vec![JSON, ("X-GitHub-Event", "push"), signed], Vec::new()),
+        ("the signed push without GitHub headers", vec![JSON, signed], push.clone()),
+        ("the push with GitLab headers", gitlab.to_vec(), push.clone()),
+        ("a form body", vec![FORM], b"git_ref=main".to_vec()),
+        ("unknown JSON", vec![JSON], br#"{"hello": "world"}"#.to_vec()),
+        ("a Docker Hub push", vec![JSON], fixture("dockerhub/push.json")),
+    ];
+    let mut answers = Vec::new();
+    for (what, headers, body) in cases {
+        answers.push((what, post(&hook, &headers, body).await?));
+    }
+    answers.push(("no body at all", post_without_body(&hook, &[]).await?));
+    for (what, (status, body)) in &answers {
+        assert_eq!(*status, 401, "{what}: {body}");
+        let message = body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("X-Hub-Signature-256"), "{what}: says which signature is accepted: {message}");
+        assert!(!message.contains("signing-keys") && !message.contains("s3cret"), "{what}: {message}");
+    }
+    assert!(redeployments(&client, &namespace).await?.is_empty(), "nothing was stored");
+
+    let (status, body) = post(&hook, &[JSON, ("X-GitHub-Event", "push"), signed], push).await?;
+    assert_eq!(status, 202, "a correctly signed push is still accepted: {body}");
+    Ok(())
+}
+
+fn generic_signature(secret: &[u8], body: &[u8]) -> String {
+    github_signature(secret, body)
+}
+
+#[tokio::test]
+async fn the_generic_hmac_signs_calls_without_a_git_host() -> anyhow::Result<()> {
+    let (client, namespace, hook) = signed_app("hook-generic", GENERIC_KEY, "production").await?;
+    // As the README's curl example: a signed form body naming the ref.
+    let form = b"git_ref=v1.2.3&at=1764600000".to_vec();
+    let good = generic_signature(b"g3neric", &form);
+    let wrong = generic_signature(b"not the key", &form);
+    let (status, body) = post(&hook, &[FORM, ("X-Signature-256", &wrong)], form.clone()).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("X-Signature-256"), "{body}");
+    let (status, body) = post(&hook, &[FORM], form.clone()).await?;
+    assert_eq!(status, 401, "unsigned: {body}");
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+
+    let (status, body) = post(&hook, &[FORM, ("X-Signature-256", &good)], form.clone()).await?;
+    assert_eq!(status, 202, "{body}");
+    let stored = Api::<Redeployment>::namespaced(client.clone(), &namespace)
+        .get(body["redeployment"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(stored.spec.plan[0].git_ref.as_deref(), Some("v1.2.3"), "the signed body names the ref");
+
+    // The query is not signed: it cannot name the ref of a signed call.
+    let other = b"at=1764600001".to_vec();
+    let signature = generic_signature(b"g3neric", &other);
+    let (status, body) =
+        post(&format!("{hook}?git_ref=v6.6.6"), &[FORM, ("X-Signature-256", &signature)], other).await?;
+    assert_eq!(status, 422, "{body}");
+
+    // A Git host the App has no secret for signs with the generic key too.
+    let push = fixture("github/push-new-branch.json");
+    let signature = generic_signature(b"g3neric", &push);
+    let (status, body) =
+        post(&hook, &[JSON, ("X-GitHub-Event", "push"), ("X-Signature-256", &signature)], push).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 2);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_signed_push_decides_the_commit_and_is_executed_once() -> anyhow::Result<()> {
+    let (client, namespace, hook) = signed_app("hook-signed-ref", GITHUB_KEY, "production").await?;
+    let push = fixture("github/push-new-branch.json");
+    let signature = github_signature(b"s3cret", &push);
+    let delivery = |id: &'static str| [JSON, ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", id)];
+    let signed = |id: &'static str| {
+        let mut headers = delivery(id).to_vec();
+        headers.push(("X-Hub-Signature-256", signature.as_str()));
+        headers
+    };
+
+    let other_sha = "0000000000000000000000000000000000000001";
+    for query in [format!("git_ref={other_sha}"), "git_ref=main".into()] {
+        let (status, body) = post(&format!("{hook}?{query}"), &signed("d-1"), push.clone()).await?;
+        assert_eq!(status, 422, "{query}: {body}");
+        assert!(body["message"].as_str().unwrap_or_default().contains("signed payload"), "{body}");
+    }
+    let (status, body) = post(&hook, &[FORM, ("X-GitHub-Event", "push")], b"git_ref=main".to_vec()).await?;
+    assert_eq!(status, 401, "{body}");
+    assert!(redeployments(&client, &namespace).await?.is_empty(), "nothing was stored");
+
+    // services= may still narrow the selection.
+    let (status, first) = post(&format!("{hook}?services=github"), &signed("d-1"), push.clone()).await?;
+    assert_eq!(status, 202, "{first}");
+    let stored = Api::<Redeployment>::namespaced(client.clone(), &namespace)
+        .get(first["redeployment"].as_str().unwrap_or_default())
+        .await?;
+    assert_eq!(stored.spec.plan[0].git_ref.as_deref(), Some(PUSH_SHA));
+
+    // GitHub's own Redeliver, and a replay of the captured delivery under a forged id.
+    for id in ["d-1", "d-forged"] {
+        let (status, again) = post(&hook, &signed(id), push.clone()).await?;
+        assert_eq!(status, 200, "{id}: {again}");
+        assert_eq!(again["redeployment"], first["redeployment"], "{id}");
+    }
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 1, "a replay is not stored twice");
+    Ok(())
+}
+
+#[tokio::test]
+async fn refs_that_are_not_branches_tags_or_commits_are_422() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-refs").await?;
+    let objects =
+        format!("{APP_MULTI}{}", git_service("github", "https://github.com/Codertocat/Hello-World", Some("master")));
+    let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
+    for git_ref in ["refs/pull/1/head", "fix%231", "refs/merge-requests/1/head", "HEAD~1", "a%01b"] {
+        let (status, body) = post(&format!("{hook}?git_ref={git_ref}"), &[], Vec::new()).await?;
+        assert_eq!(status, 422, "{git_ref}: {body}");
+        let (status, body) = post(&hook, &[FORM], format!("git_ref={git_ref}").into_bytes()).await?;
+        assert_eq!(status, 422, "{git_ref} in a form: {body}");
+    }
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+    let (status, body) = post(&format!("{hook}?git_ref=refs/tags/v1.2.3"), &[], Vec::new()).await?;
+    assert_eq!(status, 202, "{body}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn deployment_events_deploy_only_the_apps_environment() -> anyhow::Result<()> {
+    // The fixture's deployment is for `production`.
+    let deployment = fixture("github/deployment.json");
+    let signature = github_signature(b"s3cret", &deployment);
+    let headers = [JSON, ("X-GitHub-Event", "deployment"), ("X-Hub-Signature-256", &signature)];
+
+    let (client, namespace, hook) = signed_app("hook-env-staging", GITHUB_KEY, "staging").await?;
+    let (status, body) = post(&hook, &headers, deployment.clone()).await?;
+    assert_eq!(status, 200, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(message.contains("`production`") && message.contains("`staging`"), "says why: {message}");
+    assert!(redeployments(&client, &namespace).await?.is_empty(), "nothing was stored");
+
+    let (client, namespace, hook) = signed_app("hook-env-production", GITHUB_KEY, "production").await?;
+    let (status, body) = post(&hook, &headers, deployment).await?;
+    assert_eq!(status, 202, "{body}");
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_missing_signature_key_is_told_to_the_owner_not_the_caller() -> anyhow::Result<()> {
+    use k8s_openapi::api::events::v1::Event;
+
+    let (_, client, namespace) = support::setup("hook-key-missing").await?;
+    let objects = format!(
+        "apiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: multi\nspec:\n  hook:\n    signatureSecrets:\n      github: {{name: gh-key-absent, key: hmac-key}}\n{}",
+        git_service("github", "https://github.com/Codertocat/Hello-World", Some("master"))
+    );
+    let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
+    let push = fixture("github/push-new-branch.json");
+    let signature = github_signature(b"s3cret", &push);
+    let (status, body) =
+        post(&hook, &[JSON, ("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &signature)], push).await?;
+    assert_eq!(status, 500, "{body}");
+    let message = body["message"].as_str().unwrap_or_default();
+    assert!(!message.contains("gh-key-absent") && !message.contains("hmac-key"), "names no Secret: {message}");
+    assert!(message.contains("Events"), "tells where the owner can look: {message}");
+    assert!(redeployments(&client, &namespace).await?.is_empty());
+
+    let events = Api::<Event>::namespaced(client.clone(), &namespace);
+    let note = eventually("a Warning Event on the App", || async {
+        let list = events.list(&ListParams::default()).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("multi"))
+            .filter(|e| e.reason.as_deref() == Some("SignatureKeyMissing"))
+            .find_map(|e| e.note))
+    })
+    .await?;
+    assert!(note.contains("gh-key-absent") && note.contains("hmac-key"), "the owner learns which: {note}");
+    Ok(())
+}
+
 #[tokio::test]
 async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
     use tokio::io::AsyncWriteExt;

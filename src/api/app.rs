@@ -70,7 +70,10 @@ pub struct HookSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub allowed_providers: Vec<Provider>,
-    /// Per-provider secrets that signed calls must verify against, in addition to the URL token.
+    /// Secrets that calls must be signed with, in addition to the URL token. Once
+    /// any is set, every call must carry a valid signature: the provider's own
+    /// when its secret is set, else the generic one; calls that can carry
+    /// neither are refused.
     #[serde(default, skip_serializing_if = "SignatureSecrets::is_empty")]
     pub signature_secrets: SignatureSecrets,
 }
@@ -94,6 +97,10 @@ pub struct SignatureSecrets {
     /// HMAC-SHA256 key for `X-Gogs-Signature`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gogs: Option<SecretKeyRef>,
+    /// HMAC-SHA256 key for `X-Signature-256: sha256=<hex>` over the body, for
+    /// any caller (`curl`, CI, a registry) and for Git hosts without a secret above.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generic: Option<SecretKeyRef>,
 }
 
 impl SignatureSecrets {

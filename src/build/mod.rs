@@ -92,6 +92,7 @@ use url::Url;
 
 use crate::{
     api::{App, Redeployment, Service},
+    git::GitRef,
     hook::credentials::APP_LABEL,
 };
 
@@ -128,6 +129,8 @@ pub const ACTIVE_DEADLINE_SECONDS: i64 = 1800;
 pub const TTL_SECONDS_AFTER_FINISHED: i32 = 3600;
 
 const SCRIPT: &str = include_str!("buildkit.sh");
+/// What the build resolves when nothing names a ref: the default branch.
+const DEFAULT_BRANCH_REF: &str = "HEAD";
 const TERMINATION_LOG: &str = "/dev/termination-log";
 const BUILDKIT_STATE_DIR: &str = "/home/user/.local/share/buildkit";
 const GIT_CREDENTIALS_DIR: &str = "/run/redeploy/git";
@@ -244,10 +247,8 @@ pub fn label_value(name: &str) -> String {
     if prefix.is_empty() { suffix } else { format!("{prefix}-{suffix}") }
 }
 
-/// Whether `git_ref` is a full commit SHA (40 hex digits, either case).
-pub fn is_commit_sha(git_ref: &str) -> bool {
-    git_ref.len() == 40 && git_ref.bytes().all(|b| b.is_ascii_hexdigit())
-}
+/// The build's commit-id check is the operator's one ([`crate::git`]).
+pub use crate::git::is_commit_sha;
 
 /// The repository URL as BuildKit reads a Git context (see the module docs):
 /// https/http URLs lose any user info and gain a `.git` suffix, scheme-less
@@ -400,7 +401,7 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
         .controller_owner_ref(&())
         .ok_or_else(|| BuildError::RedeploymentNotStored { name: redeployment.name_any() })?;
 
-    let git_ref = normalise_git_ref(git_ref.or(git.branch.as_deref()).unwrap_or("HEAD"))?;
+    let git_ref = ref_to_build(git_ref.or(git.branch.as_deref()))?;
     let invalid_path = |field, value: &str, reason| BuildError::InvalidPath {
         service: service_name.clone(),
         field,
@@ -589,30 +590,14 @@ fn default_template(
     }
 }
 
-/// The ref to build, as Git accepts it (`git check-ref-format`, plus `HEAD`
-/// and SHAs) and as a BuildKit URL fragment can carry it; SHAs lower-cased.
-fn normalise_git_ref(git_ref: &str) -> Result<String, BuildError> {
-    let trimmed = git_ref.trim();
-    let invalid = |reason: &str| BuildError::InvalidGitRef { git_ref: git_ref.to_string(), reason: reason.to_string() };
-    if trimmed.is_empty() {
-        return Err(invalid("it is empty"));
-    }
-    if is_commit_sha(trimmed) {
-        return Ok(trimmed.to_ascii_lowercase());
-    }
-    if trimmed.len() > 255 {
-        return Err(invalid("it is longer than 255 characters"));
-    }
-    if let Some(c) = trimmed.chars().find(|c| c.is_whitespace() || c.is_control() || "~^:?*[\\#\"'`$".contains(*c)) {
-        return Err(invalid(&format!("Git refs cannot contain {c:?}")));
-    }
-    if trimmed.starts_with(['-', '/', '.']) || trimmed.ends_with(['/', '.']) || trimmed.ends_with(".lock") {
-        return Err(invalid("Git refs cannot start with -, / or . nor end with /, . or .lock"));
-    }
-    if trimmed.contains("..") || trimmed.contains("//") || trimmed.contains("@{") || trimmed.contains("/.") {
-        return Err(invalid("Git refs cannot contain .., //, @{ or a component starting with ."));
-    }
-    Ok(trimmed.to_string())
+/// The ref to build, validated by the one Git ref validator the hook and the
+/// planner use ([`GitRef::parse`]); `HEAD` (the default branch) only when
+/// neither the Redeployment nor the Service names a ref.
+fn ref_to_build(git_ref: Option<&str>) -> Result<String, BuildError> {
+    let Some(git_ref) = git_ref else { return Ok(DEFAULT_BRANCH_REF.to_string()) };
+    GitRef::parse(git_ref)
+        .map(|parsed| parsed.as_str().to_string())
+        .map_err(|error| BuildError::InvalidGitRef { git_ref: git_ref.to_string(), reason: error.reason })
 }
 
 /// The context directory inside the repository: `.` for the root, else a

@@ -466,7 +466,12 @@ fn unbuildable_requests_are_refused_with_a_reason() {
             "{git_ref}"
         );
     }
-    assert!(render(&service(None, None), Some("refs/pull/42/head")).is_ok());
+    for git_ref in ["refs/pull/42/head", "fix#1", "HEAD", &"a".repeat(64)] {
+        assert!(
+            matches!(render(&service(None, None), Some(git_ref)), Err(BuildError::InvalidGitRef { .. })),
+            "{git_ref}"
+        );
+    }
 
     let mut escaping = service(None, None);
     escaping.spec.git.as_mut().expect("git").context = "../other".into();
@@ -735,4 +740,73 @@ fn an_app_template_builds_services_without_their_own() {
     custom.spec.build.as_mut().expect("build").template = Some(Box::new(own));
     let request = BuildRequest { app: &app, service: &custom, redeployment: &redeployment, git_ref: Some(SHA) };
     assert_eq!(pod_spec(&render_job(&request).expect("job")).containers[0].name, "own");
+}
+
+/// Every ref the hook accepts (as `git_ref=`, or as a pushed branch) renders
+/// a build Job whose ref the build script resolves only as a commit, a branch
+/// or a tag: strings of one or two characters over ASCII and a few others,
+/// and the same characters inside the shapes refs take.
+#[test]
+fn every_ref_the_hook_accepts_renders_a_build_job() {
+    use crate::hook::event::{EventKind, HookEvent};
+    use crate::plan::{Modifiers, plan};
+
+    let mut app = app();
+    app.spec.environment = "production".into();
+    let mut pinned = service(None, None);
+    pinned.spec.git.as_mut().expect("git").repository = "https://github.com/acme/shop".into();
+    let services = [pinned.clone()];
+    let alphabet: Vec<char> = (0u8..=0x7f).map(char::from).chain(['é', '\u{a0}', '\u{200b}', '\u{feff}']).collect();
+    let mut candidates: Vec<String> = Vec::new();
+    for a in &alphabet {
+        candidates.push(a.to_string());
+        for b in &alphabet {
+            let pair: String = [*a, *b].iter().collect();
+            candidates.extend([
+                pair.clone(),
+                format!("refs/heads/{pair}"),
+                format!("refs/{pair}/x"),
+                format!("v1/{pair}"),
+            ]);
+        }
+    }
+    candidates.extend([SHA.to_uppercase(), "a".repeat(64), "HEAD".into(), "refs/pull/1/head".into()]);
+
+    let (mut accepted, mut refused) = (0usize, 0usize);
+    for candidate in &candidates {
+        let query =
+            format!("git_ref={}", url::form_urlencoded::byte_serialize(candidate.as_bytes()).collect::<String>());
+        let by_modifier = Modifiers::parse(Some(&query), None)
+            .ok()
+            .and_then(|modifiers| plan(&HookEvent::default(), &app, &services, None, &modifiers).ok());
+        let pushed = HookEvent {
+            kind: EventKind::Push,
+            branch: Some(candidate.clone()),
+            repository_urls: vec!["https://github.com/acme/shop".into()],
+            ..HookEvent::default()
+        };
+        let by_push = plan(&pushed, &app, &services, None, &Modifiers::default()).ok();
+        for planned in [by_modifier, by_push].into_iter().flatten().flat_map(|p| p.services) {
+            let Some(git_ref) = planned.git_ref.as_deref() else { continue };
+            if git_ref == "main" && candidate != "main" {
+                continue; // the Service's own branch: this candidate was not planned
+            }
+            accepted += 1;
+            let job = render(&pinned, Some(git_ref)).unwrap_or_else(|e| panic!("{candidate:?} accepted, then: {e}"));
+            let rendered = env_of(&pod_spec(&job).containers[0])[ENV_GIT_REF].clone();
+            let resolvable = is_commit_sha(&rendered)
+                || rendered.starts_with("refs/heads/")
+                || rendered.starts_with("refs/tags/")
+                || !(rendered.starts_with("refs/") || rendered == "HEAD" || rendered.contains('#'));
+            assert!(resolvable, "{candidate:?} renders the ref {rendered:?}");
+        }
+        if crate::git::GitRef::parse(candidate).is_err() {
+            refused += 1;
+            assert!(
+                matches!(render(&pinned, Some(candidate)), Err(BuildError::InvalidGitRef { .. })),
+                "{candidate:?} is refused by the hook's validator, so by the build too"
+            );
+        }
+    }
+    assert!(accepted > 20_000 && refused > 20_000, "accepted {accepted}, refused {refused}");
 }

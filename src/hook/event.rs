@@ -25,6 +25,8 @@ pub struct HookEvent {
     pub image: Option<PushedImage>,
     /// For a GitHub `deployment` event: the Deployment's id, for its statuses.
     pub github_deployment: Option<i64>,
+    /// For a GitHub `deployment` event: the environment it deploys to.
+    pub environment: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

@@ -16,7 +16,11 @@ use axum::{
     response::{IntoResponse, Response},
 };
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
-use kube::{Api, ResourceExt, api::PostParams};
+use kube::{
+    Api, Resource, ResourceExt,
+    api::PostParams,
+    runtime::events::{Event, EventType},
+};
 use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -24,7 +28,7 @@ use super::{
     event::{EventKind, HookEvent},
     providers,
     record::{self, planned_services, same_delivery},
-    signature::{self, SignatureCheck, SignatureError},
+    signature::{self, Requirement, SignatureCheck, SignatureError},
 };
 use crate::{
     api::{App, Provider, Redeployment, SecretKeyRef},
@@ -199,11 +203,16 @@ async fn accept(
         .map_err(|e| Reply::new(StatusCode::BAD_REQUEST, Outcome::bad_request, e.to_string()))?;
     seen.provider = Some(event.provider);
     seen.kind = Some(event.kind);
+    // Authentication first: an unsigned call to an App that requires
+    // signatures learns nothing more than that (401), whatever it claims to be.
+    let signed = verify_signature(state, &app, &event, headers, &body).await?;
     check_provider_allowed(&app, event.provider)?;
-    verify_signature(context, &app, &event, headers, &body).await?;
 
-    let form_body = is_form(headers).then_some(body.as_ref());
+    let form_body = providers::is_form(headers).then_some(body.as_ref());
     let modifiers = Modifiers::parse(query, form_body).map_err(unprocessable)?;
+    if signed == Signed::Yes {
+        check_signed_modifiers(&event, query, &modifiers)?;
+    }
     if matches!(event.kind, EventKind::Ping | EventKind::Ignored) {
         let what = if event.kind == EventKind::Ping { "ping received" } else { "event acknowledged and ignored" };
         return Ok(Reply::new(
@@ -222,22 +231,59 @@ async fn accept(
 
     let continuous = app.spec.github.as_ref().is_some_and(|g| g.continuous_deploy);
     if continuous && event.provider == Provider::GitHub && event.kind == EventKind::Push {
-        return create_github_deployment(context, &app, &event, &modifiers).await;
+        return create_github_deployment(state, &app, &event, &modifiers).await;
     }
 
-    let redeployment = record::redeployment(&app, &event, &modifiers, &plan, Timestamp::now());
-    store(context, redeployment).await
+    let signed_body = (signed == Signed::Yes).then_some(body.as_ref());
+    let redeployment = record::redeployment(&app, &event, signed_body, &modifiers, &plan, Timestamp::now());
+    store(context, redeployment, signed).await
+}
+
+/// Whether the call's signature was verified.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Signed {
+    Yes,
+    /// The App configures no signature: the URL token is the credential.
+    No,
+}
+
+/// Signed calls: the signature covers the body only, never the query.
+/// A call whose signed payload names the commit (a push, a deployment) cannot
+/// have it replaced by `git_ref=`, from the query or a form field;
+/// `services=` and `deployment_profile=` may still narrow the selection. A
+/// signed call without Git information may name its ref only in the signed
+/// form body, so a captured call cannot be replayed with another ref.
+fn check_signed_modifiers(event: &HookEvent, query: Option<&str>, modifiers: &Modifiers) -> Result<(), Reply> {
+    if modifiers.git_ref.is_none() {
+        return Ok(());
+    }
+    let refuse = |message: &str| Err(Reply::new(StatusCode::UNPROCESSABLE_ENTITY, Outcome::unprocessable, message));
+    if matches!(event.kind, EventKind::Push | EventKind::Deployment) {
+        return refuse(
+            "git_ref cannot be used with this call: its signed payload names the commit to build, and unsigned \
+             modifiers cannot override it (services= and deployment_profile= may still narrow what is deployed)",
+        );
+    }
+    let from_query = Modifiers::parse(query, None).map_err(unprocessable)?.git_ref.is_some();
+    if from_query {
+        return refuse(
+            "git_ref cannot be given in the query of a signed call: the signature covers only the body; send it \
+             in the signed form body (Content-Type: application/x-www-form-urlencoded, `git_ref=<ref>`)",
+        );
+    }
+    Ok(())
 }
 
 /// Continuous deploy: the push becomes a GitHub Deployment of the App's
 /// environment, and the `deployment` event GitHub then sends deploys it.
 /// GitHub holds the durable record; nothing is stored here.
 async fn create_github_deployment(
-    context: &Context,
+    state: &HookState,
     app: &App,
     event: &HookEvent,
     modifiers: &Modifiers,
 ) -> Result<Reply, Reply> {
+    let context = &state.context;
     let git_ref = [&modifiers.git_ref, &event.sha, &event.branch, &event.tag].into_iter().find_map(|r| r.clone());
     let git_ref = git_ref.ok_or_else(|| {
         Reply::new(
@@ -247,10 +293,18 @@ async fn create_github_deployment(
         )
     })?;
     let github_error = |error: crate::github::GitHubError| {
+        tracing::warn!(app = %app.name_any(), namespace = ?app.namespace(), %error, "creating a GitHub Deployment failed");
+        publish_app_event(
+            state,
+            app,
+            "GitHubDeploymentFailed",
+            format!("continuous deploy: creating the GitHub Deployment of a push failed: {error}"),
+        );
         Reply::new(
             StatusCode::SERVICE_UNAVAILABLE,
             Outcome::unavailable,
-            format!("continuous deploy: creating the GitHub Deployment failed: {error}"),
+            "continuous deploy: creating the GitHub Deployment failed; nothing was deployed: retry later (the App's \
+             owner can see why in the App's Events)",
         )
         .retry_after(10)
     };
@@ -274,7 +328,7 @@ async fn create_github_deployment(
 }
 
 /// Creates the Redeployment; a redelivery gets the original one back.
-async fn store(context: &Context, redeployment: Redeployment) -> Result<Reply, Reply> {
+async fn store(context: &Context, redeployment: Redeployment, signed: Signed) -> Result<Reply, Reply> {
     let namespace = redeployment.namespace().unwrap_or_default();
     let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
@@ -294,15 +348,18 @@ async fn store(context: &Context, redeployment: Redeployment) -> Result<Reply, R
             if !same_delivery(&existing, &redeployment) {
                 return Err(unavailable(kube::Error::Api(status)));
             }
-            Ok(Reply::stored(
-                StatusCode::OK,
-                Outcome::redelivery,
-                format!(
+            let message = match signed {
+                Signed::Yes => format!(
+                    "already accepted: this signed body was delivered before, as Redeployment {}; it is not deployed \
+                     twice (a signed call is executed once per body: send a new body to deploy again)",
+                    existing.name_any()
+                ),
+                Signed::No => format!(
                     "already accepted: this delivery is Redeployment {}; it is not deployed twice",
                     existing.name_any()
                 ),
-                &existing,
-            ))
+            };
+            Ok(Reply::stored(StatusCode::OK, Outcome::redelivery, message, &existing))
         }
         Err(error) => Err(unavailable(error)),
     }
@@ -363,72 +420,123 @@ fn check_provider_allowed(app: &App, provider: Provider) -> Result<(), Reply> {
     ))
 }
 
-/// Checks the provider's signature when the App configures a secret for it.
+/// Checks the signature the call must carry ([`signature::requirement`]:
+/// fail closed once the App configures any signature secret).
 async fn verify_signature(
-    context: &Context,
+    state: &HookState,
     app: &App,
     event: &HookEvent,
     headers: &HeaderMap,
     body: &[u8],
-) -> Result<(), Reply> {
+) -> Result<Signed, Reply> {
     let secrets = &app.spec.hook.signature_secrets;
-    let (check, reference) = match event.provider {
-        Provider::GitHub => (SignatureCheck::GitHubSha256, &secrets.github),
-        Provider::BitbucketCloud | Provider::BitbucketServer => (SignatureCheck::BitbucketSha256, &secrets.bitbucket),
-        Provider::GitLab => (SignatureCheck::GitLabToken, &secrets.gitlab),
-        Provider::Gitea | Provider::Forgejo => (SignatureCheck::Gitea, &secrets.gitea),
-        Provider::Gogs => (SignatureCheck::Gogs, &secrets.gogs),
-        _ => return Ok(()),
+    let unauthorized = |message: String| {
+        Reply::new(
+            StatusCode::UNAUTHORIZED,
+            Outcome::unauthorized,
+            format!("{message}; this App accepts only signed calls: {}", signature::accepted(secrets)),
+        )
     };
-    let Some(reference) = reference else { return Ok(()) };
-    let key = signature_key(context, app, reference).await?;
-    signature::verify(check, &key, headers, body).map_err(|error| {
-        let status = match error {
-            SignatureError::Malformed { .. } => (StatusCode::BAD_REQUEST, Outcome::bad_request),
-            _ => (StatusCode::UNAUTHORIZED, Outcome::unauthorized),
-        };
-        Reply::new(status.0, status.1, error.to_string())
-    })
+    let (check, reference) = match signature::requirement(secrets, event.provider) {
+        Requirement::TokenOnly => return Ok(Signed::No),
+        Requirement::Refuse => {
+            return Err(unauthorized(format!(
+                "this call (read as {}) carries no signature this App can check",
+                event.provider.display_name()
+            )));
+        }
+        Requirement::Verify(check, reference) => (check, reference),
+    };
+    let key = signature_key(state, app, check, reference).await?;
+    signature::verify(check, &key, headers, body).map_err(|error| match error {
+        SignatureError::Malformed { .. } => {
+            Reply::new(StatusCode::BAD_REQUEST, Outcome::bad_request, error.to_string())
+        }
+        SignatureError::Missing { .. } | SignatureError::Mismatch { .. } => unauthorized(error.to_string()),
+    })?;
+    Ok(Signed::Yes)
 }
 
-async fn signature_key(context: &Context, app: &App, reference: &SecretKeyRef) -> Result<Vec<u8>, Reply> {
+/// The key of `check` from the App's Secret. What is wrong with the App's
+/// configuration goes to its owner (an Event on the App, and the log), never
+/// to the caller, who gets the class of the problem only.
+async fn signature_key(
+    state: &HookState,
+    app: &App,
+    check: SignatureCheck,
+    reference: &SecretKeyRef,
+) -> Result<Vec<u8>, Reply> {
     let namespace = app.namespace().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(context.client.clone(), &namespace)
+    let secret = Api::<Secret>::namespaced(state.context.client.clone(), &namespace)
         .get_opt(&reference.name)
         .await
-        .map_err(unavailable)?;
-    let key = secret.and_then(|s| s.data).and_then(|mut data| data.remove(&reference.key)).map(|v| v.0);
-    key.filter(|k| !k.is_empty()).ok_or_else(|| {
-        Reply::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            Outcome::unavailable,
-            format!(
-                "App `{}` requires a signature, but its key {}/{} (key `{}`) is missing: ask its owner to create it",
-                app.name_any(),
-                namespace,
-                reference.name,
-                reference.key
-            ),
-        )
-    })
+        .map_err(|error| {
+            tracing::warn!(app = %app.name_any(), %namespace, %error, "reading a signature key failed");
+            Reply::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                Outcome::unavailable,
+                "the operator could not read this App's signature configuration from the Kubernetes API server; \
+                 nothing was deployed: retry",
+            )
+            .retry_after(5)
+        })?;
+    let problem = match secret.map(|s| s.data.unwrap_or_default()) {
+        None => "does not exist",
+        Some(mut data) => match data.remove(&reference.key) {
+            None => "has no such key",
+            Some(value) if value.0.is_empty() => "holds an empty value under that key",
+            Some(value) => return Ok(value.0),
+        },
+    };
+    let note = format!(
+        "spec.hook.signatureSecrets.{} names Secret {namespace}/{} key `{}`, which {problem}: hook calls that must \
+         carry this signature are refused until it is fixed",
+        check.field(),
+        reference.name,
+        reference.key
+    );
+    tracing::warn!(app = %app.name_any(), %namespace, "{note}");
+    publish_app_event(state, app, "SignatureKeyMissing", note);
+    Err(Reply::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Outcome::unavailable,
+        "this App requires signed calls, but its hook configuration is incomplete: nothing was deployed; its owner \
+         can see why in the App's Events",
+    ))
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/x-www-form-urlencoded"))
+/// A Warning Event on the App about its configuration, published in the
+/// background: only calls that are refused publish one, and they are not
+/// held up by it (the recorder folds repeats into one Event series).
+fn publish_app_event(state: &HookState, app: &App, reason: &'static str, note: String) {
+    let context = state.context.clone();
+    let reference = app.object_ref(&());
+    tokio::spawn(async move {
+        let event = Event {
+            type_: EventType::Warning,
+            reason: reason.to_string(),
+            note: Some(note.chars().take(1000).collect()),
+            action: "HandleHook".into(),
+            secondary: None,
+        };
+        if let Err(error) = context.recorder.publish(&event, &reference).await {
+            tracing::debug!(%error, "publishing an Event failed");
+        }
+    });
 }
 
 fn unprocessable(error: plan::PlanError) -> Reply {
     Reply::new(StatusCode::UNPROCESSABLE_ENTITY, Outcome::unprocessable, error.to_string())
 }
 
+/// The API server did not store the Redeployment: the caller learns that
+/// and that it may retry; the error itself goes to the log.
 fn unavailable(error: kube::Error) -> Reply {
+    tracing::warn!(%error, "the API server did not store a Redeployment");
     Reply::new(
         StatusCode::SERVICE_UNAVAILABLE,
         Outcome::unavailable,
-        format!("the Kubernetes API server did not take the Redeployment ({error}); nothing was deployed: retry"),
+        "the Kubernetes API server did not store the Redeployment; nothing was deployed: retry",
     )
     .retry_after(5)
 }

@@ -1,13 +1,33 @@
 //! Signatures beyond the URL token: HMAC over the exact body bytes, or a shared token.
 //!
-//! When an App configures a secret for its provider, [`verify`] must pass
-//! before a call is acted on. Comparisons are constant-time, and no error
-//! message repeats the secret or the signature received.
+//! # Fail closed
+//!
+//! An App without any `spec.hook.signatureSecrets` is authenticated by its
+//! URL token alone. Once it configures one, every call must carry a valid
+//! signature, and the caller cannot choose its way around it: which
+//! signature a call must carry is decided by [`requirement`] from what the
+//! App configures and the provider the call was *parsed* as (its headers or
+//! its shape, both chosen by the caller):
+//!
+//! 1. the provider's own scheme, when the App has a secret for it (a GitHub
+//!    call needs `X-Hub-Signature-256`, and only that);
+//! 2. otherwise the generic HMAC (`X-Signature-256: sha256=<hex HMAC-SHA256
+//!    of the body>`), when the App has a generic secret: callers without a Git
+//!    host (`curl`, CI), Docker Hub, Azure DevOps, a body of no known shape,
+//!    an empty or form body, and Git hosts the App has no secret for;
+//! 3. otherwise the call is refused (`401`): it cannot be signed in a way
+//!    this App checks. Dressing a call up as another provider, or as none,
+//!    only ever leads here or to a scheme whose secret the caller lacks.
+//!
+//! Comparisons are constant-time, and no error message repeats the secret or
+//! the signature received.
 
 use hmac::{Hmac, Mac};
 use http::{HeaderMap, StatusCode};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
+
+use crate::api::{Provider, SecretKeyRef, SignatureSecrets};
 
 /// How a provider proves a call came from it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -22,6 +42,43 @@ pub enum SignatureCheck {
     Gogs,
     /// GitLab: `X-Gitlab-Token` is the secret itself.
     GitLabToken,
+    /// Any caller: `X-Signature-256: sha256=<hex HMAC-SHA256>` (as Flux's `generic-hmac`).
+    Generic,
+}
+
+/// The signature a call must carry, given the App's secrets (see the module docs).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Requirement<'a> {
+    /// The App configures no signature secret: the URL token is the credential.
+    TokenOnly,
+    /// The call must verify with this check against the secret named here.
+    Verify(SignatureCheck, &'a SecretKeyRef),
+    /// The App requires signatures, and has no secret for any this call could carry.
+    Refuse,
+}
+
+/// Which signature a call parsed as `provider` must carry (module docs, "Fail closed").
+pub fn requirement(secrets: &SignatureSecrets, provider: Provider) -> Requirement<'_> {
+    if secrets.is_empty() {
+        return Requirement::TokenOnly;
+    }
+    let own = SignatureCheck::of_provider(provider).and_then(|check| Some((check, check.secret(secrets)?)));
+    let generic = || Some((SignatureCheck::Generic, SignatureCheck::Generic.secret(secrets)?));
+    match own.or_else(generic) {
+        Some((check, secret)) => Requirement::Verify(check, secret),
+        None => Requirement::Refuse,
+    }
+}
+
+/// The signatures an App accepts, for a `401` answer: schemes and headers,
+/// never the names of the Secrets holding the keys.
+pub fn accepted(secrets: &SignatureSecrets) -> String {
+    let described: Vec<&str> = SignatureCheck::ALL
+        .into_iter()
+        .filter(|check| check.secret(secrets).is_some())
+        .map(SignatureCheck::describe)
+        .collect();
+    if described.is_empty() { "no signatures".to_owned() } else { described.join("; ") }
 }
 
 const X_HUB_SIGNATURE_256: &str = "X-Hub-Signature-256";
@@ -30,11 +87,74 @@ const X_GITEA_SIGNATURE: &str = "X-Gitea-Signature";
 const X_FORGEJO_SIGNATURE: &str = "X-Forgejo-Signature";
 const X_GOGS_SIGNATURE: &str = "X-Gogs-Signature";
 const X_GITLAB_TOKEN: &str = "X-Gitlab-Token";
+const X_SIGNATURE_256: &str = "X-Signature-256";
 
 /// Length of an HMAC-SHA256 in hex digits.
 const SHA256_HEX_DIGITS: usize = 64;
 
 impl SignatureCheck {
+    /// Every check, the providers' own first, in the order they are described.
+    pub const ALL: [SignatureCheck; 6] = [
+        SignatureCheck::GitHubSha256,
+        SignatureCheck::BitbucketSha256,
+        SignatureCheck::GitLabToken,
+        SignatureCheck::Gitea,
+        SignatureCheck::Gogs,
+        SignatureCheck::Generic,
+    ];
+
+    /// The provider's own signature, for the providers that sign their calls.
+    pub fn of_provider(provider: Provider) -> Option<SignatureCheck> {
+        match provider {
+            Provider::GitHub => Some(SignatureCheck::GitHubSha256),
+            Provider::BitbucketCloud | Provider::BitbucketServer => Some(SignatureCheck::BitbucketSha256),
+            Provider::GitLab => Some(SignatureCheck::GitLabToken),
+            Provider::Gitea | Provider::Forgejo => Some(SignatureCheck::Gitea),
+            Provider::Gogs => Some(SignatureCheck::Gogs),
+            Provider::AzureDevOps | Provider::DockerHub | Provider::Generic | Provider::Empty | Provider::Manual => {
+                None
+            }
+        }
+    }
+
+    /// The App's secret for this check, if it configures one.
+    pub fn secret(self, secrets: &SignatureSecrets) -> Option<&SecretKeyRef> {
+        match self {
+            SignatureCheck::GitHubSha256 => secrets.github.as_ref(),
+            SignatureCheck::BitbucketSha256 => secrets.bitbucket.as_ref(),
+            SignatureCheck::GitLabToken => secrets.gitlab.as_ref(),
+            SignatureCheck::Gitea => secrets.gitea.as_ref(),
+            SignatureCheck::Gogs => secrets.gogs.as_ref(),
+            SignatureCheck::Generic => secrets.generic.as_ref(),
+        }
+    }
+
+    /// The field of `spec.hook.signatureSecrets` holding this check's secret.
+    pub fn field(self) -> &'static str {
+        match self {
+            SignatureCheck::GitHubSha256 => "github",
+            SignatureCheck::BitbucketSha256 => "bitbucket",
+            SignatureCheck::GitLabToken => "gitlab",
+            SignatureCheck::Gitea => "gitea",
+            SignatureCheck::Gogs => "gogs",
+            SignatureCheck::Generic => "generic",
+        }
+    }
+
+    /// Who sends this signature, and how, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SignatureCheck::GitHubSha256 => "GitHub calls signed with `X-Hub-Signature-256`",
+            SignatureCheck::BitbucketSha256 => "Bitbucket calls signed with `X-Hub-Signature`",
+            SignatureCheck::GitLabToken => "GitLab calls carrying `X-Gitlab-Token`",
+            SignatureCheck::Gitea => "Gitea and Forgejo calls signed with `X-Gitea-Signature` or `X-Forgejo-Signature`",
+            SignatureCheck::Gogs => "Gogs calls signed with `X-Gogs-Signature`",
+            SignatureCheck::Generic => {
+                "any other call signed with `X-Signature-256: sha256=<hex HMAC-SHA256 of the exact body>`"
+            }
+        }
+    }
+
     /// The headers this check reads, in the order they are looked for.
     pub fn headers(self) -> &'static [&'static str] {
         match self {
@@ -43,13 +163,14 @@ impl SignatureCheck {
             SignatureCheck::Gitea => &[X_GITEA_SIGNATURE, X_FORGEJO_SIGNATURE],
             SignatureCheck::Gogs => &[X_GOGS_SIGNATURE],
             SignatureCheck::GitLabToken => &[X_GITLAB_TOKEN],
+            SignatureCheck::Generic => &[X_SIGNATURE_256],
         }
     }
 
     /// The prefix before the hex digits, for the checks that have one.
     fn prefix(self) -> Option<&'static str> {
         match self {
-            SignatureCheck::GitHubSha256 | SignatureCheck::BitbucketSha256 => Some("sha256="),
+            SignatureCheck::GitHubSha256 | SignatureCheck::BitbucketSha256 | SignatureCheck::Generic => Some("sha256="),
             SignatureCheck::Gitea | SignatureCheck::Gogs | SignatureCheck::GitLabToken => None,
         }
     }
@@ -148,7 +269,8 @@ mod tests {
     use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
     use sha2::Sha256;
 
-    use super::{SignatureCheck, SignatureError, verify};
+    use super::{Requirement, SignatureCheck, SignatureError, accepted, requirement, verify};
+    use crate::api::{Provider, SecretKeyRef, SignatureSecrets};
 
     const GITHUB_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/github/push-new-branch.json");
     const BITBUCKET_CLOUD_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/bitbucket-cloud/repo-push.json");
@@ -185,7 +307,9 @@ mod tests {
     }
 
     /// The HMAC checks, each with its header, prefix and a fixture of its provider.
-    const HMAC_CASES: [(SignatureCheck, &str, &str, &[u8]); 6] = [
+    const HMAC_CASES: [(SignatureCheck, &str, &str, &[u8]); 8] = [
+        (SignatureCheck::Generic, "X-Signature-256", "sha256=", b""),
+        (SignatureCheck::Generic, "X-Signature-256", "sha256=", GITHUB_PUSH),
         (SignatureCheck::GitHubSha256, "X-Hub-Signature-256", "sha256=", GITHUB_PUSH),
         (SignatureCheck::BitbucketSha256, "X-Hub-Signature", "sha256=", BITBUCKET_CLOUD_PUSH),
         (SignatureCheck::BitbucketSha256, "X-Hub-Signature", "sha256=", BITBUCKET_SERVER_PUSH),
@@ -222,6 +346,9 @@ mod tests {
     #[test]
     fn signature_over_other_bytes_is_a_mismatch() {
         for (check, name, prefix, body) in HMAC_CASES {
+            if body.is_empty() {
+                continue;
+            }
             let headers = header(name, &format!("{prefix}{}", hmac_hex(SECRET, &reserialized(body))));
             let error = verify(check, SECRET, &headers, body).unwrap_err();
             assert!(
@@ -317,5 +444,91 @@ mod tests {
         assert!(!message.contains(std::str::from_utf8(SECRET).unwrap_or_default()));
         assert!(!message.contains(&signature));
         assert!(!message.contains(&hmac_hex(SECRET, GITHUB_PUSH)));
+    }
+
+    fn key(name: &str) -> Option<SecretKeyRef> {
+        Some(SecretKeyRef { name: name.into(), key: "key".into() })
+    }
+
+    const EVERY_PROVIDER: [Provider; 12] = [
+        Provider::GitHub,
+        Provider::BitbucketCloud,
+        Provider::BitbucketServer,
+        Provider::GitLab,
+        Provider::Gitea,
+        Provider::Forgejo,
+        Provider::Gogs,
+        Provider::AzureDevOps,
+        Provider::DockerHub,
+        Provider::Generic,
+        Provider::Empty,
+        Provider::Manual,
+    ];
+
+    /// The check and the secret's name a call parsed as `provider` must satisfy; `None` is a refusal.
+    fn required(secrets: &SignatureSecrets, provider: Provider) -> Option<(SignatureCheck, String)> {
+        match requirement(secrets, provider) {
+            Requirement::Verify(check, secret) => Some((check, secret.name.clone())),
+            Requirement::Refuse => None,
+            Requirement::TokenOnly => panic!("{provider:?}: an App with secrets is never token-only"),
+        }
+    }
+
+    #[test]
+    fn without_secrets_the_token_is_the_credential() {
+        for provider in EVERY_PROVIDER {
+            assert_eq!(requirement(&SignatureSecrets::default(), provider), Requirement::TokenOnly, "{provider:?}");
+        }
+    }
+
+    #[test]
+    fn with_a_github_secret_only_signed_github_calls_can_pass() {
+        let secrets = SignatureSecrets { github: key("gh"), ..Default::default() };
+        for provider in EVERY_PROVIDER {
+            let expected = (provider == Provider::GitHub).then(|| (SignatureCheck::GitHubSha256, "gh".to_string()));
+            assert_eq!(required(&secrets, provider), expected, "{provider:?}");
+        }
+    }
+
+    #[test]
+    fn the_providers_own_secret_first_then_the_generic_one() {
+        let secrets =
+            SignatureSecrets { github: key("gh"), gitlab: key("gl"), generic: key("any"), ..Default::default() };
+        let generic = Some((SignatureCheck::Generic, "any".to_string()));
+        let cases = [
+            (Provider::GitHub, Some((SignatureCheck::GitHubSha256, "gh".to_string()))),
+            (Provider::GitLab, Some((SignatureCheck::GitLabToken, "gl".to_string()))),
+            (Provider::BitbucketCloud, generic.clone()),
+            (Provider::BitbucketServer, generic.clone()),
+            (Provider::Gitea, generic.clone()),
+            (Provider::Forgejo, generic.clone()),
+            (Provider::Gogs, generic.clone()),
+            (Provider::AzureDevOps, generic.clone()),
+            (Provider::DockerHub, generic.clone()),
+            (Provider::Generic, generic.clone()),
+            (Provider::Empty, generic.clone()),
+            (Provider::Manual, generic),
+        ];
+        for (provider, expected) in cases {
+            assert_eq!(required(&secrets, provider), expected, "{provider:?}");
+        }
+        let every = SignatureSecrets { bitbucket: key("bb"), gitea: key("gt"), gogs: key("gg"), ..secrets };
+        assert_eq!(required(&every, Provider::BitbucketServer), Some((SignatureCheck::BitbucketSha256, "bb".into())));
+        assert_eq!(required(&every, Provider::Forgejo), Some((SignatureCheck::Gitea, "gt".into())));
+        assert_eq!(required(&every, Provider::Gogs), Some((SignatureCheck::Gogs, "gg".into())));
+        assert_eq!(required(&every, Provider::Empty), Some((SignatureCheck::Generic, "any".into())));
+    }
+
+    #[test]
+    fn the_accepted_signatures_are_named_without_secret_names() {
+        let secrets =
+            SignatureSecrets { github: key("gh-secret"), generic: key("generic-secret"), ..Default::default() };
+        let described = accepted(&secrets);
+        assert_eq!(
+            described,
+            "GitHub calls signed with `X-Hub-Signature-256`; any other call signed with `X-Signature-256: \
+             sha256=<hex HMAC-SHA256 of the exact body>`"
+        );
+        assert!(!described.contains("secret"), "{described}");
     }
 }

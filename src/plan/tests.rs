@@ -7,8 +7,9 @@ const REPO: &str = "https://github.com/o/r";
 
 // ---- builders ----
 
+/// An App as the API server gives it: `spec.environment` defaults to `production`.
 fn app(name: &str) -> App {
-    App::new(name, AppSpec::default())
+    App::new(name, AppSpec { environment: "production".into(), ..AppSpec::default() })
 }
 
 fn shop() -> App {
@@ -319,60 +320,15 @@ fn profile_of_another_app_is_unknown() {
 
 // ---- git_ref validation ----
 
+// The table of accepted and refused refs is the Git ref validator's (src/git.rs);
+// here, that the modifier uses it and says so.
 #[test]
-fn git_refs_valid() {
-    for r in [
-        "main",
-        "feature/login-page",
-        "v1.2.3",
-        "refs/heads/main",
-        "refs/tags/v1.0.0",
-        "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c",
-        "abc1234",
-        "release_2024.01",
-        "HEAD",
-        "dependabot/npm_and_yarn/lodash-4.17.21",
-        "ünïcode",
-        "a@b",
-    ] {
+fn git_ref_modifier_uses_the_git_ref_validator() {
+    for r in ["main", "refs/heads/main", "refs/tags/v1.0.0", "0d1a26e67d8f5eaf1f6ba5c57fc3c7d91ac0fd1c"] {
         assert_eq!(validate_git_ref(r), Ok(()), "{r}");
     }
-}
-
-#[test]
-fn git_refs_invalid() {
-    let long = "a".repeat(256);
-    for (r, why) in [
-        ("", "empty"),
-        (long.as_str(), "more than 255"),
-        ("a b", "space"),
-        ("main\n", "space"),
-        ("a\u{7}b", "control"),
-        ("a..b", "`..`"),
-        ("HEAD~1", "`~`"),
-        ("HEAD^", "`^`"),
-        ("a:b", "`:`"),
-        ("a?", "`?`"),
-        ("a*", "`*`"),
-        ("a[1]", "`[`"),
-        ("a\\b", "`\\`"),
-        ("-x", "starts with `-`"),
-        ("/x", "starts with `/`"),
-        ("x/", "ends with `/`"),
-        ("x.lock", "ends with `.lock`"),
-        ("x.", "ends with `.`"),
-        ("main@{1}", "`@{`"),
-        ("a//b", "`//`"),
-        ("a/.hidden", "starts with `.`"),
-        (".hidden", "starts with `.`"),
-        ("a.lock/b", "ends with `.lock`"),
-        ("@", "`@` alone"),
-    ] {
-        let err = validate_git_ref(r).unwrap_err();
-        assert!(
-            matches!(&err, PlanError::InvalidGitRef { git_ref, reason } if git_ref == r && reason.contains(why)),
-            "{r:?}: {err:?}"
-        );
+    for r in ["refs/pull/1/head", "fix#1", "HEAD~1", "HEAD", "a\u{7}b"] {
+        assert!(matches!(validate_git_ref(r), Err(PlanError::InvalidGitRef { .. })), "{r}");
     }
     assert_eq!(
         validate_git_ref("a..b").unwrap_err().to_string(),
@@ -663,15 +619,78 @@ fn git_ref_does_not_change_which_services_match() {
     assert_eq!(p.services, vec![build("staging", Some("main"))]);
 }
 
-#[test]
-fn deployment_event_is_git_information() {
-    let ev = HookEvent {
+fn deployment(environment: Option<&str>) -> HookEvent {
+    HookEvent {
         kind: EventKind::Deployment,
         event: "deployment".into(),
+        environment: environment.map(Into::into),
         ..push(&[REPO], Some("main"), Some("abc"))
-    };
-    let p = run(&ev, &fleet(), &Modifiers::default());
+    }
+}
+
+#[test]
+fn deployment_event_is_git_information() {
+    let p = run(&deployment(Some("production")), &fleet(), &Modifiers::default());
     assert_eq!(planned(&p), ["api", "web"]);
+}
+
+#[test]
+fn deployment_for_another_environment_deploys_nothing() {
+    let p = run(&deployment(Some("staging")), &fleet(), &Modifiers::default());
+    assert!(p.is_empty());
+    assert_eq!(
+        reason(&p),
+        "the deployment is for environment `staging`, and App `shop` deploys only `production`: nothing is deployed"
+    );
+    let p = run(&deployment(None), &fleet(), &Modifiers::default());
+    assert!(reason(&p).starts_with("the deployment names no environment"), "{}", reason(&p));
+    // GitHub's environment names ignore case.
+    assert_eq!(planned(&run(&deployment(Some("Production")), &fleet(), &Modifiers::default())), ["api", "web"]);
+    // A push is not bound to an environment.
+    let staging_app = App::new("shop", AppSpec { environment: "staging".into(), ..Default::default() });
+    let push = push(&[REPO], Some("main"), Some("abc"));
+    assert_eq!(
+        planned(&plan(&push, &staging_app, &fleet(), None, &Modifiers::default()).expect("plan")),
+        ["api", "web"]
+    );
+}
+
+#[test]
+fn deployment_environment_is_the_apps_github_environment_first() {
+    let mut app = App::new("shop", AppSpec { environment: "staging".into(), ..Default::default() });
+    let deploys = |app: &App, environment: &str| {
+        !plan(&deployment(Some(environment)), app, &fleet(), None, &Modifiers::default()).expect("plan").is_empty()
+    };
+    assert!(deploys(&app, "staging") && !deploys(&app, "production"));
+    app.spec.github = Some(crate::api::GitHubSpec {
+        repository: REPO.into(),
+        environment: Some("production".into()),
+        ..Default::default()
+    });
+    assert!(deploys(&app, "production") && !deploys(&app, "staging"));
+}
+
+#[test]
+fn refs_the_build_cannot_take_are_refused_whatever_their_source() {
+    // From the payload: a branch name the build cannot fetch, a SHA-256 commit id.
+    let services = vec![git_svc("web", REPO, None)];
+    let err = plan(&push(&[REPO], Some("fix#1"), None), &shop(), &services, None, &Modifiers::default()).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "Service `web` would build `fix#1`, which is not a branch, tag or full commit SHA the build can take: it \
+         contains `#`"
+    );
+    let sha256 = "a".repeat(64);
+    let err =
+        plan(&push(&[REPO], Some("main"), Some(&sha256)), &shop(), &services, None, &Modifiers::default()).unwrap_err();
+    assert!(matches!(err, PlanError::UnbuildableRef { .. }), "{err}");
+    // From the Service's own branch, on a call without Git information.
+    let odd = vec![git_svc("web", REPO, Some("a..b"))];
+    let err = plan(&no_git_info(), &shop(), &odd, None, &Modifiers::default()).unwrap_err();
+    assert!(matches!(&err, PlanError::UnbuildableRef { service, .. } if service == "web"), "{err}");
+    // A PR head is not a branch or tag, whichever way it comes.
+    let err = plan(&no_git_info(), &shop(), &services, None, &with_ref("refs/pull/1/head")).unwrap_err();
+    assert!(matches!(err, PlanError::InvalidGitRef { .. }), "{err}");
 }
 
 #[test]

@@ -6,7 +6,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::github::PushPayload;
-use super::{ParseError, RefName, commit_sha, deserialize, event, first, is_zero_sha, looks_like_sha};
+use super::{ParseError, RefName, commit_sha, deserialize, event, first, is_commit_sha, is_zero_sha};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -82,7 +82,7 @@ fn generic(payload: &Value) -> Result<HookEvent, ParseError> {
     let mut sha = commit_sha(payload.sha.as_deref());
     let mut unusable_ref = false;
     if let Some(git_ref) = first([payload.git_ref.as_deref()]) {
-        if looks_like_sha(&git_ref) {
+        if is_commit_sha(&git_ref) {
             sha = sha.or_else(|| commit_sha(Some(&git_ref)));
         } else {
             match RefName::parse(&git_ref) {

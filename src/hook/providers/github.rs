@@ -4,9 +4,7 @@
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{
-    Handling, ParseError, Push, RefName, commit_sha, deserialize, event, first, looks_like_sha, missing, urls,
-};
+use super::{Handling, ParseError, Push, RefName, commit_sha, deserialize, event, first, is_commit_sha, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -124,6 +122,7 @@ struct Deployment {
     sha: Option<String>,
     #[serde(rename = "ref")]
     git_ref: Option<String>,
+    environment: Option<String>,
     creator: Option<Account>,
 }
 
@@ -136,7 +135,7 @@ fn deployment(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError
     let mut sha = commit_sha(deployment.sha.as_deref());
     let (mut branch, mut tag) = (None, None);
     if let Some(git_ref) = deployment.git_ref.as_deref().map(str::trim) {
-        let is_commit = sha.as_deref() == Some(git_ref) || looks_like_sha(git_ref);
+        let is_commit = sha.as_deref() == Some(git_ref) || is_commit_sha(git_ref);
         if is_commit {
             sha = sha.or_else(|| commit_sha(Some(git_ref)));
         } else {
@@ -160,6 +159,7 @@ fn deployment(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError
             payload.sender.as_ref().and_then(|s| s.login.as_deref()),
         ]),
         github_deployment: deployment.id,
+        environment: first([deployment.environment.as_deref()]),
         ..event(PROVIDER, event_name, EventKind::Deployment)
     })
 }

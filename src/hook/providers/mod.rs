@@ -24,6 +24,8 @@ use serde_json::Value;
 
 use super::event::{EventKind, HookEvent};
 use crate::api::Provider;
+// The parsers share the operator's one commit-id checks.
+use crate::git::{is_commit_sha, is_zero_sha};
 
 /// Why a hook body could not be read. Every message says what is wrong with
 /// the payload, so the sender can fix it; the hook answers `400`.
@@ -209,7 +211,9 @@ fn read_body(headers: &HeaderMap, body: &[u8]) -> Result<Option<Value>, ParseErr
     }
 }
 
-fn is_form(headers: &HeaderMap) -> bool {
+/// Whether the body is `application/x-www-form-urlencoded` (parameters
+/// ignored): the one test of it, for parsing and for the form's modifiers.
+pub fn is_form(headers: &HeaderMap) -> bool {
     header(headers, "content-type").is_some_and(|value| {
         value
             .split(';')
@@ -321,17 +325,6 @@ impl Push<'_> {
             ..event(self.provider, self.event, kind)
         }
     }
-}
-
-/// Forty (or sixty-four) zeros: the "no commit" of a created or deleted ref.
-fn is_zero_sha(sha: &str) -> bool {
-    let sha = sha.trim();
-    !sha.is_empty() && sha.bytes().all(|byte| byte == b'0')
-}
-
-/// A full SHA-1 or SHA-256 commit id.
-fn looks_like_sha(value: &str) -> bool {
-    matches!(value.len(), 40 | 64) && value.bytes().all(|byte| byte.is_ascii_hexdigit())
 }
 
 /// A commit id, unless blank or all zeros.
