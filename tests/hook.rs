@@ -727,24 +727,3 @@ async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
     assert!(redeployments(&client, &namespace).await?.is_empty());
     Ok(())
 }
-
-#[tokio::test]
-async fn health_readiness_and_metrics_are_served() -> anyhow::Result<()> {
-    let (_, _, hook) = multi_with_web("hook-metrics").await?;
-    let (status, _) = post(&hook, &[], Vec::new()).await?;
-    assert_eq!(status, 202);
-    let admin = &operator().admin;
-    for path in ["healthz", "readyz"] {
-        let response = reqwest::get(format!("{admin}/{path}")).await?;
-        assert_eq!(response.status(), 200, "/{path}");
-    }
-    let metrics = reqwest::get(format!("{admin}/metrics")).await?.text().await?;
-    assert!(
-        metrics.contains("redeploy_hook_requests_total{provider=\"empty\",event=\"no_git_info\",outcome=\"accepted\"}"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("redeploy_hook_duration_seconds_bucket"), "{metrics}");
-    assert!(metrics.contains("redeploy_reconciliations_total{controller=\"app\"}"), "{metrics}");
-    tokio::time::sleep(Duration::from_millis(1)).await;
-    Ok(())
-}
