@@ -93,6 +93,7 @@ use url::Url;
 use crate::{
     api::{App, Redeployment, Service},
     hook::credentials::APP_LABEL,
+    registry::ImageReference,
 };
 
 /// The default builder's image: rootless BuildKit, pinned.
@@ -198,6 +199,11 @@ pub enum BuildError {
          to its termination message file"
     )]
     InvalidTerminationMessage { reason: String },
+    #[error(
+        "the build reported the image {image:?}, which is not in spec.build.image {repository:?} of Service \
+         {service}: a build only deploys images it pushed to its Service's repository ({repository}:<commit>)"
+    )]
+    ForeignImage { service: String, image: String, repository: String },
 }
 
 /// The build Job's name: deterministic per (Redeployment, Service), so that
@@ -228,6 +234,24 @@ pub fn job_name(redeployment: &str, service: &str) -> String {
 pub fn image_for(service: &Service, commit: &str) -> String {
     let repository = service.spec.build.as_ref().map(|b| b.image.trim()).unwrap_or_default();
     format!("{repository}:{}", commit.trim())
+}
+
+/// Checks that a build's reported image is in its Service's `spec.build.image`
+/// repository (same registry and repository, however spelled): whatever
+/// writes the termination message must not choose what is deployed.
+pub fn check_outcome(service: &Service, outcome: &BuildOutcome) -> Result<(), BuildError> {
+    let repository = service.spec.build.as_ref().map(|b| b.image.trim().to_string()).unwrap_or_default();
+    let foreign = || BuildError::ForeignImage {
+        service: service.name_any(),
+        image: outcome.image.clone(),
+        repository: repository.clone(),
+    };
+    let expected = ImageReference::parse(&repository).map_err(|_| foreign())?;
+    let reported = ImageReference::parse(&outcome.image).map_err(|_| foreign())?;
+    if reported.registry != expected.registry || reported.repository != expected.repository {
+        return Err(foreign());
+    }
+    Ok(())
 }
 
 /// A label value for a name: the name itself when it is a valid label value

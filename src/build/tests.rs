@@ -367,6 +367,34 @@ fn termination_messages_are_parsed() {
 }
 
 #[test]
+fn only_images_of_the_services_repository_are_accepted() {
+    let outcome = |image: &str| BuildOutcome { commit: SHA.into(), image: image.into(), digest: None };
+    let web = service(None, None);
+    for image in [
+        format!("registry.example.com/acme/web:{SHA}"),
+        format!("registry.example.com/acme/web:{SHA}@{DIGEST}"),
+        format!("registry.example.com/acme/web@{DIGEST}"),
+    ] {
+        assert_eq!(check_outcome(&web, &outcome(&image)), Ok(()), "{image}");
+    }
+    for image in [
+        format!("registry.example.com/acme/other:{SHA}"),
+        format!("registry.example.com/acme/web/x:{SHA}"),
+        format!("evil.example.com/acme/web:{SHA}"),
+        format!("acme/web:{SHA}"),
+        "not a reference".to_string(),
+    ] {
+        let error = check_outcome(&web, &outcome(&image)).expect_err(&image).to_string();
+        assert!(error.contains("registry.example.com/acme/web"), "{error}");
+    }
+    // Docker Hub spellings of one repository are one repository.
+    let mut hub = service(None, None);
+    hub.spec.build.as_mut().expect("build").image = "docker.io/acme/web".into();
+    assert_eq!(check_outcome(&hub, &outcome(&format!("acme/web:{SHA}"))), Ok(()));
+    assert!(check_outcome(&hub, &outcome(&format!("acme/other:{SHA}"))).is_err());
+}
+
+#[test]
 fn repositories_are_normalised_for_buildkit() {
     for (input, expected) in [
         ("https://github.com/acme/shop", "https://github.com/acme/shop.git"),

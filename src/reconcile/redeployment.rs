@@ -548,25 +548,29 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
     };
     let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let finished = |kind: &str| conditions.iter().find(|c| c.type_ == kind && c.status == "True");
+    if !controlled_by(&job, world.redeployment.meta().uid.as_deref()) {
+        let message =
+            format!("build Job {name} is not this Redeployment's (another controller owns it): it is ignored");
+        world.note(EventType::Warning, "BuildFailed", message.clone());
+        finish(result, ServicePhase::Failed, message);
+        return Ok(Duration::ZERO);
+    }
     if finished("Complete").is_some() {
-        let message = termination_message(world, &name).await?;
-        let outcome = match message.as_deref().map(build::parse_termination_message) {
-            Some(Ok(outcome)) => outcome,
-            _ => match result.git_ref.as_deref().filter(|r| build::is_commit_sha(r)) {
-                Some(commit) => build::BuildOutcome {
-                    commit: commit.to_string(),
-                    image: build::image_for(service, commit),
-                    digest: None,
-                },
-                None => {
-                    finish(
-                        result,
-                        ServicePhase::Failed,
-                        format!("build Job {name} succeeded but did not report the commit and image it built"),
-                    );
-                    return Ok(Duration::ZERO);
-                }
-            },
+        let pods = job_pods(world, &job).await?;
+        let reported = termination_message(&pods)
+            .ok_or_else(|| build::BuildError::InvalidTerminationMessage {
+                reason: "the Job succeeded, but its first container left no termination message".into(),
+            })
+            .and_then(|message| build::parse_termination_message(&message))
+            .and_then(|outcome| build::check_outcome(service, &outcome).map(|()| outcome));
+        let outcome = match reported {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let message = format!("build Job {name}: {error}");
+                world.note(EventType::Warning, "BuildFailed", message.clone());
+                finish(result, ServicePhase::Failed, message);
+                return Ok(Duration::ZERO);
+            }
         };
         record_build(world, service, &outcome).await?;
         result.git_ref = Some(outcome.commit.clone());
@@ -574,7 +578,7 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
         return deploy_image(world, service, result, outcome.image).await;
     }
     if let Some(failed) = finished("Failed") {
-        let logs = build_logs(world, &name).await;
+        let logs = build_logs(world, &job_pods(world, &job).await.unwrap_or_default()).await;
         let message = format!(
             "build Job {name} failed ({}: {}){logs}",
             failed.reason.clone().unwrap_or_default(),
@@ -789,27 +793,37 @@ async fn record_deployed(world: &World<'_>, service: &Service, result: &ServiceR
     Ok(())
 }
 
-/// The first container's termination message of the build Job's pod.
-async fn termination_message(world: &World<'_>, job: &str) -> Result<Option<String>, Error> {
+/// Whether `object`'s controller ownerReference names the object with `uid`.
+fn controlled_by(object: &impl Resource, uid: Option<&str>) -> bool {
+    let controller = object.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    uid.is_some() && controller.map(|o| o.uid.as_str()) == uid
+}
+
+/// The build Job's own pods: those with its `job-name` label that the Job
+/// controls (anyone who may create pods in the namespace can set a label).
+async fn job_pods(world: &World<'_>, job: &Job) -> Result<Vec<Pod>, Error> {
     let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace)
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await?;
-    Ok(pods.items.iter().find_map(|pod| {
+    let uid = job.meta().uid.as_deref();
+    Ok(pods.items.into_iter().filter(|pod| controlled_by(pod, uid)).collect())
+}
+
+/// The first container's termination message of the build Job's pod.
+fn termination_message(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
         let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
         let terminated = statuses.first()?.state.as_ref()?.terminated.as_ref()?;
         terminated.message.clone().filter(|m| !m.trim().is_empty())
-    }))
+    })
 }
 
 /// The last lines of the failed build's log (or its termination message), for the status.
-async fn build_logs(world: &World<'_>, job: &str) -> String {
-    let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace);
-    let Ok(list) = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await else {
-        return String::new();
-    };
-    let Some(pod) = list.items.last() else { return String::new() };
+async fn build_logs(world: &World<'_>, pods: &[Pod]) -> String {
+    let Some(pod) = pods.last() else { return String::new() };
     let params = LogParams { tail_lines: Some(10), ..Default::default() };
-    let text = match pods.logs(&pod.name_any(), &params).await {
+    let api = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace);
+    let text = match api.logs(&pod.name_any(), &params).await {
         Ok(logs) if !logs.trim().is_empty() => logs,
         _ => pod
             .status
