@@ -63,7 +63,7 @@
 //!
 //! | variable | value |
 //! |---|---|
-//! | `REDEPLOY_GIT_REPOSITORY` | `spec.git.repository` as written |
+//! | `REDEPLOY_GIT_REPOSITORY` | `spec.git.repository` as written (the default builder gets it with credentials in the URL redacted) |
 //! | `REDEPLOY_GIT_REF` | the ref to build: commit SHA (lower-case), branch, tag or `HEAD` |
 //! | `REDEPLOY_CONTEXT` | the build context inside the repository, normalised (`.` for the root) |
 //! | `REDEPLOY_DOCKERFILE` | the Dockerfile path inside the context |
@@ -94,6 +94,7 @@ use crate::{
     api::{App, Redeployment, Service},
     hook::credentials::APP_LABEL,
     registry::ImageReference,
+    repo::redact_credentials,
 };
 
 /// The default builder's image: rootless BuildKit, pinned.
@@ -443,8 +444,17 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     ]);
     let annotations = BTreeMap::from([(GIT_REF_ANNOTATION.to_string(), git_ref.clone())]);
 
+    let app_template = app.spec.build.as_ref().and_then(|b| b.template.as_ref());
+    let custom_template_of = build.template.as_ref().or(app_template);
+    // The default builder takes its Git credentials from spec.git.secretRef
+    // and only prints the repository: it gets it without credentials. A
+    // custom builder gets it as written (its credentials are its business).
+    let repository = match custom_template_of {
+        Some(_) => git.repository.trim().to_string(),
+        None => redact_credentials(git.repository.trim()).into_owned(),
+    };
     let mut env = vec![
-        env_var(ENV_GIT_REPOSITORY, git.repository.trim()),
+        env_var(ENV_GIT_REPOSITORY, &repository),
         env_var(ENV_GIT_REF, &git_ref),
         env_var(ENV_CONTEXT, &context),
         env_var(ENV_DOCKERFILE, &dockerfile),
@@ -454,14 +464,13 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     }
     env.push(env_var(ENV_IMAGE_REPOSITORY, image_repository));
 
-    let app_template = app.spec.build.as_ref().and_then(|b| b.template.as_ref());
-    let mut template = match build.template.as_ref().or(app_template) {
+    let mut template = match custom_template_of {
         Some(template) => custom_template(PodTemplateSpec::clone(template), &env)
             .ok_or_else(|| BuildError::TemplateWithoutContainers { service: service_name.clone() })?,
         None => {
             let remote = buildkit_remote(&git.repository).map_err(|reason| BuildError::InvalidRepository {
                 service: service_name.clone(),
-                repository: git.repository.clone(),
+                repository: redact_credentials(&git.repository).into_owned(),
                 reason,
             })?;
             let ssh = is_ssh_remote(&remote);
@@ -469,7 +478,7 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
             if ssh && git_secret.is_none() {
                 return Err(BuildError::SshWithoutCredentials {
                     service: service_name,
-                    repository: git.repository.clone(),
+                    repository: redact_credentials(&git.repository).into_owned(),
                 });
             }
             let push_secret = build.push_secret_ref.as_ref().map(|s| s.name.clone()).filter(|n| !n.is_empty());

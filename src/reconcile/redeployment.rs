@@ -3,7 +3,7 @@
 //! the workloads' annotations), so an operator restarted at any point goes on
 //! where it stood and never builds or rolls out the same thing twice.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -36,6 +36,7 @@ use crate::{
     context::Context,
     github,
     install::FIELD_MANAGER,
+    repo::redact_credentials,
     workload::{self, Progress, Workload},
 };
 
@@ -189,6 +190,7 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     } else if status.phase != Some(Phase::Pending) {
         status.message = None;
     }
+    redact_status(&mut status);
     let ready = status.phase == Some(Phase::Succeeded);
     let reason = format!("{:?}", status.phase.unwrap_or_default());
     let message = status.message.clone().unwrap_or_else(|| reason.clone());
@@ -884,12 +886,24 @@ async fn publish(world: &World<'_>, type_: EventType, reason: &str, note: String
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(redact_credentials(&note).chars().take(1000).collect()),
         action: "Redeploy".into(),
         secondary: Some(world.redeployment.object_ref(&())),
     };
     if let Err(error) = world.context.recorder.publish(&event, &reference).await {
         tracing::debug!(%error, "publishing an Event failed");
+    }
+}
+
+/// Redacts credentials in URLs from every message of the status (a build's
+/// log lines, a repository named in an error): a status is readable by
+/// anyone who may read Redeployments.
+fn redact_status(status: &mut RedeploymentStatus) {
+    let messages = status.services.iter_mut().filter_map(|r| r.message.as_mut()).chain(status.message.as_mut());
+    for message in messages {
+        if let Cow::Owned(redacted) = redact_credentials(message) {
+            *message = redacted;
+        }
     }
 }
 
