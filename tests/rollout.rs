@@ -492,3 +492,55 @@ async fn build_results_come_only_from_the_jobs_own_pods() -> anyhow::Result<()> 
     assert_eq!(status.services[0].image.as_deref(), Some(image.as_str()), "the Job's own pod's report");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_hand_made_redeployment_with_a_foreign_plan_runs_nothing() -> anyhow::Result<()> {
+    let other_app = "---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: other\nspec: {}\n";
+    let theirs = image_service("theirs").replace("app: shop", "app: other");
+    let their_profile =
+        profile("serial", false, 60).replace("name: p", "name: their-profile").replace("app: shop", "app: other");
+    let objects = format!(
+        "{}{}{}{}{other_app}{theirs}{their_profile}{}{}",
+        app(20),
+        git_service("web", None),
+        image_service("worker"),
+        deployment("web", json!({}), 600),
+        deployment("worker", json!({}), 600),
+        deployment("theirs", json!({}), 600),
+    );
+    let (client, namespace) = setup("hostile", &objects).await?;
+    // The operator's caches know every Service once each App's status lists them.
+    let apps = Api::<redeploy_operator::api::App>::namespaced(client.clone(), &namespace);
+    for (app, service) in [("shop", "worker"), ("other", "theirs")] {
+        eventually(&format!("App {app} to list {service}"), || async {
+            let status = apps.get(app).await?.status.unwrap_or_default();
+            Ok(status.services.iter().any(|s| s == service).then_some(()))
+        })
+        .await?;
+    }
+    // As `kubectl create` would: a plan the planner never made.
+    let plan = json!([
+        {"service": "web", "action": "build", "ref": SHA},
+        {"service": "worker", "action": "build", "ref": SHA},
+        {"service": "theirs", "action": "restart"},
+    ]);
+    redeploy(&client, &namespace, "hostile-1", plan, Some("their-profile")).await?;
+    let status = finished(&client, &namespace, "hostile-1").await?.status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    for result in &status.services {
+        assert_eq!(result.phase, ServicePhase::Failed, "{result:?}");
+        let message = result.message.clone().unwrap_or_default();
+        assert!(message.contains("the plan was refused, nothing of it was run"), "{message}");
+        assert!(message.contains("Service `theirs` belongs to App `other`"), "{message}");
+        assert!(message.contains("`worker` is image-based"), "{message}");
+        assert!(message.contains("spec.profile `their-profile` belongs to App `other`"), "{message}");
+    }
+    let jobs = Api::<Job>::namespaced(client.clone(), &namespace).list(&ListParams::default()).await?;
+    assert!(jobs.items.is_empty(), "no build was started");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    for name in ["web", "worker", "theirs"] {
+        let template = deployments.get(name).await?;
+        assert_eq!(template_annotation(&template, "redeploy.dev/redeployment"), None, "{name} was not touched");
+    }
+    Ok(())
+}

@@ -22,6 +22,7 @@ use kube::{
         controller::Action,
         events::{Event, EventType},
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -161,9 +162,16 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     }
 
     let mut requeue = Duration::from_secs(300);
+    let starting = status.services.iter().all(|r| r.phase == ServicePhase::Pending);
     if world.app.is_none() {
         fail_all(&mut status, &format!("App `{app_name}` does not exist in namespace {}", world.namespace));
-    } else if status.services.iter().all(|r| r.phase == ServicePhase::Pending) {
+    } else if let Some(refused) = starting.then(|| refusal(&world)).flatten() {
+        // Nothing of a plan that is wrong anywhere is executed: it was not
+        // made by the planner (or the App changed since), so none of it is trusted.
+        world.note(EventType::Warning, "PlanRefused", refused.clone());
+        publish_noted(&world).await;
+        fail_all(&mut status, &refused);
+    } else if starting {
         match waiting_on(&world) {
             Gate::Superseded(newer) => {
                 for result in &mut status.services {
@@ -279,6 +287,69 @@ enum Gate {
     Go,
     Wait(String),
     Superseded(String),
+}
+
+/// Why the Redeployment must not run, checked before it starts: a
+/// Redeployment can be made by hand (`kubectl create`) with any plan, so the
+/// plan is held against the App's Services as they are now.
+fn refusal(world: &World) -> Option<String> {
+    let redeployment = world.redeployment;
+    let lookup = |name: &str| {
+        world.services.get(name).cloned().or_else(|| {
+            let cached = world.context.caches.services.get(&ObjectRef::new(name).within(&world.namespace))?;
+            cached.0.as_ref().ok().cloned()
+        })
+    };
+    plan_refusal(&redeployment.spec.app, &redeployment.spec.plan, lookup, world.profile.as_ref())
+}
+
+/// Why a plan (and profile) cannot run for `app` (pure): a Service of
+/// another App, a Service planned twice, an action its kind does not have
+/// (`build` is for Git-built Services, `restart` for image-based ones,
+/// `pinDigest` for image-based ones with `resolveDigest`), a profile of
+/// another App. A planned Service `lookup` does not know may not be cached
+/// yet: the step waits for it, then fails it alone.
+fn plan_refusal(
+    app: &str,
+    plan: &[PlannedService],
+    lookup: impl Fn(&str) -> Option<Service>,
+    profile: Option<&DeploymentProfile>,
+) -> Option<String> {
+    let mut problems = Vec::new();
+    if let Some(profile) = profile.filter(|p| p.spec.app != app) {
+        problems.push(format!(
+            "spec.profile `{}` belongs to App `{}`, not `{app}`",
+            profile.name_any(),
+            profile.spec.app
+        ));
+    }
+    for (index, planned) in plan.iter().enumerate() {
+        let name = &planned.service;
+        if plan[..index].iter().any(|p| &p.service == name) {
+            problems.push(format!("Service `{name}` is planned more than once"));
+            continue;
+        }
+        let Some(service) = lookup(name) else { continue };
+        if service.spec.app != app {
+            problems.push(format!("Service `{name}` belongs to App `{}`, not `{app}`", service.spec.app));
+            continue;
+        }
+        let resolves = service.spec.image.as_ref().is_some_and(|i| i.resolve_digest);
+        let fits = match planned.action {
+            PlanAction::Build => service.spec.git.is_some(),
+            PlanAction::Restart => service.spec.git.is_none(),
+            PlanAction::PinDigest => service.spec.git.is_none() && resolves,
+        };
+        if !fits {
+            let kind = match (&service.spec.git, resolves) {
+                (Some(_), _) => "Git-built",
+                (None, true) => "image-based with resolveDigest",
+                (None, false) => "image-based without resolveDigest",
+            };
+            problems.push(format!("Service `{name}` is {kind}: action {:?} does not apply to it", planned.action));
+        }
+    }
+    (!problems.is_empty()).then(|| format!("the plan was refused, nothing of it was run: {}", problems.join("; ")))
 }
 
 /// At most one active rollout per Service: a newer Redeployment of the same
@@ -983,6 +1054,79 @@ mod tests {
 
     fn results(phases: &[ServicePhase]) -> Vec<ServiceResult> {
         phases.iter().map(|p| ServiceResult { phase: *p, ..Default::default() }).collect()
+    }
+
+    fn service(name: &str, app: &str, git: bool, resolve_digest: bool) -> Service {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"app": app, "target": {"name": name}},
+        }))
+        .expect("service");
+        if git {
+            service.spec.git =
+                Some(serde_json::from_value(serde_json::json!({"repository": "https://h/o/r"})).expect("git"));
+        } else {
+            service.spec.image = Some(
+                serde_json::from_value(serde_json::json!({"reference": "nginx", "resolveDigest": resolve_digest}))
+                    .expect("image"),
+            );
+        }
+        service
+    }
+
+    fn planned(service: &str, action: PlanAction) -> PlannedService {
+        PlannedService { service: service.into(), action, git_ref: None }
+    }
+
+    #[test]
+    fn a_plan_is_held_against_the_apps_services_and_profile() {
+        let services: BTreeMap<String, Service> = [
+            service("web", "shop", true, false),
+            service("worker", "shop", false, false),
+            service("pinned", "shop", false, true),
+            service("theirs", "other", false, false),
+            service("api", "shop", true, false),
+        ]
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+        let lookup = |name: &str| services.get(name).cloned();
+        let planner_made = [
+            planned("web", PlanAction::Build),
+            planned("worker", PlanAction::Restart),
+            planned("pinned", PlanAction::PinDigest),
+            planned("pinned-later", PlanAction::Restart), // not cached yet: left to the step
+        ];
+        assert_eq!(plan_refusal("shop", &planner_made, lookup, None), None);
+        let own: DeploymentProfile = serde_json::from_value(serde_json::json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "DeploymentProfile", "metadata": {"name": "quick"},
+            "spec": {"app": "shop"},
+        }))
+        .expect("profile");
+        assert_eq!(plan_refusal("shop", &planner_made, lookup, Some(&own)), None);
+
+        for (plan, expected) in [
+            (vec![planned("theirs", PlanAction::Restart)], "Service `theirs` belongs to App `other`"),
+            (vec![planned("worker", PlanAction::Build)], "`worker` is image-based without resolveDigest: action Build"),
+            (vec![planned("web", PlanAction::Restart)], "`web` is Git-built: action Restart"),
+            (vec![planned("web", PlanAction::PinDigest)], "`web` is Git-built: action PinDigest"),
+            (vec![planned("worker", PlanAction::PinDigest)], "action PinDigest does not apply"),
+            (vec![planned("pinned", PlanAction::Build)], "resolveDigest: action Build"),
+            (
+                vec![planned("web", PlanAction::Build), planned("web", PlanAction::Build)],
+                "`web` is planned more than once",
+            ),
+        ] {
+            let mut plan = plan;
+            plan.insert(0, planned("api", PlanAction::Build)); // a valid entry does not save the plan
+            let refused = plan_refusal("shop", &plan, lookup, None).unwrap_or_else(|| panic!("{plan:?} was accepted"));
+            assert!(refused.contains(expected), "{refused}");
+            assert!(refused.starts_with("the plan was refused, nothing of it was run"), "{refused}");
+        }
+        let mut foreign = own.clone();
+        foreign.spec.app = "other".into();
+        let refused = plan_refusal("shop", &planner_made, lookup, Some(&foreign)).expect("refused");
+        assert!(refused.contains("spec.profile `quick` belongs to App `other`"), "{refused}");
     }
 
     #[test]
