@@ -75,6 +75,12 @@
 //! (`digest` optional) to its termination message file
 //! (`/dev/termination-log` unless the template says otherwise). Credentials
 //! are the template's business: the operator mounts no Secret into it.
+//!
+//! What the operator trusts of a finished build: the Job must be the
+//! Redeployment's (its controller), the result is read only from pods the Job
+//! controls, the image must be in `spec.build.image`'s repository
+//! ([`check_outcome`]), and a build that reports nothing has failed: nothing
+//! is deployed on a guess.
 
 use std::collections::BTreeMap;
 
