@@ -162,7 +162,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let (redeployments, redeployments_writer) = reflector::store::<DeserializeGuard<Redeployment>>();
     let service_index = ServiceIndex::default();
     let workloads = WorkloadIndex::default();
-    let hooks = HookIndex::default();
+    let hooks = HookIndex::default().with_apps(apps.clone());
 
     let trigger = app_trigger.clone();
     background.spawn(watch_into(

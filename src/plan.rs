@@ -14,7 +14,7 @@ use percent_encoding::percent_decode_str;
 use crate::api::{App, DeploymentProfile, GitSource, ImageSource, PlanAction, PlannedService, Service};
 use crate::git::{GitRef, is_zero_sha};
 use crate::hook::event::{EventKind, HookEvent, PushedImage};
-use crate::repo::RepoId;
+use crate::repo::{RepoId, redact_credentials};
 
 /// The hook's modifiers: `services=`, `deployment_profile=`, `git_ref=`.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -520,8 +520,10 @@ fn select_git(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifi
         let list: Vec<String> = gits
             .iter()
             .map(|(s, git)| match &git.branch {
-                Some(branch) => format!("{} builds {} on branch `{branch}`", s.name_any(), git.repository),
-                None => format!("{} builds {}", s.name_any(), git.repository),
+                Some(branch) => {
+                    format!("{} builds {} on branch `{branch}`", s.name_any(), redact_credentials(&git.repository))
+                }
+                None => format!("{} builds {}", s.name_any(), redact_credentials(&git.repository)),
             })
             .collect();
         return Err(format!(
@@ -541,9 +543,10 @@ fn describe_git(event: &HookEvent) -> String {
         (None, None, Some(sha)) => Some(("at", format!("commit `{sha}`"))),
         (None, None, None) => None,
     };
-    match (event.repository_urls.first(), at) {
+    let repository = event.repository_urls.first().map(|url| redact_credentials(url).into_owned());
+    match (repository, at) {
         (Some(repository), Some((preposition, at))) => format!("{repository} {preposition} {at}"),
-        (Some(repository), None) => repository.clone(),
+        (Some(repository), None) => repository,
         (None, Some((_, at))) => at,
         (None, None) => "the pushed code".into(),
     }

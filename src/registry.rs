@@ -44,8 +44,18 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 /// distribution registry's own limit).
 const MAX_MANIFEST_BYTES: usize = 4 * 1024 * 1024;
 
-/// Largest response body kept for an error message.
-const MAX_DETAIL_CHARS: usize = 300;
+/// Largest token service answer read (a token is a few KB).
+const MAX_TOKEN_RESPONSE_BYTES: usize = 64 * 1024;
+
+/// Largest part of an error answer read, to find its message in.
+const MAX_ERROR_BODY_BYTES: usize = 8 * 1024;
+
+/// Longest excerpt of an error answer kept in a message (and so in a status).
+const MAX_DETAIL_CHARS: usize = 120;
+
+/// Redirects followed per request. Registries rarely redirect a manifest
+/// request; a chain longer than this is refused.
+const MAX_REDIRECTS: usize = 3;
 
 /// What went wrong while resolving a digest; every message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -75,6 +85,12 @@ pub enum RegistryError {
 
     #[error("the docker config is unusable: {0}")]
     BadDockerConfig(String),
+
+    #[error(
+        "refusing to send the credentials for `{repository}` to {url} over plain http: credentials go only over \
+         https (or to a registry on this machine's loopback)"
+    )]
+    InsecureTransport { registry: String, repository: String, url: String },
 }
 
 impl RegistryError {
@@ -580,9 +596,24 @@ impl RegistryClient {
     /// # Panics
     /// When the TLS backend cannot be initialised, as `reqwest::Client::new` does.
     pub fn new() -> Self {
+        // reqwest drops the Authorization header on a redirect to another
+        // host or port; the policy bounds the chain and refuses a downgrade
+        // from https to plain http.
+        let redirects = reqwest::redirect::Policy::custom(|attempt| {
+            let downgrade = attempt.previous().last().is_some_and(|previous| previous.scheme() == "https")
+                && !may_carry_credentials(attempt.url());
+            if attempt.previous().len() > MAX_REDIRECTS {
+                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
+            } else if downgrade {
+                attempt.error("a redirect from https to plain http")
+            } else {
+                attempt.follow()
+            }
+        });
         let http = reqwest::Client::builder()
             .user_agent(concat!("redeploy-operator/", env!("CARGO_PKG_VERSION")))
             .connect_timeout(DEFAULT_TIMEOUT)
+            .redirect(redirects)
             .build()
             .expect("the TLS backend initialises");
         RegistryClient { http, timeout: DEFAULT_TIMEOUT, insecure_http_hosts: Vec::new() }
@@ -612,11 +643,8 @@ impl RegistryClient {
             Some(bracketed) => bracketed.split(']').next().unwrap_or_default(),
             None => registry.split(':').next().unwrap_or_default(),
         };
-        let loopback = host == "localhost"
-            || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
-            || host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback());
         let listed = self.insecure_http_hosts.iter().any(|listed| *listed == registry || *listed == host);
-        if loopback || listed { "http" } else { "https" }
+        if is_loopback(host) || listed { "http" } else { "https" }
     }
 
     /// The digest (`sha256:…`) of the manifest `image`'s tag points to now, as
@@ -674,6 +702,9 @@ impl RegistryClient {
         let response = self.send(method.clone(), url, None, image).await?;
         if response.status() != StatusCode::UNAUTHORIZED {
             return Ok((response, None));
+        }
+        if credentials.is_some() {
+            ensure_secure(url, image)?;
         }
         let challenges: Vec<Challenge> = response
             .headers()
@@ -739,8 +770,13 @@ impl RegistryClient {
                 query.append_pair("scope", scope);
             }
         }
+        // Docker's client sends the registry credentials to whatever realm the
+        // registry names, over http too (Docker Hub's token service is another
+        // host than its registry). This client sends them to another host as
+        // well, but only over https (or to loopback), as it does everything else.
         let mut request = self.http.get(url.clone()).timeout(self.timeout);
         if let Some(credentials) = credentials {
+            ensure_secure(url.as_str(), image)?;
             request = request.basic_auth(&credentials.username, Some(&credentials.password));
         }
         let token_host = url.host_str().unwrap_or_default().to_owned();
@@ -758,13 +794,23 @@ impl RegistryClient {
                 detail: Some(format!("its token service answered {status}")),
             });
         }
-        let body = response.bytes().await.map_err(|e| RegistryError::Unreachable {
-            registry: format!("the token service of {registry} ({token_host})"),
-            detail: describe(&e, self.timeout),
-        })?;
         if !status.is_success() {
-            return Err(unexpected(format!("its token service answered {status}: {}", snippet(&body))));
+            return Err(unexpected(with_excerpt(format!("its token service answered {status}"), response).await));
         }
+        let body = match read_capped(response, MAX_TOKEN_RESPONSE_BYTES).await {
+            Ok((body, false)) => body,
+            Ok((_, true)) => {
+                return Err(unexpected(format!(
+                    "its token service answered with more than {MAX_TOKEN_RESPONSE_BYTES} bytes"
+                )));
+            }
+            Err(e) => {
+                return Err(RegistryError::Unreachable {
+                    registry: format!("the token service of {registry} ({token_host})"),
+                    detail: describe(&e, self.timeout),
+                });
+            }
+        };
         let token: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| unexpected(format!("its token service answered with something else than a token: {e}")))?;
         token
@@ -820,14 +866,10 @@ impl RegistryClient {
                 secret: None,
                 detail: None,
             },
-            _ => {
-                let body = response.bytes().await.unwrap_or_default();
-                let detail = match snippet(&body) {
-                    body if body.is_empty() => format!("HTTP {status} for the manifest of `{image}`"),
-                    body => format!("HTTP {status} for the manifest of `{image}`: {body}"),
-                };
-                RegistryError::Unexpected { registry, detail }
-            }
+            _ => RegistryError::Unexpected {
+                registry,
+                detail: with_excerpt(format!("HTTP {status} for the manifest of `{image}`"), response).await,
+            },
         })
     }
 }
@@ -881,12 +923,81 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
     message
 }
 
-fn snippet(body: &[u8]) -> String {
+/// Whether credentials may travel to `url`: over https, or to loopback.
+fn may_carry_credentials(url: &reqwest::Url) -> bool {
+    url.scheme() == "https" || url.host_str().is_some_and(|host| is_loopback(host.trim_matches(['[', ']'])))
+}
+
+fn ensure_secure(url: &str, image: &ImageReference) -> Result<(), RegistryError> {
+    match reqwest::Url::parse(url) {
+        Ok(parsed) if may_carry_credentials(&parsed) => Ok(()),
+        _ => Err(RegistryError::InsecureTransport {
+            registry: image.registry_display().to_owned(),
+            repository: image.repository.clone(),
+            url: url.split('?').next().unwrap_or_default().to_owned(),
+        }),
+    }
+}
+
+/// `localhost`, `127.0.0.0/8` or `::1` (without brackets).
+fn is_loopback(host: &str) -> bool {
+    host.eq_ignore_ascii_case("localhost")
+        || host.parse::<std::net::Ipv4Addr>().is_ok_and(|ip| ip.is_loopback())
+        || host.parse::<Ipv6Addr>().is_ok_and(|ip| ip.is_loopback())
+}
+
+/// At most `cap` bytes of the body, and whether there was more.
+async fn read_capped(mut response: reqwest::Response, cap: usize) -> Result<(Vec<u8>, bool), reqwest::Error> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        let room = cap - body.len();
+        if chunk.len() > room {
+            body.extend_from_slice(&chunk[..room]);
+            return Ok((body, true));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok((body, false))
+}
+
+/// `what`, followed by a short excerpt of an error answer when it has a
+/// readable one (see [`error_excerpt`]).
+async fn with_excerpt(what: String, response: reqwest::Response) -> String {
+    let html = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .is_some_and(|value| value.to_ascii_lowercase().contains("html"));
+    let body = read_capped(response, MAX_ERROR_BODY_BYTES).await.map(|(body, _)| body).unwrap_or_default();
+    match error_excerpt(&body, html) {
+        Some(excerpt) => format!("{what}: {excerpt}"),
+        None => what,
+    }
+}
+
+/// A short, single-line excerpt of an error answer for a message that ends
+/// up in statuses: the first `errors[].message` (or `message`, `details`) of
+/// a JSON answer, else the first line of a text answer; none for HTML pages
+/// (a proxy's error page says nothing the status code does not). Control
+/// characters are dropped, credentials in URLs redacted, and the excerpt cut
+/// to [`MAX_DETAIL_CHARS`].
+fn error_excerpt(body: &[u8], html: bool) -> Option<String> {
     let text = String::from_utf8_lossy(body);
     let text = text.trim();
-    match text.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((cut, _)) => format!("{}…", &text[..cut]),
-        None => text.to_owned(),
+    if html || text.starts_with('<') {
+        return None;
+    }
+    let from_json = serde_json::from_str::<serde_json::Value>(text).ok().and_then(|json| {
+        let first_error = json.get("errors").and_then(|errors| errors.get(0)).and_then(|e| e.get("message"));
+        let message = first_error.or_else(|| json.get("message")).or_else(|| json.get("details"));
+        message.and_then(|m| m.as_str()).map(str::to_owned)
+    });
+    let line = from_json.unwrap_or_else(|| text.lines().next().unwrap_or_default().to_owned());
+    let clean: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+    let clean = crate::repo::redact_credentials(clean.trim()).into_owned();
+    match clean.char_indices().nth(MAX_DETAIL_CHARS) {
+        Some((cut, _)) => Some(format!("{}…", &clean[..cut])),
+        None => Some(clean).filter(|c| !c.is_empty()),
     }
 }
 
@@ -1125,6 +1236,36 @@ mod tests {
         for end in 0..=header.len() {
             parse_www_authenticate(&header[..end]);
         }
+    }
+
+    #[test]
+    fn credentials_travel_only_over_https_or_to_loopback() {
+        let url = |u: &str| reqwest::Url::parse(u).expect("url");
+        for ok in
+            ["https://registry.example.com/v2/", "http://localhost:5000/v2/", "http://127.0.0.2/t", "http://[::1]:80/t"]
+        {
+            assert!(may_carry_credentials(&url(ok)), "{ok}");
+        }
+        for refused in ["http://registry.example.com/v2/", "http://10.0.0.1/token", "ftp://localhost.example/"] {
+            assert!(!may_carry_credentials(&url(refused)), "{refused}");
+        }
+    }
+
+    #[test]
+    fn error_answers_are_summarised() {
+        assert_eq!(error_excerpt(b"<html><body>oops</body></html>", false), None);
+        assert_eq!(error_excerpt(b"oops", true), None, "an HTML content type");
+        assert_eq!(error_excerpt(b"   ", false), None);
+        let json = br#"{"errors":[{"code":"DENIED","message":"requested access to the resource is denied"}]}"#;
+        assert_eq!(error_excerpt(json, false).as_deref(), Some("requested access to the resource is denied"));
+        assert_eq!(error_excerpt(br#"{"details":"bad\u0007 scope"}"#, false).as_deref(), Some("bad  scope"));
+        assert_eq!(error_excerpt(b"first line\nsecond", false).as_deref(), Some("first line"));
+        let long = error_excerpt("x".repeat(10_000).as_bytes(), false).expect("excerpt");
+        assert_eq!(long.chars().count(), MAX_DETAIL_CHARS + 1, "cut, with an ellipsis");
+        assert_eq!(
+            error_excerpt(b"cannot fetch https://u:pw@mirror.example.com/v2/", false).as_deref(),
+            Some("cannot fetch https://***@mirror.example.com/v2/")
+        );
     }
 
     #[test]

@@ -22,8 +22,55 @@
 //!   path `org/project/repo`; a URL without a project (`org/_git/repo`) names
 //!   the project of the same name as the repository.
 
+use std::borrow::Cow;
+
 use percent_encoding::percent_decode_str;
 use url::Url;
+
+/// What stands for redacted credentials.
+pub const REDACTED: &str = "***";
+
+/// `text` (a repository URL, or a message, a log line with URLs in it) with
+/// the user info of every `scheme://user:password@host` replaced by `***`:
+/// `https://user:token@host/r` becomes `https://***@host/r`. The one place
+/// credentials in URLs are redacted, for everything the operator shows
+/// (statuses, Events, logs, hook answers, the build's log lines).
+///
+/// A token often stands alone in the user part (`https://<token>@host`), so
+/// the whole user info goes, except an SSH user name without a password
+/// (`ssh://git@host/r`), which is not a secret. The scp-like `git@host:r`
+/// form carries no password and is left alone.
+pub fn redact_credentials(text: &str) -> Cow<'_, str> {
+    let mut out = String::new();
+    let mut copied = 0;
+    let mut search = 0;
+    while let Some(found) = text[search..].find("://") {
+        let authority_start = search + found + 3;
+        let scheme_start = text[..search + found]
+            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+            .map_or(0, |i| i + 1);
+        let scheme = text[scheme_start..search + found].to_ascii_lowercase();
+        let rest = &text[authority_start..];
+        let authority_len = rest
+            .find(|c: char| c == '/' || c == '?' || c == '#' || c.is_whitespace() || "\"'<>`()[]{},;".contains(c))
+            .unwrap_or(rest.len());
+        search = authority_start + authority_len;
+        let Some(at) = rest[..authority_len].rfind('@') else { continue };
+        let user_info = &rest[..at];
+        let ssh_user = scheme.split('+').any(|part| part == "ssh") && !user_info.contains(':');
+        if user_info.is_empty() || ssh_user {
+            continue;
+        }
+        out.push_str(&text[copied..authority_start]);
+        out.push_str(REDACTED);
+        copied = authority_start + at;
+    }
+    if copied == 0 {
+        return Cow::Borrowed(text);
+    }
+    out.push_str(&text[copied..]);
+    Cow::Owned(out)
+}
 
 /// A repository identity: host (lower-case, no port/user) and path (lower-case, no `.git`, no slashes at the ends).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -222,6 +269,41 @@ fn gitlab_pages(mut segs: Vec<String>) -> Vec<String> {
         segs.truncate(i);
     }
     segs
+}
+
+#[cfg(test)]
+mod redaction_tests {
+    use super::redact_credentials;
+
+    #[test]
+    fn credentials_in_urls_are_redacted_wherever_they_stand() {
+        for (input, expected) in [
+            ("https://user:secret@github.com/o/r", "https://***@github.com/o/r"),
+            ("https://ghp_token@github.com/o/r.git", "https://***@github.com/o/r.git"),
+            ("HTTP://oauth2:glpat-x@gitlab.example.com:8443/g/r", "HTTP://***@gitlab.example.com:8443/g/r"),
+            ("git://u:p@host/r", "git://***@host/r"),
+            ("ssh://git:secret@host/r", "ssh://***@host/r"),
+            (
+                "building https://a:b@h/r at main; then https://c@h2/r failed",
+                "building https://***@h/r at main; then https://***@h2/r failed",
+            ),
+            ("\"https://a:b@h/r\"", "\"https://***@h/r\""),
+            ("https://a:p%40ss@h/r", "https://***@h/r"),
+        ] {
+            assert_eq!(redact_credentials(input), expected, "{input}");
+        }
+        for kept in [
+            "https://github.com/o/r",
+            "ssh://git@host:7999/p/r.git",
+            "git@github.com:o/r.git",
+            "no URL here, only user@example.com",
+            "https://host/path/with@at",
+            "://@",
+            "",
+        ] {
+            assert_eq!(redact_credentials(kept), kept);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -68,6 +68,14 @@ async fn fake_github() -> anyhow::Result<(String, Calls)> {
     Ok((format!("http://{address}"), calls))
 }
 
+/// The pushed commit: the stand-in builder reports it.
+const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+fn objects() -> String {
+    let builder = support::stand_in_builder(&support::build_report("registry.example.com/web", SHA));
+    OBJECTS.replace("STAND_IN_BUILDER", &builder.to_string())
+}
+
 const OBJECTS: &str = r#"
 apiVersion: v1
 kind: Secret
@@ -91,7 +99,7 @@ spec:
   app: hello
   target: {name: web}
   git: {repository: "https://github.com/Codertocat/Hello-World", branch: master}
-  build: {image: registry.example.com/web}
+  build: {image: registry.example.com/web, template: STAND_IN_BUILDER}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -119,7 +127,7 @@ async fn a_push_becomes_a_github_deployment_whose_event_deploys_and_gets_statuse
     config.settings.github_api_url = github;
     let operator = support::start_operator_with(control_plane.client().await?, config).await?;
 
-    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+    support::apply_yaml(&client, &namespace, &objects()).await?;
     let apps = Api::<App>::namespaced(client.clone(), &namespace);
     eventually("the App's hook and Service", || async {
         let status = apps.get("hello").await?.status.unwrap_or_default();

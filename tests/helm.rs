@@ -153,7 +153,7 @@ spec:
   app: shop
   target: {{name: web}}
   git: {{repository: "https://github.com/Codertocat/Hello-World", branch: master}}
-  build: {{image: registry.example.com/web}}
+  build: {{image: registry.example.com/web, template: {}}}
 ---
 apiVersion: redeploy.dev/v1alpha1
 kind: Service
@@ -163,6 +163,7 @@ spec:
   target: {{name: worker}}
   image: {{reference: "registry.example.com/worker:1"}}
 {}{}"#,
+        support::stand_in_builder(&support::build_report("registry.example.com/web", SHA)),
         workload("web"),
         workload("worker")
     );

@@ -667,3 +667,214 @@ async fn an_image_service_is_pinned_to_the_digest_and_skipped_when_unchanged() -
     assert_eq!(image, format!("{host}/{PUSHED_REPOSITORY}@{second}"));
     Ok(())
 }
+
+// Stand-ins for registries and token services that misbehave: each answers
+// what the test says, on a loopback address of its own.
+
+const STAND_IN_DIGEST: &str = "sha256:9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+/// Serves `app` on `ip` (any port); returns `ip:port`.
+async fn stand_in(ip: &str, app: Router) -> String {
+    let listener = tokio::net::TcpListener::bind(format!("{ip}:0")).await.unwrap();
+    let host = listener.local_addr().unwrap().to_string();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    host
+}
+
+fn with_digest() -> Response {
+    Response::builder()
+        .status(200)
+        .header("docker-content-digest", STAND_IN_DIGEST)
+        .body(axum::body::Body::empty())
+        .unwrap()
+}
+
+fn challenge(value: String) -> Response {
+    Response::builder().status(401).header("www-authenticate", value).body(axum::body::Body::empty()).unwrap()
+}
+
+fn credentials() -> Credentials {
+    Credentials { username: USER.into(), password: PASSWORD.into() }
+}
+
+/// The `Authorization` header of each request a stand-in received.
+type Seen = Arc<Mutex<Vec<Option<String>>>>;
+
+fn record(seen: &Seen, headers: &HeaderMap) {
+    let authorization = headers.get("authorization").and_then(|v| v.to_str().ok()).map(str::to_owned);
+    seen.lock().unwrap().push(authorization);
+}
+
+#[tokio::test]
+async fn credentials_go_to_a_token_service_only_over_https_or_loopback() {
+    // A token service on another loopback address: plain http is fine there.
+    let token_seen: Seen = Arc::default();
+    let seen = token_seen.clone();
+    let tokens = stand_in(
+        "127.0.0.2",
+        Router::new().fallback(move |headers: HeaderMap| {
+            record(&seen, &headers);
+            async { axum::Json(serde_json::json!({"token": "pull-token"})) }
+        }),
+    )
+    .await;
+    let registry_for = |realm: String| {
+        Router::new().fallback(move |headers: HeaderMap| {
+            let realm = realm.clone();
+            async move {
+                match headers.get("authorization").and_then(|v| v.to_str().ok()) {
+                    Some("Bearer pull-token") => with_digest(),
+                    _ => challenge(format!(r#"Bearer realm="{realm}",service="stand-in""#)),
+                }
+            }
+        })
+    };
+    let loopback = stand_in("127.0.0.1", registry_for(format!("http://{tokens}/token"))).await;
+    let image = ImageReference::parse(&format!("{loopback}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    assert_eq!(client().resolve_digest(&image, Some(&credentials())).await.unwrap(), STAND_IN_DIGEST);
+    let expected = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("{USER}:{PASSWORD}")));
+    assert_eq!(*token_seen.lock().unwrap(), [Some(expected)]);
+
+    // A realm on another host over plain http never gets them; anonymous calls still may go.
+    let elsewhere = stand_in("127.0.0.1", registry_for("http://tokens.invalid/token".into())).await;
+    let image = ImageReference::parse(&format!("{elsewhere}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    let error = client().resolve_digest(&image, Some(&credentials())).await.unwrap_err();
+    assert!(matches!(error, RegistryError::InsecureTransport { .. }), "{error:?}");
+    assert!(error.to_string().contains("over plain http"), "{error}");
+    assert!(error.to_string().contains("http://tokens.invalid/token"), "{error}");
+    let anonymous = client().resolve_digest(&image, None).await.unwrap_err();
+    assert!(matches!(anonymous, RegistryError::Unreachable { .. }), "{anonymous:?}");
+}
+
+#[tokio::test]
+async fn redirects_are_few_and_never_carry_credentials_to_another_host() {
+    let target_seen: Seen = Arc::default();
+    let seen = target_seen.clone();
+    let target = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(move |headers: HeaderMap| {
+            record(&seen, &headers);
+            async { with_digest() }
+        }),
+    )
+    .await;
+    let registry = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(move |uri: axum::http::Uri, headers: HeaderMap| {
+            let target = target.clone();
+            async move {
+                if headers.contains_key("authorization") {
+                    Response::builder()
+                        .status(307)
+                        .header("location", format!("http://{target}{uri}"))
+                        .body(axum::body::Body::empty())
+                        .unwrap()
+                } else {
+                    challenge(r#"Basic realm="stand-in""#.into())
+                }
+            }
+        }),
+    )
+    .await;
+    let image = ImageReference::parse(&format!("{registry}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    assert_eq!(client().resolve_digest(&image, Some(&credentials())).await.unwrap(), STAND_IN_DIGEST);
+    assert_eq!(*target_seen.lock().unwrap(), [None], "the other host got no Authorization header");
+
+    // A registry that redirects forever: a few hops, then an error.
+    let hops = Arc::new(Mutex::new(0usize));
+    let counted = hops.clone();
+    let looping = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(move |uri: axum::http::Uri| {
+            let counted = counted.clone();
+            async move {
+                let hop = {
+                    let mut hops = counted.lock().unwrap();
+                    *hops += 1;
+                    *hops
+                };
+                let path = uri.path().to_owned();
+                Response::builder()
+                    .status(302)
+                    .header("location", format!("{path}?hop={hop}"))
+                    .body(axum::body::Body::empty())
+                    .unwrap()
+            }
+        }),
+    )
+    .await;
+    let image = ImageReference::parse(&format!("{looping}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    let error = client().resolve_digest(&image, None).await.unwrap_err();
+    assert!(error.to_string().contains("redirects"), "{error}");
+    assert_eq!(*hops.lock().unwrap(), 4, "the request and 3 redirects");
+}
+
+#[tokio::test]
+async fn large_answers_are_cut_and_error_pages_summarised() {
+    // An HTML error page of a few hundred KB (a proxy in front of the registry).
+    let page = format!("<html><body>{}</body></html>", "<p>Internal error, please retry later.</p>".repeat(5_000));
+    let html = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(move |method: Method| {
+            let page = page.clone();
+            async move {
+                if method == Method::HEAD {
+                    return StatusCode::METHOD_NOT_ALLOWED.into_response();
+                }
+                Response::builder()
+                    .status(500)
+                    .header("content-type", "text/html")
+                    .body(axum::body::Body::from(page))
+                    .unwrap()
+            }
+        }),
+    )
+    .await;
+    let image = ImageReference::parse(&format!("{html}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    let message = client().resolve_digest(&image, None).await.unwrap_err().to_string();
+    assert!(message.contains("HTTP 500"), "{message}");
+    assert!(!message.contains('<') && message.len() < 300, "{message}");
+
+    // A JSON error: its message, cut short, on one line.
+    let detail = format!("back-end storage is down\n{}", "x".repeat(10_000));
+    let json = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(move |method: Method| {
+            let detail = detail.clone();
+            async move {
+                if method == Method::HEAD {
+                    return StatusCode::METHOD_NOT_ALLOWED.into_response();
+                }
+                let body = serde_json::json!({"errors": [{"code": "UNAVAILABLE", "message": detail}]});
+                (StatusCode::SERVICE_UNAVAILABLE, axum::Json(body)).into_response()
+            }
+        }),
+    )
+    .await;
+    let image = ImageReference::parse(&format!("{json}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    let message = client().resolve_digest(&image, None).await.unwrap_err().to_string();
+    assert!(message.contains("HTTP 503") && message.contains("back-end storage is down"), "{message}");
+    assert!(!message.contains('\n') && message.len() < 400, "{message}");
+
+    // A token service that answers without end: read up to a cap, then refused.
+    let endless = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(|| async {
+            let chunk = axum::body::Bytes::from(vec![b' '; 64 * 1024]);
+            let stream = futures::stream::repeat_with(move || Ok::<_, std::io::Error>(chunk.clone()));
+            Response::builder().status(200).body(axum::body::Body::from_stream(stream)).unwrap()
+        }),
+    )
+    .await;
+    let registry = stand_in(
+        "127.0.0.1",
+        Router::new().fallback(move || {
+            let endless = endless.clone();
+            async move { challenge(format!(r#"Bearer realm="http://{endless}/token""#)) }
+        }),
+    )
+    .await;
+    let image = ImageReference::parse(&format!("{registry}/{PUSHED_REPOSITORY}:latest")).unwrap();
+    let message = client().resolve_digest(&image, None).await.unwrap_err().to_string();
+    assert!(message.contains("more than 65536 bytes"), "{message}");
+}

@@ -80,7 +80,8 @@ fn objects() -> String {
         "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": {"name": "web"},
         "spec": {"app": "shop", "target": {"name": "web"},
             "git": {"repository": "https://github.com/Codertocat/Hello-World", "branch": "master"},
-            "build": {"image": "registry.example.com/web"}},
+            "build": {"image": "registry.example.com/web",
+                "template": support::stand_in_builder(&support::build_report("registry.example.com/web", SHA))}},
     });
     let worker = json!({
         "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": {"name": "worker"},

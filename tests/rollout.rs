@@ -9,10 +9,11 @@ use std::time::Duration;
 use k8s_openapi::api::{
     apps::v1::{DaemonSet, Deployment, StatefulSet},
     batch::v1::Job,
+    core::v1::Pod,
 };
 use kube::{
     Api, Client, ResourceExt,
-    api::{DeleteParams, ListParams, PostParams},
+    api::{DeleteParams, ListParams, Patch, PatchParams, PostParams},
 };
 use redeploy_operator::api::{Phase, Redeployment, Service, ServicePhase};
 use serde_json::json;
@@ -56,9 +57,8 @@ fn git_service(name: &str, template: Option<serde_json::Value>) -> String {
             "build": {"image": format!("registry.example.com/{name}")},
         },
     });
-    if let Some(template) = template {
-        service["spec"]["build"]["template"] = template;
-    }
+    let report = support::build_report(&format!("registry.example.com/{name}"), SHA);
+    service["spec"]["build"]["template"] = template.unwrap_or_else(|| support::stand_in_builder(&report));
     format!("---\n{}\n", serde_json::to_string(&service).unwrap_or_default())
 }
 
@@ -428,5 +428,119 @@ async fn a_service_reports_its_type_and_whether_its_target_exists() -> anyhow::R
     assert_eq!(serde_json::to_value(kind)?, json!("git"));
     assert_eq!(missing.reason, "TargetNotFound");
     assert!(missing.message.contains("ghost does not exist"), "{}", missing.message);
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_build_that_reports_nothing_or_another_repository_fails() -> anyhow::Result<()> {
+    let foreign = support::build_report("evil.example.com/api", SHA);
+    let objects = format!(
+        "{}{}{}{}{}",
+        app(20),
+        git_service("web", Some(support::stand_in_builder(""))),
+        git_service("api", Some(support::stand_in_builder(&foreign))),
+        deployment("web", json!({}), 600),
+        deployment("api", json!({}), 600),
+    );
+    let (client, namespace) = setup("build-report", &objects).await?;
+    let plan =
+        json!([{"service": "web", "action": "build", "ref": SHA}, {"service": "api", "action": "build", "ref": SHA}]);
+    redeploy(&client, &namespace, "report-1", plan, None).await?;
+    let status = finished(&client, &namespace, "report-1").await?.status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    let message = |i: usize| status.services[i].message.clone().unwrap_or_default();
+    assert_eq!(status.services[0].phase, ServicePhase::Failed);
+    assert!(message(0).contains("left no termination message"), "{}", message(0));
+    assert!(message(0).contains(r#"must write {"commit""#), "tells the builder what to write: {}", message(0));
+    assert_eq!(status.services[1].phase, ServicePhase::Failed);
+    assert!(message(1).contains("evil.example.com/api"), "{}", message(1));
+    assert!(message(1).contains("not in spec.build.image \"registry.example.com/api\""), "{}", message(1));
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    for name in ["web", "api"] {
+        let rolled = template_annotation(&deployments.get(name).await?, "redeploy.dev/redeployment");
+        assert_eq!(rolled, None, "{name} was not rolled out");
+    }
+    Ok(())
+}
+
+#[tokio::test]
+async fn build_results_come_only_from_the_jobs_own_pods() -> anyhow::Result<()> {
+    let objects = format!("{}{}{}", app(20), git_service("web", None), deployment("web", json!({}), 600));
+    let (client, namespace) = setup("build-pods", &objects).await?;
+    // A pod that is not the Job's, labelled as its pods are, listed before them,
+    // reporting an image of the right repository at another commit.
+    let evil = "0000000000000000000000000000000000000bad";
+    let job = redeploy_operator::build::job_name("own-1", "web");
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": "a-planted-result", "labels": {"job-name": job}},
+        // A node that does not exist: nothing runs it or rewrites its status.
+        "spec": {"nodeName": "nowhere", "containers": [{"name": "builder", "image": "registry.example.com/builder:stub"}]},
+    });
+    pods.create(&PostParams::default(), &serde_json::from_value(pod)?).await?;
+    let status = json!({"status": {"phase": "Succeeded", "containerStatuses": [{
+        "name": "builder", "image": "registry.example.com/builder:stub", "imageID": "", "ready": false, "restartCount": 0,
+        "state": {"terminated": {"exitCode": 0, "message": support::build_report("registry.example.com/web", evil)}},
+    }]}});
+    pods.patch_status("a-planted-result", &PatchParams::default(), &Patch::Merge(&status)).await?;
+
+    redeploy(&client, &namespace, "own-1", json!([{"service": "web", "action": "build", "ref": SHA}]), None).await?;
+    let status = finished(&client, &namespace, "own-1").await?.status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let image = format!("registry.example.com/web:{SHA}");
+    assert_eq!(status.services[0].image.as_deref(), Some(image.as_str()), "the Job's own pod's report");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_hand_made_redeployment_with_a_foreign_plan_runs_nothing() -> anyhow::Result<()> {
+    let other_app = "---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: other\nspec: {}\n";
+    let theirs = image_service("theirs").replace("app: shop", "app: other");
+    let their_profile =
+        profile("serial", false, 60).replace("name: p", "name: their-profile").replace("app: shop", "app: other");
+    let objects = format!(
+        "{}{}{}{}{other_app}{theirs}{their_profile}{}{}",
+        app(20),
+        git_service("web", None),
+        image_service("worker"),
+        deployment("web", json!({}), 600),
+        deployment("worker", json!({}), 600),
+        deployment("theirs", json!({}), 600),
+    );
+    let (client, namespace) = setup("hostile", &objects).await?;
+    // The operator's caches know every Service once each App's status lists them.
+    let apps = Api::<redeploy_operator::api::App>::namespaced(client.clone(), &namespace);
+    for (app, service) in [("shop", "worker"), ("other", "theirs")] {
+        eventually(&format!("App {app} to list {service}"), || async {
+            let status = apps.get(app).await?.status.unwrap_or_default();
+            Ok(status.services.iter().any(|s| s == service).then_some(()))
+        })
+        .await?;
+    }
+    // As `kubectl create` would: a plan the planner never made.
+    let plan = json!([
+        {"service": "web", "action": "build", "ref": SHA},
+        {"service": "worker", "action": "build", "ref": SHA},
+        {"service": "theirs", "action": "restart"},
+    ]);
+    redeploy(&client, &namespace, "hostile-1", plan, Some("their-profile")).await?;
+    let status = finished(&client, &namespace, "hostile-1").await?.status.unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    for result in &status.services {
+        assert_eq!(result.phase, ServicePhase::Failed, "{result:?}");
+        let message = result.message.clone().unwrap_or_default();
+        assert!(message.contains("the plan was refused, nothing of it was run"), "{message}");
+        assert!(message.contains("Service `theirs` belongs to App `other`"), "{message}");
+        assert!(message.contains("`worker` is image-based"), "{message}");
+        assert!(message.contains("spec.profile `their-profile` belongs to App `other`"), "{message}");
+    }
+    let jobs = Api::<Job>::namespaced(client.clone(), &namespace).list(&ListParams::default()).await?;
+    assert!(jobs.items.is_empty(), "no build was started");
+    let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
+    for name in ["web", "worker", "theirs"] {
+        let template = deployments.get(name).await?;
+        assert_eq!(template_annotation(&template, "redeploy.dev/redeployment"), None, "{name} was not touched");
+    }
     Ok(())
 }

@@ -63,7 +63,7 @@
 //!
 //! | variable | value |
 //! |---|---|
-//! | `REDEPLOY_GIT_REPOSITORY` | `spec.git.repository` as written |
+//! | `REDEPLOY_GIT_REPOSITORY` | `spec.git.repository` as written (the default builder gets it with credentials in the URL redacted) |
 //! | `REDEPLOY_GIT_REF` | the ref to build: commit SHA (lower-case), branch, tag or `HEAD` |
 //! | `REDEPLOY_CONTEXT` | the build context inside the repository, normalised (`.` for the root) |
 //! | `REDEPLOY_DOCKERFILE` | the Dockerfile path inside the context |
@@ -75,6 +75,12 @@
 //! (`digest` optional) to its termination message file
 //! (`/dev/termination-log` unless the template says otherwise). Credentials
 //! are the template's business: the operator mounts no Secret into it.
+//!
+//! What the operator trusts of a finished build: the Job must be the
+//! Redeployment's (its controller), the result is read only from pods the Job
+//! controls, the image must be in `spec.build.image`'s repository
+//! ([`check_outcome`]), and a build that reports nothing has failed: nothing
+//! is deployed on a guess.
 
 use std::collections::BTreeMap;
 
@@ -94,6 +100,8 @@ use crate::{
     api::{App, Redeployment, Service},
     git::GitRef,
     hook::credentials::APP_LABEL,
+    registry::ImageReference,
+    repo::redact_credentials,
 };
 
 /// The default builder's image: rootless BuildKit, pinned.
@@ -201,6 +209,11 @@ pub enum BuildError {
          to its termination message file"
     )]
     InvalidTerminationMessage { reason: String },
+    #[error(
+        "the build reported the image {image:?}, which is not in spec.build.image {repository:?} of Service \
+         {service}: a build only deploys images it pushed to its Service's repository ({repository}:<commit>)"
+    )]
+    ForeignImage { service: String, image: String, repository: String },
 }
 
 /// The build Job's name: deterministic per (Redeployment, Service), so that
@@ -231,6 +244,24 @@ pub fn job_name(redeployment: &str, service: &str) -> String {
 pub fn image_for(service: &Service, commit: &str) -> String {
     let repository = service.spec.build.as_ref().map(|b| b.image.trim()).unwrap_or_default();
     format!("{repository}:{}", commit.trim())
+}
+
+/// Checks that a build's reported image is in its Service's `spec.build.image`
+/// repository (same registry and repository, however spelled): whatever
+/// writes the termination message must not choose what is deployed.
+pub fn check_outcome(service: &Service, outcome: &BuildOutcome) -> Result<(), BuildError> {
+    let repository = service.spec.build.as_ref().map(|b| b.image.trim().to_string()).unwrap_or_default();
+    let foreign = || BuildError::ForeignImage {
+        service: service.name_any(),
+        image: outcome.image.clone(),
+        repository: repository.clone(),
+    };
+    let expected = ImageReference::parse(&repository).map_err(|_| foreign())?;
+    let reported = ImageReference::parse(&outcome.image).map_err(|_| foreign())?;
+    if reported.registry != expected.registry || reported.repository != expected.repository {
+        return Err(foreign());
+    }
+    Ok(())
 }
 
 /// A label value for a name: the name itself when it is a valid label value
@@ -420,8 +451,17 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     ]);
     let annotations = BTreeMap::from([(GIT_REF_ANNOTATION.to_string(), git_ref.clone())]);
 
+    let app_template = app.spec.build.as_ref().and_then(|b| b.template.as_ref());
+    let custom_template_of = build.template.as_ref().or(app_template);
+    // The default builder takes its Git credentials from spec.git.secretRef
+    // and only prints the repository: it gets it without credentials. A
+    // custom builder gets it as written (its credentials are its business).
+    let repository = match custom_template_of {
+        Some(_) => git.repository.trim().to_string(),
+        None => redact_credentials(git.repository.trim()).into_owned(),
+    };
     let mut env = vec![
-        env_var(ENV_GIT_REPOSITORY, git.repository.trim()),
+        env_var(ENV_GIT_REPOSITORY, &repository),
         env_var(ENV_GIT_REF, &git_ref),
         env_var(ENV_CONTEXT, &context),
         env_var(ENV_DOCKERFILE, &dockerfile),
@@ -431,14 +471,13 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     }
     env.push(env_var(ENV_IMAGE_REPOSITORY, image_repository));
 
-    let app_template = app.spec.build.as_ref().and_then(|b| b.template.as_ref());
-    let mut template = match build.template.as_ref().or(app_template) {
+    let mut template = match custom_template_of {
         Some(template) => custom_template(PodTemplateSpec::clone(template), &env)
             .ok_or_else(|| BuildError::TemplateWithoutContainers { service: service_name.clone() })?,
         None => {
             let remote = buildkit_remote(&git.repository).map_err(|reason| BuildError::InvalidRepository {
                 service: service_name.clone(),
-                repository: git.repository.clone(),
+                repository: redact_credentials(&git.repository).into_owned(),
                 reason,
             })?;
             let ssh = is_ssh_remote(&remote);
@@ -446,7 +485,7 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
             if ssh && git_secret.is_none() {
                 return Err(BuildError::SshWithoutCredentials {
                     service: service_name,
-                    repository: git.repository.clone(),
+                    repository: redact_credentials(&git.repository).into_owned(),
                 });
             }
             let push_secret = build.push_secret_ref.as_ref().map(|s| s.name.clone()).filter(|n| !n.is_empty());

@@ -368,6 +368,60 @@ fn termination_messages_are_parsed() {
 }
 
 #[test]
+fn credentials_in_the_repository_url_stay_out_of_the_default_job_and_errors() {
+    let mut web = service(Some("git"), None);
+    web.spec.git.as_mut().expect("git").repository = "https://deploy:s3cr3t@github.com/acme/shop".into();
+    let job = render(&web, Some(SHA)).expect("job");
+    let rendered = serde_json::to_string(&job).expect("json");
+    assert!(!rendered.contains("s3cr3t"), "{rendered}");
+    let env = env_of(&pod_spec(&job).containers[0]);
+    assert_eq!(env[ENV_GIT_REPOSITORY], "https://***@github.com/acme/shop");
+    // A custom builder gets the repository as written: credentials are its business.
+    web.spec.build.as_mut().expect("build").template = Some(Box::new(PodTemplateSpec {
+        spec: Some(PodSpec { containers: vec![Container::default()], ..Default::default() }),
+        ..Default::default()
+    }));
+    let custom = render(&web, Some(SHA)).expect("job");
+    assert_eq!(
+        env_of(&pod_spec(&custom).containers[0])[ENV_GIT_REPOSITORY],
+        "https://deploy:s3cr3t@github.com/acme/shop"
+    );
+
+    let mut azure = service(None, None);
+    azure.spec.git.as_mut().expect("git").repository = "https://me:pat123@dev.azure.com/o/p/_git/r".into();
+    let error = render(&azure, Some(SHA)).expect_err("Azure https is refused").to_string();
+    assert!(!error.contains("pat123") && error.contains("https://***@dev.azure.com/o/p/_git/r"), "{error}");
+}
+
+#[test]
+fn only_images_of_the_services_repository_are_accepted() {
+    let outcome = |image: &str| BuildOutcome { commit: SHA.into(), image: image.into(), digest: None };
+    let web = service(None, None);
+    for image in [
+        format!("registry.example.com/acme/web:{SHA}"),
+        format!("registry.example.com/acme/web:{SHA}@{DIGEST}"),
+        format!("registry.example.com/acme/web@{DIGEST}"),
+    ] {
+        assert_eq!(check_outcome(&web, &outcome(&image)), Ok(()), "{image}");
+    }
+    for image in [
+        format!("registry.example.com/acme/other:{SHA}"),
+        format!("registry.example.com/acme/web/x:{SHA}"),
+        format!("evil.example.com/acme/web:{SHA}"),
+        format!("acme/web:{SHA}"),
+        "not a reference".to_string(),
+    ] {
+        let error = check_outcome(&web, &outcome(&image)).expect_err(&image).to_string();
+        assert!(error.contains("registry.example.com/acme/web"), "{error}");
+    }
+    // Docker Hub spellings of one repository are one repository.
+    let mut hub = service(None, None);
+    hub.spec.build.as_mut().expect("build").image = "docker.io/acme/web".into();
+    assert_eq!(check_outcome(&hub, &outcome(&format!("acme/web:{SHA}"))), Ok(()));
+    assert!(check_outcome(&hub, &outcome(&format!("acme/other:{SHA}"))).is_err());
+}
+
+#[test]
 fn repositories_are_normalised_for_buildkit() {
     for (input, expected) in [
         ("https://github.com/acme/shop", "https://github.com/acme/shop.git"),

@@ -6,6 +6,8 @@ use std::collections::BTreeMap;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use k8s_openapi::{ByteString, api::core::v1::Secret};
 use kube::{Resource, ResourceExt, api::ObjectMeta};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use crate::api::App;
 
@@ -39,9 +41,28 @@ impl std::fmt::Debug for HookCredentials {
 }
 
 impl HookCredentials {
-    /// A new random id (12 bytes) and token (32 bytes), URL-safe.
-    pub fn generate() -> Self {
-        Self { id: hex::encode(rand::random::<[u8; 12]>()), token: new_token() }
+    /// A new id (12 bytes, hex) and random token (32 bytes, URL-safe). The
+    /// id is bound to the uid of the App it is issued for: 6 random bytes,
+    /// then 6 bytes of SHA-256 over the uid and those bytes. Ids are not
+    /// secret, so a copy of one can turn up in a Secret of another App; the
+    /// hook index then tells the copy from the original ([`Self::is_bound_to`]).
+    /// Without a uid (an App not stored yet) all 12 bytes are random.
+    pub fn generate(app_uid: Option<&str>) -> Self {
+        let id = match app_uid {
+            Some(uid) => {
+                let random = rand::random::<[u8; ID_HALF]>();
+                [random.as_slice(), &id_binding(uid, &random)].concat()
+            }
+            None => rand::random::<[u8; 2 * ID_HALF]>().to_vec(),
+        };
+        Self { id: hex::encode(id), token: new_token() }
+    }
+
+    /// Whether the id was issued for the App with this uid by [`Self::generate`].
+    /// Ids issued before ids were bound are bound to nothing.
+    pub fn is_bound_to(&self, app_uid: &str) -> bool {
+        let Ok(id) = hex::decode(&self.id) else { return false };
+        id.len() == 2 * ID_HALF && bool::from(id[ID_HALF..].ct_eq(&id_binding(app_uid, &id[..ID_HALF])))
     }
 
     /// Reads the credentials of a hook Secret; `None` when a key is missing or empty.
@@ -54,6 +75,21 @@ impl HookCredentials {
     pub fn url(&self, public_url: &str) -> String {
         format!("{}{PATH_PREFIX}/{}/{}", public_url.trim_end_matches('/'), self.id, self.token)
     }
+}
+
+/// Bytes of a hook id that are random, and bytes that bind it to its App.
+const ID_HALF: usize = 6;
+
+fn id_binding(app_uid: &str, random: &[u8]) -> [u8; ID_HALF] {
+    let digest = Sha256::new()
+        .chain_update(b"redeploy.dev hook id\n")
+        .chain_update(app_uid.as_bytes())
+        .chain_update(b"\n")
+        .chain_update(random)
+        .finalize();
+    let mut binding = [0; ID_HALF];
+    binding.copy_from_slice(&digest[..ID_HALF]);
+    binding
 }
 
 fn new_token() -> String {
@@ -84,7 +120,7 @@ pub fn desired_secret(app: &App, existing: Option<&Secret>, public_url: &str) ->
             }
             credentials
         }
-        None => HookCredentials::generate(),
+        None => HookCredentials::generate(app.meta().uid.as_deref()),
     };
     let mut annotations = BTreeMap::new();
     if let Some(rotation) = rotation.or(answered) {
@@ -140,7 +176,18 @@ mod tests {
         assert_eq!(secret.labels()[HOOK_LABEL], "true");
         let owner = &secret.metadata.owner_references.as_ref().expect("owner")[0];
         assert_eq!((owner.kind.as_str(), owner.uid.as_str(), owner.controller), ("App", "uid-1", Some(true)));
-        assert_ne!(HookCredentials::generate(), HookCredentials::generate());
+        assert_ne!(HookCredentials::generate(Some("uid-1")), HookCredentials::generate(Some("uid-1")));
+        assert!(credentials.is_bound_to("uid-1"), "the id is bound to the App it was issued for");
+        assert!(!credentials.is_bound_to("uid-2"));
+    }
+
+    #[test]
+    fn ids_without_a_uid_or_from_before_binding_are_bound_to_nothing() {
+        let unbound = HookCredentials::generate(None);
+        assert_eq!(unbound.id.len(), 24);
+        assert!(!unbound.is_bound_to("uid-1"));
+        let legacy = HookCredentials { id: "not hex".into(), token: "t".into() };
+        assert!(!legacy.is_bound_to("uid-1"));
     }
 
     #[test]
@@ -168,7 +215,7 @@ mod tests {
 
     #[test]
     fn debug_output_never_shows_the_token() {
-        let credentials = HookCredentials::generate();
+        let credentials = HookCredentials::generate(None);
         assert!(!format!("{credentials:?}").contains(&credentials.token));
         assert_eq!(masked_path("abc"), "/stacks/redeploy/abc/********");
     }

@@ -535,6 +535,19 @@ fn push_to_unknown_branch_says_why() {
 }
 
 #[test]
+fn credentials_in_repository_urls_never_reach_the_answer() {
+    let services = vec![git_svc("web", "https://deploy:s3cr3t@github.com/o/r", Some("main"))];
+    let ev = push(&["https://pusher:hunter2@github.com/o/other"], Some("main"), None);
+    let planned = run(&ev, &services, &Modifiers::default());
+    let why = reason(&planned);
+    assert!(!why.contains("s3cr3t") && !why.contains("hunter2"), "{why}");
+    assert!(
+        why.contains("https://***@github.com/o/other") && why.contains("web builds https://***@github.com/o/r"),
+        "{why}"
+    );
+}
+
+#[test]
 fn push_to_another_repository_builds_nothing() {
     let p = run(&push(&["https://github.com/o/elsewhere"], Some("main"), None), &fleet(), &Modifiers::default());
     assert!(

@@ -3,7 +3,7 @@
 //! the workloads' annotations), so an operator restarted at any point goes on
 //! where it stood and never builds or rolls out the same thing twice.
 
-use std::{collections::BTreeMap, sync::Arc, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, sync::Arc, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -22,6 +22,7 @@ use kube::{
         controller::Action,
         events::{Event, EventType},
         finalizer::{Event as Finalizer, finalizer},
+        reflector::ObjectRef,
     },
 };
 use serde_json::json;
@@ -36,6 +37,7 @@ use crate::{
     context::Context,
     github,
     install::FIELD_MANAGER,
+    repo::redact_credentials,
     workload::{self, Progress, Workload},
 };
 
@@ -160,9 +162,16 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     }
 
     let mut requeue = Duration::from_secs(300);
+    let starting = status.services.iter().all(|r| r.phase == ServicePhase::Pending);
     if world.app.is_none() {
         fail_all(&mut status, &format!("App `{app_name}` does not exist in namespace {}", world.namespace));
-    } else if status.services.iter().all(|r| r.phase == ServicePhase::Pending) {
+    } else if let Some(refused) = starting.then(|| refusal(&world)).flatten() {
+        // Nothing of a plan that is wrong anywhere is executed: it was not
+        // made by the planner (or the App changed since), so none of it is trusted.
+        world.note(EventType::Warning, "PlanRefused", refused.clone());
+        publish_noted(&world).await;
+        fail_all(&mut status, &refused);
+    } else if starting {
         match waiting_on(&world) {
             Gate::Superseded(newer) => {
                 for result in &mut status.services {
@@ -189,6 +198,7 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     } else if status.phase != Some(Phase::Pending) {
         status.message = None;
     }
+    redact_status(&mut status);
     let ready = status.phase == Some(Phase::Succeeded);
     let reason = format!("{:?}", status.phase.unwrap_or_default());
     let message = status.message.clone().unwrap_or_else(|| reason.clone());
@@ -277,6 +287,69 @@ enum Gate {
     Go,
     Wait(String),
     Superseded(String),
+}
+
+/// Why the Redeployment must not run, checked before it starts: a
+/// Redeployment can be made by hand (`kubectl create`) with any plan, so the
+/// plan is held against the App's Services as they are now.
+fn refusal(world: &World) -> Option<String> {
+    let redeployment = world.redeployment;
+    let lookup = |name: &str| {
+        world.services.get(name).cloned().or_else(|| {
+            let cached = world.context.caches.services.get(&ObjectRef::new(name).within(&world.namespace))?;
+            cached.0.as_ref().ok().cloned()
+        })
+    };
+    plan_refusal(&redeployment.spec.app, &redeployment.spec.plan, lookup, world.profile.as_ref())
+}
+
+/// Why a plan (and profile) cannot run for `app` (pure): a Service of
+/// another App, a Service planned twice, an action its kind does not have
+/// (`build` is for Git-built Services, `restart` for image-based ones,
+/// `pinDigest` for image-based ones with `resolveDigest`), a profile of
+/// another App. A planned Service `lookup` does not know may not be cached
+/// yet: the step waits for it, then fails it alone.
+fn plan_refusal(
+    app: &str,
+    plan: &[PlannedService],
+    lookup: impl Fn(&str) -> Option<Service>,
+    profile: Option<&DeploymentProfile>,
+) -> Option<String> {
+    let mut problems = Vec::new();
+    if let Some(profile) = profile.filter(|p| p.spec.app != app) {
+        problems.push(format!(
+            "spec.profile `{}` belongs to App `{}`, not `{app}`",
+            profile.name_any(),
+            profile.spec.app
+        ));
+    }
+    for (index, planned) in plan.iter().enumerate() {
+        let name = &planned.service;
+        if plan[..index].iter().any(|p| &p.service == name) {
+            problems.push(format!("Service `{name}` is planned more than once"));
+            continue;
+        }
+        let Some(service) = lookup(name) else { continue };
+        if service.spec.app != app {
+            problems.push(format!("Service `{name}` belongs to App `{}`, not `{app}`", service.spec.app));
+            continue;
+        }
+        let resolves = service.spec.image.as_ref().is_some_and(|i| i.resolve_digest);
+        let fits = match planned.action {
+            PlanAction::Build => service.spec.git.is_some(),
+            PlanAction::Restart => service.spec.git.is_none(),
+            PlanAction::PinDigest => service.spec.git.is_none() && resolves,
+        };
+        if !fits {
+            let kind = match (&service.spec.git, resolves) {
+                (Some(_), _) => "Git-built",
+                (None, true) => "image-based with resolveDigest",
+                (None, false) => "image-based without resolveDigest",
+            };
+            problems.push(format!("Service `{name}` is {kind}: action {:?} does not apply to it", planned.action));
+        }
+    }
+    (!problems.is_empty()).then(|| format!("the plan was refused, nothing of it was run: {}", problems.join("; ")))
 }
 
 /// At most one active rollout per Service: a newer Redeployment of the same
@@ -548,25 +621,29 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
     };
     let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     let finished = |kind: &str| conditions.iter().find(|c| c.type_ == kind && c.status == "True");
+    if !controlled_by(&job, world.redeployment.meta().uid.as_deref()) {
+        let message =
+            format!("build Job {name} is not this Redeployment's (another controller owns it): it is ignored");
+        world.note(EventType::Warning, "BuildFailed", message.clone());
+        finish(result, ServicePhase::Failed, message);
+        return Ok(Duration::ZERO);
+    }
     if finished("Complete").is_some() {
-        let message = termination_message(world, &name).await?;
-        let outcome = match message.as_deref().map(build::parse_termination_message) {
-            Some(Ok(outcome)) => outcome,
-            _ => match result.git_ref.as_deref().filter(|r| build::is_commit_sha(r)) {
-                Some(commit) => build::BuildOutcome {
-                    commit: commit.to_string(),
-                    image: build::image_for(service, commit),
-                    digest: None,
-                },
-                None => {
-                    finish(
-                        result,
-                        ServicePhase::Failed,
-                        format!("build Job {name} succeeded but did not report the commit and image it built"),
-                    );
-                    return Ok(Duration::ZERO);
-                }
-            },
+        let pods = job_pods(world, &job).await?;
+        let reported = termination_message(&pods)
+            .ok_or_else(|| build::BuildError::InvalidTerminationMessage {
+                reason: "the Job succeeded, but its first container left no termination message".into(),
+            })
+            .and_then(|message| build::parse_termination_message(&message))
+            .and_then(|outcome| build::check_outcome(service, &outcome).map(|()| outcome));
+        let outcome = match reported {
+            Ok(outcome) => outcome,
+            Err(error) => {
+                let message = format!("build Job {name}: {error}");
+                world.note(EventType::Warning, "BuildFailed", message.clone());
+                finish(result, ServicePhase::Failed, message);
+                return Ok(Duration::ZERO);
+            }
         };
         record_build(world, service, &outcome).await?;
         result.git_ref = Some(outcome.commit.clone());
@@ -574,7 +651,7 @@ async fn follow_build(world: &World<'_>, service: &Service, result: &mut Service
         return deploy_image(world, service, result, outcome.image).await;
     }
     if let Some(failed) = finished("Failed") {
-        let logs = build_logs(world, &name).await;
+        let logs = build_logs(world, &job_pods(world, &job).await.unwrap_or_default()).await;
         let message = format!(
             "build Job {name} failed ({}: {}){logs}",
             failed.reason.clone().unwrap_or_default(),
@@ -789,27 +866,37 @@ async fn record_deployed(world: &World<'_>, service: &Service, result: &ServiceR
     Ok(())
 }
 
-/// The first container's termination message of the build Job's pod.
-async fn termination_message(world: &World<'_>, job: &str) -> Result<Option<String>, Error> {
+/// Whether `object`'s controller ownerReference names the object with `uid`.
+fn controlled_by(object: &impl Resource, uid: Option<&str>) -> bool {
+    let controller = object.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    uid.is_some() && controller.map(|o| o.uid.as_str()) == uid
+}
+
+/// The build Job's own pods: those with its `job-name` label that the Job
+/// controls (anyone who may create pods in the namespace can set a label).
+async fn job_pods(world: &World<'_>, job: &Job) -> Result<Vec<Pod>, Error> {
     let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace)
-        .list(&ListParams::default().labels(&format!("job-name={job}")))
+        .list(&ListParams::default().labels(&format!("job-name={}", job.name_any())))
         .await?;
-    Ok(pods.items.iter().find_map(|pod| {
+    let uid = job.meta().uid.as_deref();
+    Ok(pods.items.into_iter().filter(|pod| controlled_by(pod, uid)).collect())
+}
+
+/// The first container's termination message of the build Job's pod.
+fn termination_message(pods: &[Pod]) -> Option<String> {
+    pods.iter().find_map(|pod| {
         let statuses = pod.status.as_ref()?.container_statuses.as_ref()?;
         let terminated = statuses.first()?.state.as_ref()?.terminated.as_ref()?;
         terminated.message.clone().filter(|m| !m.trim().is_empty())
-    }))
+    })
 }
 
 /// The last lines of the failed build's log (or its termination message), for the status.
-async fn build_logs(world: &World<'_>, job: &str) -> String {
-    let pods = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace);
-    let Ok(list) = pods.list(&ListParams::default().labels(&format!("job-name={job}"))).await else {
-        return String::new();
-    };
-    let Some(pod) = list.items.last() else { return String::new() };
+async fn build_logs(world: &World<'_>, pods: &[Pod]) -> String {
+    let Some(pod) = pods.last() else { return String::new() };
     let params = LogParams { tail_lines: Some(10), ..Default::default() };
-    let text = match pods.logs(&pod.name_any(), &params).await {
+    let api = Api::<Pod>::namespaced(world.context.client.clone(), &world.namespace);
+    let text = match api.logs(&pod.name_any(), &params).await {
         Ok(logs) if !logs.trim().is_empty() => logs,
         _ => pod
             .status
@@ -870,12 +957,24 @@ async fn publish(world: &World<'_>, type_: EventType, reason: &str, note: String
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(redact_credentials(&note).chars().take(1000).collect()),
         action: "Redeploy".into(),
         secondary: Some(world.redeployment.object_ref(&())),
     };
     if let Err(error) = world.context.recorder.publish(&event, &reference).await {
         tracing::debug!(%error, "publishing an Event failed");
+    }
+}
+
+/// Redacts credentials in URLs from every message of the status (a build's
+/// log lines, a repository named in an error): a status is readable by
+/// anyone who may read Redeployments.
+fn redact_status(status: &mut RedeploymentStatus) {
+    let messages = status.services.iter_mut().filter_map(|r| r.message.as_mut()).chain(status.message.as_mut());
+    for message in messages {
+        if let Cow::Owned(redacted) = redact_credentials(message) {
+            *message = redacted;
+        }
     }
 }
 
@@ -955,6 +1054,79 @@ mod tests {
 
     fn results(phases: &[ServicePhase]) -> Vec<ServiceResult> {
         phases.iter().map(|p| ServiceResult { phase: *p, ..Default::default() }).collect()
+    }
+
+    fn service(name: &str, app: &str, git: bool, resolve_digest: bool) -> Service {
+        let mut service: Service = serde_json::from_value(serde_json::json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": {"name": name},
+            "spec": {"app": app, "target": {"name": name}},
+        }))
+        .expect("service");
+        if git {
+            service.spec.git =
+                Some(serde_json::from_value(serde_json::json!({"repository": "https://h/o/r"})).expect("git"));
+        } else {
+            service.spec.image = Some(
+                serde_json::from_value(serde_json::json!({"reference": "nginx", "resolveDigest": resolve_digest}))
+                    .expect("image"),
+            );
+        }
+        service
+    }
+
+    fn planned(service: &str, action: PlanAction) -> PlannedService {
+        PlannedService { service: service.into(), action, git_ref: None }
+    }
+
+    #[test]
+    fn a_plan_is_held_against_the_apps_services_and_profile() {
+        let services: BTreeMap<String, Service> = [
+            service("web", "shop", true, false),
+            service("worker", "shop", false, false),
+            service("pinned", "shop", false, true),
+            service("theirs", "other", false, false),
+            service("api", "shop", true, false),
+        ]
+        .into_iter()
+        .map(|s| (s.name_any(), s))
+        .collect();
+        let lookup = |name: &str| services.get(name).cloned();
+        let planner_made = [
+            planned("web", PlanAction::Build),
+            planned("worker", PlanAction::Restart),
+            planned("pinned", PlanAction::PinDigest),
+            planned("pinned-later", PlanAction::Restart), // not cached yet: left to the step
+        ];
+        assert_eq!(plan_refusal("shop", &planner_made, lookup, None), None);
+        let own: DeploymentProfile = serde_json::from_value(serde_json::json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "DeploymentProfile", "metadata": {"name": "quick"},
+            "spec": {"app": "shop"},
+        }))
+        .expect("profile");
+        assert_eq!(plan_refusal("shop", &planner_made, lookup, Some(&own)), None);
+
+        for (plan, expected) in [
+            (vec![planned("theirs", PlanAction::Restart)], "Service `theirs` belongs to App `other`"),
+            (vec![planned("worker", PlanAction::Build)], "`worker` is image-based without resolveDigest: action Build"),
+            (vec![planned("web", PlanAction::Restart)], "`web` is Git-built: action Restart"),
+            (vec![planned("web", PlanAction::PinDigest)], "`web` is Git-built: action PinDigest"),
+            (vec![planned("worker", PlanAction::PinDigest)], "action PinDigest does not apply"),
+            (vec![planned("pinned", PlanAction::Build)], "resolveDigest: action Build"),
+            (
+                vec![planned("web", PlanAction::Build), planned("web", PlanAction::Build)],
+                "`web` is planned more than once",
+            ),
+        ] {
+            let mut plan = plan;
+            plan.insert(0, planned("api", PlanAction::Build)); // a valid entry does not save the plan
+            let refused = plan_refusal("shop", &plan, lookup, None).unwrap_or_else(|| panic!("{plan:?} was accepted"));
+            assert!(refused.contains(expected), "{refused}");
+            assert!(refused.starts_with("the plan was refused, nothing of it was run"), "{refused}");
+        }
+        let mut foreign = own.clone();
+        foreign.spec.app = "other".into();
+        let refused = plan_refusal("shop", &planner_made, lookup, Some(&foreign)).expect("refused");
+        assert!(refused.contains("spec.profile `quick` belongs to App `other`"), "{refused}");
     }
 
     #[test]

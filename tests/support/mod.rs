@@ -137,6 +137,24 @@ pub async fn start_operator_with(
     Ok(running)
 }
 
+/// A stand-in builder (`spec.build.template`): pods do not run on the test
+/// control plane, so kwok completes the build pod and copies the
+/// `testenv.redeploy.dev/termination-message` annotation into its
+/// termination message, which is how a real builder reports what it built.
+/// `report` is that message, e.g. [`build_report`]; a build that reports
+/// nothing is a failed build, so every test states what its build reports.
+pub fn stand_in_builder(report: &str) -> serde_json::Value {
+    serde_json::json!({
+        "metadata": {"annotations": {"testenv.redeploy.dev/termination-message": report}},
+        "spec": {"containers": [{"name": "builder", "image": "registry.example.com/builder:stub"}]},
+    })
+}
+
+/// What a build of `commit` pushed to `repository` reports: `{"commit","image"}`.
+pub fn build_report(repository: &str, commit: &str) -> String {
+    serde_json::json!({"commit": commit, "image": format!("{repository}:{commit}")}).to_string()
+}
+
 /// The runtime the operator and the load each run on: two worker threads.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
