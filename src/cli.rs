@@ -48,6 +48,9 @@ pub struct RunArgs {
     /// The GitHub REST API continuous deploy talks to (GitHub Enterprise Server: https://<host>/api/v3).
     #[arg(long, env = "REDEPLOY_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_URL)]
     pub github_api_url: url::Url,
+    /// The image of the default build Job: BuildKit with buildctl-daemonless.sh and git.
+    #[arg(long, env = "REDEPLOY_BUILDER_IMAGE", default_value = crate::build::BUILDKIT_IMAGE)]
+    pub builder_image: String,
     /// Run the reconcilers only while holding a Lease, so that several
     /// replicas can serve the hook. Needs --lease-namespace.
     #[arg(long, env = "REDEPLOY_LEADER_ELECTION")]
@@ -72,6 +75,7 @@ impl RunArgs {
             settings: crate::context::Settings {
                 public_url: self.public_url.as_str().trim_end_matches('/').to_string(),
                 github_api_url: self.github_api_url.as_str().trim_end_matches('/').to_string(),
+                builder_image: self.builder_image.trim().to_string(),
             },
             limits: crate::hook::handler::Limits {
                 body_bytes: self.body_limit,

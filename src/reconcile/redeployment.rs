@@ -506,7 +506,13 @@ async fn start_build(
     result: &mut ServiceResult,
 ) -> Result<Duration, Error> {
     let app = world.app.as_ref().ok_or_else(|| Error::NoNamespace(world.redeployment.spec.app.clone()))?;
-    let request = BuildRequest { app, service, redeployment: world.redeployment, git_ref: planned.git_ref.as_deref() };
+    let request = BuildRequest {
+        app,
+        service,
+        redeployment: world.redeployment,
+        git_ref: planned.git_ref.as_deref(),
+        builder_image: &world.context.settings.builder_image,
+    };
     let job = match build::render_job(&request) {
         Ok(job) => job,
         Err(error) => {
