@@ -32,9 +32,12 @@ fn on_node(mut pod_spec: serde_json::Value) -> serde_json::Value {
     pod_spec
 }
 
-/// busybox httpd serving `/version` = `version`, Ready once it answers.
+/// busybox httpd serving `/version`: the image's `/www/version`, else `version`.
+/// Ready once it answers.
 fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Value {
-    let script = format!("mkdir -p /www && echo {version} > /www/version && exec httpd -f -p 8080 -h /www");
+    let script = format!(
+        "test -f /www/version || {{ mkdir -p /www && echo {version} > /www/version; }}; exec httpd -f -p 8080 -h /www"
+    );
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
         "spec": {
@@ -57,6 +60,10 @@ fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Value {
             },
         },
     })
+}
+
+fn pods_api(client: &Client, namespace: &str) -> Api<Pod> {
+    Api::<Pod>::namespaced(client.clone(), namespace)
 }
 
 async fn available(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Deployment> {
@@ -175,5 +182,213 @@ async fn a_deployment_runs_on_the_real_node_behind_its_cluster_ip() -> anyhow::R
     let logs = Api::<Pod>::namespaced(client.clone(), &namespace).logs(&name, &Default::default()).await?;
     assert!(logs.contains("reached web and the API server"), "logs of {name}: {logs:?}");
     eprintln!("test done after {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()?;
+    anyhow::ensure!(output.status.success(), "git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+/// The GitHub push of `sha` to `main` of the repository at `url`, as GitHub shapes it.
+fn github_push(url: &str, sha: &str) -> serde_json::Value {
+    json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "created": false, "deleted": false, "forced": false,
+        "repository": {
+            "name": "web", "full_name": "team/web", "default_branch": "main",
+            "clone_url": url, "git_url": url, "html_url": url,
+        },
+        "pusher": {"name": "tester", "email": "tester@example.com"},
+        "sender": {"login": "tester"},
+        "head_commit": {"id": sha, "message": "Serve the commit", "distinct": true},
+        "commits": [{"id": sha, "message": "Serve the commit", "distinct": true}],
+    })
+}
+
+fn github_signature(secret: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_out() -> anyhow::Result<()> {
+    use redeploy_operator::api::{Phase, Redeployment};
+
+    let started = Instant::now();
+    let (cp, client, namespace) = support::setup("real-build").await?;
+    let Some(node) = tokio::task::block_in_place(|| real_node(cp))? else { return Ok(()) };
+    // The default build Job carries no toleration: make the real node the only one.
+    node.take_all_pods(&client).await?;
+
+    // A repository with a tiny web app whose /version is the commit it was built from.
+    let repos = tempfile::tempdir()?;
+    let work = repos.path().join("work");
+    std::fs::create_dir_all(&work)?;
+    git(&work, &["init", "-q", "-b", "main"])?;
+    std::fs::write(
+        work.join("Dockerfile"),
+        format!(
+            "FROM {}\nARG REDEPLOY_GIT_COMMIT\nRUN mkdir -p /www && echo \"$REDEPLOY_GIT_COMMIT\" > /www/version\n\
+             CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
+            node.images().base
+        ),
+    )?;
+    git(&work, &["add", "Dockerfile"])?;
+    git(&work, &["commit", "-q", "-m", "Serve the commit"])?;
+    let sha = git(&work, &["rev-parse", "HEAD"])?;
+    let bare = repos.path().join("team/web.git");
+    git(repos.path(), &["clone", "-q", "--bare", &work.display().to_string(), &bare.display().to_string()])?;
+
+    // A Git server the build pod reaches.
+    let port = std::net::TcpListener::bind((node.gateway_ip(), 0))?.local_addr()?.port();
+    let mut daemon = std::process::Command::new("git");
+    daemon.args([
+        "daemon",
+        "--reuseaddr",
+        "--export-all",
+        &format!("--base-path={}", repos.path().display()),
+        &format!("--listen={}", node.gateway_ip()),
+        &format!("--port={port}"),
+        &repos.path().display().to_string(),
+    ]);
+    node.spawn(&format!("git-daemon-{port}"), daemon)?;
+    let url = format!("git://{}:{port}/team/web.git", node.gateway_ip());
+    let image_repository = format!("{}/team/web", node.registry());
+
+    // The operator, with the locally built BuildKit as its builder.
+    let hook_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut config = support::operator_config(hook_port, 4);
+    config.settings.builder_image = node.images().buildkit.clone();
+    let operator = support::start_operator_with(client.clone(), config).await?;
+
+    let web = web_deployment("web", &node.images().base, "initial");
+    let objects = format!(
+        "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: webhook\nstringData:\n  github: s3cret\n\
+         ---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  hook:\n    \
+         signatureSecrets:\n      github: {{name: webhook, key: github}}\n\
+         ---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: web\nspec:\n  app: shop\n  \
+         target:\n    kind: Deployment\n    name: web\n    container: web\n  git:\n    repository: {url}\n    \
+         branch: main\n  build:\n    image: {image_repository}\n---\n{web}\n"
+    );
+    apply_yaml(&client, &namespace, &objects).await?;
+    available(&client, &namespace, "web").await?;
+
+    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &namespace);
+    let hook = wait_for("the App's hook Secret", Duration::from_secs(60), Duration::from_millis(100), || async {
+        let Some(secret) = secrets.get_opt("shop-hook").await? else { return Ok(None) };
+        Ok(Some(support::secret_value(&secret, "url")?))
+    })
+    .await?;
+    let body = serde_json::to_vec(&github_push(&url, &sha))?;
+    let signature = github_signature(b"s3cret", &body);
+    let pushed = Instant::now();
+    let (status, answer) =
+        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(200), || {
+            let request = reqwest::Client::new()
+                .post(&hook)
+                .header("Content-Type", "application/json")
+                .header("X-GitHub-Event", "push")
+                .header("X-GitHub-Delivery", "5bd1b5b0-0f0e-11f1-8e4e-0242ac120002")
+                .header("X-Hub-Signature-256", &signature)
+                .body(body.clone());
+            async move {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let answer: serde_json::Value = response.json().await?;
+                // 404 until the hook server's watch has seen the App's Secret.
+                Ok((status != 404).then_some((status, answer)))
+            }
+        })
+        .await?;
+    assert_eq!(status, 202, "{answer}");
+    let name = answer["redeployment"].as_str().ok_or_else(|| anyhow::anyhow!("no redeployment in {answer}"))?;
+
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    let done = wait_for("the Redeployment to finish", Duration::from_secs(600), Duration::from_millis(500), || async {
+        let redeployment = redeployments.get(name).await?;
+        let finished = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
+        Ok(finished.then_some(redeployment))
+    })
+    .await?;
+    let status = done.status.clone().unwrap_or_default();
+    eprintln!(
+        "Redeployment {name} {:?} {:.1}s after the push: {:?}",
+        status.phase,
+        pushed.elapsed().as_secs_f64(),
+        status
+    );
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let result = status.services.first().ok_or_else(|| anyhow::anyhow!("no Service result"))?;
+    let image = result.image.clone().unwrap_or_default();
+    assert!(image.starts_with(&format!("{image_repository}:{sha}")), "built image {image}");
+
+    // The pushed tag and its digest, as the registry has them, are what the build reported.
+    let output = node.crane().args(["digest", &format!("{image_repository}:{sha}")]).output()?;
+    anyhow::ensure!(output.status.success(), "crane digest: {}", String::from_utf8_lossy(&output.stderr));
+    let digest = String::from_utf8(output.stdout)?.trim().to_string();
+    let job = result.build_job.clone().unwrap_or_default();
+    let build_pods =
+        pods_api(&client, &namespace).list(&ListParams::default().labels(&format!("job-name={job}"))).await?;
+    let reported = build_pods
+        .items
+        .iter()
+        .filter_map(|p| p.status.as_ref()?.container_statuses.as_ref()?.first()?.state.as_ref()?.terminated.as_ref())
+        .find_map(|t| t.message.as_deref().and_then(|m| serde_json::from_str::<serde_json::Value>(m).ok()))
+        .ok_or_else(|| anyhow::anyhow!("build Job {job} reported nothing"))?;
+    assert_eq!(
+        reported,
+        json!({"commit": sha, "image": format!("{image_repository}:{sha}"), "digest": digest}),
+        "the build's termination message"
+    );
+    assert_eq!(
+        build_pods.items.first().and_then(|p| p.spec.as_ref()?.node_name.clone()).as_deref(),
+        Some(redeploy_testenv::REAL_NODE_NAME)
+    );
+
+    // The Deployment runs it: a Ready pod (HTTP probe) of that digest serves the commit.
+    let deployment = available(&client, &namespace, "web").await?;
+    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
+    let pod =
+        wait_for("a Ready pod of the built image", Duration::from_secs(120), Duration::from_millis(250), || async {
+            let list = pods.list(&ListParams::default().labels("app=web")).await?;
+            Ok(list.items.into_iter().find(|p| {
+                let status = p.status.as_ref();
+                let ready = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let image_id = status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .map(|c| c.image_id.clone())
+                    .unwrap_or_default();
+                ready && p.metadata.deletion_timestamp.is_none() && image_id.ends_with(&digest)
+            }))
+        })
+        .await?;
+    let pod_ip = pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow::anyhow!("pod without IP"))?;
+    assert_eq!(http_get(&format!("http://{pod_ip}:8080/version")).await?.trim(), sha);
+    let template_image =
+        serde_json::to_value(&deployment)?["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    eprintln!(
+        "rolled out {template_image:?} ({digest}); push to serving: {:.1}s, test: {:.1}s",
+        pushed.elapsed().as_secs_f64(),
+        started.elapsed().as_secs_f64()
+    );
+    operator.shutdown().await;
     Ok(())
 }

@@ -127,6 +127,27 @@ impl RealNode {
         command
     }
 
+    /// Runs a server for the node's pods (a Git server, say; it should listen
+    /// on [`gateway_ip`](Self::gateway_ip)), stopped with the node and killed
+    /// with the test binary. Its output goes to `<dir>/<name>.log`.
+    pub fn spawn(&self, name: &str, command: Command) -> anyhow::Result<()> {
+        self.push_process(name, command)
+    }
+
+    /// Makes the real node the only one new pods can land on: the kwok node
+    /// is cordoned and the real node's taint removed, for test binaries whose
+    /// every pod must really run, such as the operator's default build Job,
+    /// which carries no toleration. For the rest of the control plane's life.
+    pub async fn take_all_pods(&self, client: &Client) -> anyhow::Result<()> {
+        let nodes = Api::<Node>::all(client.clone());
+        let params = PatchParams::default();
+        let cordon = serde_json::json!({ "spec": { "unschedulable": true } });
+        nodes.patch(crate::NODE_NAME, &params, &Patch::Merge(&cordon)).await?;
+        let untaint = serde_json::json!({ "spec": { "taints": [] } });
+        nodes.patch(REAL_NODE_NAME, &params, &Patch::Merge(&untaint)).await?;
+        Ok(())
+    }
+
     /// `crane` (built with the node), for reading the registry.
     pub fn crane(&self) -> Command {
         let mut command = Command::new(self.bin.join("crane"));
