@@ -32,11 +32,12 @@ fn on_node(mut pod_spec: serde_json::Value) -> serde_json::Value {
     pod_spec
 }
 
-/// busybox httpd serving `/version`: the image's `/www/version`, else `version`.
-/// Ready once it answers.
+/// busybox httpd serving `/www`: the image's `/www/version`, or else
+/// `version` (and `/ready`). Ready once `/ready` answers.
 fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Value {
     let script = format!(
-        "test -f /www/version || {{ mkdir -p /www && echo {version} > /www/version; }}; exec httpd -f -p 8080 -h /www"
+        "test -f /www/version || {{ mkdir -p /www && echo {version} > /www/version && touch /www/ready; }}; \
+         exec httpd -f -p 8080 -h /www"
     );
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
@@ -51,7 +52,7 @@ fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Value {
                         "command": ["sh", "-c", script],
                         "ports": [{"containerPort": 8080}],
                         "readinessProbe": {
-                            "httpGet": {"path": "/version", "port": 8080},
+                            "httpGet": {"path": "/ready", "port": 8080},
                             "periodSeconds": 1,
                         },
                     }],
@@ -225,9 +226,97 @@ fn github_signature(secret: &[u8], body: &[u8]) -> String {
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
+/// The web app's Dockerfile: `/version` is the commit it was built from, and
+/// `/ready` (the readiness probe's path) exists only if `ready`.
+fn web_dockerfile(base: &str, ready: bool) -> String {
+    let ready = if ready { " && touch /www/ready" } else { "" };
+    format!(
+        "FROM {base}\nARG REDEPLOY_GIT_COMMIT\nRUN mkdir -p /www && echo \"$REDEPLOY_GIT_COMMIT\" > /www/version{ready}\n\
+         CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    )
+}
+
+/// Commits `dockerfile` in `work` and pushes it to `bare`'s main; the commit.
+fn commit(work: &std::path::Path, bare: &std::path::Path, dockerfile: &str, message: &str) -> anyhow::Result<String> {
+    std::fs::write(work.join("Dockerfile"), dockerfile)?;
+    git(work, &["add", "Dockerfile"])?;
+    git(work, &["commit", "-q", "-m", message])?;
+    git(work, &["push", "-q", &bare.display().to_string(), "main"])?;
+    git(work, &["rev-parse", "HEAD"])
+}
+
+/// POSTs the signed push of `sha` to `hook` and waits for its Redeployment to finish.
+async fn push_and_finish(
+    client: &Client,
+    namespace: &str,
+    hook: &str,
+    url: &str,
+    sha: &str,
+) -> anyhow::Result<redeploy_operator::api::Redeployment> {
+    use redeploy_operator::api::{Phase, Redeployment};
+    let body = serde_json::to_vec(&github_push(url, sha))?;
+    let signature = github_signature(b"s3cret", &body);
+    let delivery = format!("5bd1b5b0-0f0e-11f1-8e4e-{}", &sha[..12]);
+    let (status, answer) =
+        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(200), || {
+            let request = reqwest::Client::new()
+                .post(hook)
+                .header("Content-Type", "application/json")
+                .header("X-GitHub-Event", "push")
+                .header("X-GitHub-Delivery", &delivery)
+                .header("X-Hub-Signature-256", &signature)
+                .body(body.clone());
+            async move {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let answer: serde_json::Value = response.json().await?;
+                // 404 until the hook server's watch has seen the App's Secret.
+                Ok((status != 404).then_some((status, answer)))
+            }
+        })
+        .await?;
+    anyhow::ensure!(status == 202, "push of {sha}: {status} {answer}");
+    let name = answer["redeployment"].as_str().ok_or_else(|| anyhow::anyhow!("no redeployment in {answer}"))?;
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), namespace);
+    wait_for(
+        &format!("Redeployment {name} to finish"),
+        Duration::from_secs(600),
+        Duration::from_millis(500),
+        || async {
+            let redeployment = redeployments.get(name).await?;
+            let finished = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
+            Ok(finished.then_some(redeployment))
+        },
+    )
+    .await
+}
+
+/// A Ready pod of Deployment `app=web` running `digest`; its IP.
+async fn ready_pod_of(client: &Client, namespace: &str, digest: &str) -> anyhow::Result<String> {
+    let pods = pods_api(client, namespace);
+    let pod =
+        wait_for(&format!("a Ready pod of {digest}"), Duration::from_secs(120), Duration::from_millis(250), || async {
+            let list = pods.list(&ListParams::default().labels("app=web")).await?;
+            Ok(list.items.into_iter().find(|p| {
+                let status = p.status.as_ref();
+                let ready = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let image_id = status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .map(|c| c.image_id.clone())
+                    .unwrap_or_default();
+                ready && p.metadata.deletion_timestamp.is_none() && image_id.ends_with(digest)
+            }))
+        })
+        .await?;
+    pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow::anyhow!("pod without IP"))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_out() -> anyhow::Result<()> {
-    use redeploy_operator::api::{Phase, Redeployment};
+    use redeploy_operator::api::Phase;
 
     let started = Instant::now();
     let (cp, client, namespace) = support::setup("real-build").await?;
@@ -240,19 +329,10 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     let work = repos.path().join("work");
     std::fs::create_dir_all(&work)?;
     git(&work, &["init", "-q", "-b", "main"])?;
-    std::fs::write(
-        work.join("Dockerfile"),
-        format!(
-            "FROM {}\nARG REDEPLOY_GIT_COMMIT\nRUN mkdir -p /www && echo \"$REDEPLOY_GIT_COMMIT\" > /www/version\n\
-             CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n",
-            node.images().base
-        ),
-    )?;
-    git(&work, &["add", "Dockerfile"])?;
-    git(&work, &["commit", "-q", "-m", "Serve the commit"])?;
-    let sha = git(&work, &["rev-parse", "HEAD"])?;
     let bare = repos.path().join("team/web.git");
-    git(repos.path(), &["clone", "-q", "--bare", &work.display().to_string(), &bare.display().to_string()])?;
+    git(repos.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
+    let base = node.images().base.clone();
+    let sha = commit(&work, &bare, &web_dockerfile(&base, true), "Serve the commit")?;
 
     // A Git server the build pod reaches.
     let port = std::net::TcpListener::bind((node.gateway_ip(), 0))?.local_addr()?.port();
@@ -281,6 +361,8 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
         "---\napiVersion: v1\nkind: Secret\nmetadata:\n  name: webhook\nstringData:\n  github: s3cret\n\
          ---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec:\n  hook:\n    \
          signatureSecrets:\n      github: {{name: webhook, key: github}}\n\
+         ---\napiVersion: redeploy.dev/v1alpha1\nkind: DeploymentProfile\nmetadata:\n  name: quick\nspec:\n  \
+         app: shop\n  services: [web]\n  rollout:\n    timeoutSeconds: 30\n    autoRollback: true\n\
          ---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: web\nspec:\n  app: shop\n  \
          target:\n    kind: Deployment\n    name: web\n    container: web\n  git:\n    repository: {url}\n    \
          branch: main\n  build:\n    image: {image_repository}\n---\n{web}\n"
@@ -294,44 +376,11 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
         Ok(Some(support::secret_value(&secret, "url")?))
     })
     .await?;
-    let body = serde_json::to_vec(&github_push(&url, &sha))?;
-    let signature = github_signature(b"s3cret", &body);
+    let hook = format!("{hook}?deployment_profile=quick");
     let pushed = Instant::now();
-    let (status, answer) =
-        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(200), || {
-            let request = reqwest::Client::new()
-                .post(&hook)
-                .header("Content-Type", "application/json")
-                .header("X-GitHub-Event", "push")
-                .header("X-GitHub-Delivery", "5bd1b5b0-0f0e-11f1-8e4e-0242ac120002")
-                .header("X-Hub-Signature-256", &signature)
-                .body(body.clone());
-            async move {
-                let response = request.send().await?;
-                let status = response.status().as_u16();
-                let answer: serde_json::Value = response.json().await?;
-                // 404 until the hook server's watch has seen the App's Secret.
-                Ok((status != 404).then_some((status, answer)))
-            }
-        })
-        .await?;
-    assert_eq!(status, 202, "{answer}");
-    let name = answer["redeployment"].as_str().ok_or_else(|| anyhow::anyhow!("no redeployment in {answer}"))?;
-
-    let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
-    let done = wait_for("the Redeployment to finish", Duration::from_secs(600), Duration::from_millis(500), || async {
-        let redeployment = redeployments.get(name).await?;
-        let finished = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
-        Ok(finished.then_some(redeployment))
-    })
-    .await?;
+    let done = push_and_finish(&client, &namespace, &hook, &url, &sha).await?;
     let status = done.status.clone().unwrap_or_default();
-    eprintln!(
-        "Redeployment {name} {:?} {:.1}s after the push: {:?}",
-        status.phase,
-        pushed.elapsed().as_secs_f64(),
-        status
-    );
+    eprintln!("Redeployment {:?} {:.1}s after the push: {:?}", status.phase, pushed.elapsed().as_secs_f64(), status);
     assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
     let result = status.services.first().ok_or_else(|| anyhow::anyhow!("no Service result"))?;
     let image = result.image.clone().unwrap_or_default();
@@ -362,25 +411,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // The Deployment runs it: a Ready pod (HTTP probe) of that digest serves the commit.
     let deployment = available(&client, &namespace, "web").await?;
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace);
-    let pod =
-        wait_for("a Ready pod of the built image", Duration::from_secs(120), Duration::from_millis(250), || async {
-            let list = pods.list(&ListParams::default().labels("app=web")).await?;
-            Ok(list.items.into_iter().find(|p| {
-                let status = p.status.as_ref();
-                let ready = status
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let image_id = status
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .and_then(|c| c.first())
-                    .map(|c| c.image_id.clone())
-                    .unwrap_or_default();
-                ready && p.metadata.deletion_timestamp.is_none() && image_id.ends_with(&digest)
-            }))
-        })
-        .await?;
-    let pod_ip = pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow::anyhow!("pod without IP"))?;
+    let pod_ip = ready_pod_of(&client, &namespace, &digest).await?;
     assert_eq!(http_get(&format!("http://{pod_ip}:8080/version")).await?.trim(), sha);
     let template_image =
         serde_json::to_value(&deployment)?["spec"]["template"]["spec"]["containers"][0]["image"].clone();
@@ -389,6 +420,31 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
         pushed.elapsed().as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
+
+    // A Dockerfile that fails: the Redeployment fails with BuildKit's error line.
+    let broken = format!("FROM {base}\nRUN echo about to fail && exit 3\n");
+    let broken_sha = commit(&work, &bare, &broken, "Break the build")?;
+    let failed = push_and_finish(&client, &namespace, &hook, &url, &broken_sha).await?;
+    let status = failed.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    let message = status.services.first().and_then(|r| r.message.clone()).unwrap_or_default();
+    assert!(message.contains("did not complete successfully: exit code: 3"), "{message}");
+    eprintln!("failed build reported: {message}");
+
+    // An image that never gets Ready: the rollout fails at the profile's
+    // timeout, and the rollback leaves the first commit serving.
+    let never_ready = commit(&work, &bare, &web_dockerfile(&base, false), "Never ready")?;
+    let rolled_back = push_and_finish(&client, &namespace, &hook, &url, &never_ready).await?;
+    let status = rolled_back.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
+    assert!(status.services.first().is_some_and(|r| r.rolled_back), "{status:?}");
+    let pod_ip = ready_pod_of(&client, &namespace, &digest).await?;
+    assert_eq!(http_get(&format!("http://{pod_ip}:8080/version")).await?.trim(), sha);
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace).get("web").await?;
+    let image = serde_json::to_value(&deployment)?["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    assert_eq!(image.as_str(), Some(format!("{image_repository}:{sha}").as_str()), "rolled back to the first build");
+    eprintln!("whole test: {:.1}s", started.elapsed().as_secs_f64());
+
     operator.shutdown().await;
     Ok(())
 }
