@@ -323,12 +323,14 @@ impl RealNode {
              ip link set lo up\n\
              echo 1 > /proc/sys/net/ipv4/ip_forward\n\
              touch '{}'\n\
-             exec sleep infinity\n",
+             set +e\n\
+             # PID 1 of the namespace: bash reaps the orphans it inherits (exited shims).\n\
+             while :; do sleep 3600 & wait $!; done\n",
             ready.display()
         );
         let mut command = Command::new("unshare");
         command.args(["--pid", "--fork", "--kill-child", "--mount", "--net", "--mount-proc", "--propagation=private"]);
-        command.args(["--", "/bin/sh", "-c", &init]);
+        command.args(["--", "bash", "-c", &init]);
         let process = Process::spawn("node-init", command, &self.dir.join("node-init.log"))?;
         let unshare_pid = process.child.id();
         self.processes.lock().unwrap_or_else(|e| e.into_inner()).push(process);
