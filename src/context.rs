@@ -17,6 +17,9 @@ pub struct Settings {
     pub github_api_url: String,
     /// The image of the default build Job (BuildKit; see [`crate::build`]).
     pub builder_image: String,
+    /// Registries (`host` or `host:port`) asked for digests over plain HTTP,
+    /// besides the loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 pub struct Context {

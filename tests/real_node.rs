@@ -293,10 +293,16 @@ async fn push_and_finish(
 
 /// A Ready pod of Deployment `app=web` running `digest`; its IP.
 async fn ready_pod_of(client: &Client, namespace: &str, digest: &str) -> anyhow::Result<String> {
+    ready_pod_of_app(client, namespace, "web", digest).await
+}
+
+/// A Ready pod labelled `app=<app>` running `digest`; its IP.
+async fn ready_pod_of_app(client: &Client, namespace: &str, app: &str, digest: &str) -> anyhow::Result<String> {
     let pods = pods_api(client, namespace);
+    let selector = format!("app={app}");
     let pod =
         wait_for(&format!("a Ready pod of {digest}"), Duration::from_secs(120), Duration::from_millis(250), || async {
-            let list = pods.list(&ListParams::default().labels("app=web")).await?;
+            let list = pods.list(&ListParams::default().labels(&selector)).await?;
             Ok(list.items.into_iter().find(|p| {
                 let status = p.status.as_ref();
                 let ready = status
@@ -354,6 +360,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     let hook_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut config = support::operator_config(hook_port, 4);
     config.settings.builder_image = node.images().buildkit.clone();
+    config.settings.insecure_registries = vec![node.registry()];
     let operator = support::start_operator_with(client.clone(), config).await?;
 
     let web = web_deployment("web", &node.images().base, "initial");
@@ -443,6 +450,75 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace).get("web").await?;
     let image = serde_json::to_value(&deployment)?["spec"]["template"]["spec"]["containers"][0]["image"].clone();
     assert_eq!(image.as_str(), Some(format!("{image_repository}:{sha}").as_str()), "rolled back to the first build");
+
+    // An image-based Service with resolveDigest: each redeployment pins the
+    // tag's current digest, and a new digest of the same tag rolls out.
+    let worker = format!("{}/team/worker:stable", node.registry());
+    let push_worker = |version: &str| -> anyhow::Result<String> {
+        let dir = repos.path().join(format!("layer-{version}"));
+        std::fs::create_dir_all(dir.join("www"))?;
+        std::fs::write(dir.join("www/version"), format!("{version}\n"))?;
+        std::fs::write(dir.join("www/ready"), "")?;
+        let layer = dir.join("layer.tar");
+        let tar = std::process::Command::new("tar")
+            .args([
+                "--owner=0",
+                "--group=0",
+                "-C",
+                &dir.display().to_string(),
+                "-cf",
+                &layer.display().to_string(),
+                "www",
+            ])
+            .status()?;
+        anyhow::ensure!(tar.success(), "tar failed");
+        let output =
+            node.crane().args(["append", "-b", &base, "-f", &layer.display().to_string(), "-t", &worker]).output()?;
+        anyhow::ensure!(output.status.success(), "crane append: {}", String::from_utf8_lossy(&output.stderr));
+        let pushed = String::from_utf8(output.stdout)?.trim().to_string();
+        Ok(pushed.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default())
+    };
+    let first_worker = push_worker("worker-1")?;
+    let objects = format!(
+        "---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: worker\nspec:\n  app: shop\n  \
+         target:\n    kind: Deployment\n    name: worker\n    container: web\n  image:\n    reference: {worker}\n    \
+         resolveDigest: true\n---\n{}\n",
+        web_deployment("worker", &worker, "unpinned")
+    );
+    apply_yaml(&client, &namespace, &objects).await?;
+    let redeployments = Api::<redeploy_operator::api::Redeployment>::namespaced(client.clone(), &namespace);
+    let pin = |name: &'static str| {
+        let redeployments = redeployments.clone();
+        async move {
+            let object = json!({
+                "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "metadata": {"name": name},
+                "spec": {"app": "shop", "trigger": {"provider": "manual", "event": "test"},
+                         "plan": [{"service": "worker", "action": "pinDigest"}]},
+            });
+            redeployments.create(&Default::default(), &serde_json::from_value(object)?).await?;
+            wait_for(&format!("Redeployment {name}"), Duration::from_secs(180), Duration::from_millis(250), || async {
+                let redeployment = redeployments.get(name).await?;
+                let status = redeployment.status.unwrap_or_default();
+                Ok(status.phase.is_some_and(Phase::is_finished).then_some(status))
+            })
+            .await
+        }
+    };
+    let status = pin("pin-worker-1").await?;
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let pod_ip = ready_pod_of_app(&client, &namespace, "worker", &first_worker).await?;
+    assert_eq!(http_get(&format!("http://{pod_ip}:8080/version")).await?.trim(), "worker-1");
+    let second_worker = push_worker("worker-2")?;
+    assert_ne!(first_worker, second_worker);
+    let status = pin("pin-worker-2").await?;
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    let pod_ip = ready_pod_of_app(&client, &namespace, "worker", &second_worker).await?;
+    assert_eq!(http_get(&format!("http://{pod_ip}:8080/version")).await?.trim(), "worker-2");
+    let deployment = Api::<Deployment>::namespaced(client.clone(), &namespace).get("worker").await?;
+    let image = serde_json::to_value(&deployment)?["spec"]["template"]["spec"]["containers"][0]["image"].clone();
+    let pinned = format!("{}/team/worker@{second_worker}", node.registry());
+    assert_eq!(image.as_str(), Some(pinned.as_str()));
+
     eprintln!("whole test: {:.1}s", started.elapsed().as_secs_f64());
 
     operator.shutdown().await;

@@ -733,7 +733,14 @@ async fn pin_digest(world: &World<'_>, service: &Service, result: &mut ServiceRe
         finish(result, ServicePhase::Failed, "Service has no spec.image to resolve".into());
         return Ok(Duration::ZERO);
     };
-    let digest = match super::digest::resolve(&world.context.client, &world.namespace, image).await {
+    let digest = match super::digest::resolve(
+        &world.context.client,
+        &world.namespace,
+        image,
+        &world.context.settings.insecure_registries,
+    )
+    .await
+    {
         Ok(digest) => digest,
         Err(message) => {
             finish(result, ServicePhase::Failed, message);
