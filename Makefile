@@ -1,6 +1,6 @@
 # redeploy-operator: build, test and try it out locally.
 #
-#   make test          builds the control plane binaries when missing, then runs every test
+#   make test          builds the control plane and node binaries when missing, then runs every test
 #   make lint          cargo fmt --check and clippy with warnings as errors
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
@@ -16,8 +16,12 @@ CLUSTER_DIR ?= $(CURDIR)/.cluster
 
 # Where hack/build-control-plane.sh caches etcd, Kubernetes and kwok binaries.
 CONTROL_PLANE_BIN = $(shell bash hack/build-control-plane.sh)
+# Where hack/build-node.sh caches the real node's binaries and the registry,
+# and hack/build-images.sh the layers of its images.
+NODE_BIN = $(shell bash hack/build-node.sh)
+NODE_IMAGES = $(shell bash hack/build-images.sh "$(NODE_BIN)")
 
-.PHONY: all build test lint bench load scale crds control-plane cluster cluster-down demo
+.PHONY: all build test lint bench load scale crds control-plane node cluster cluster-down demo
 
 all: build
 
@@ -27,8 +31,12 @@ build:
 control-plane:
 	@bash hack/build-control-plane.sh
 
-test: control-plane
-	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) test --workspace --all-targets --no-fail-fast
+node:
+	@bash hack/build-images.sh "$$(bash hack/build-node.sh)"
+
+test: control-plane node
+	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" REDEPLOY_NODE_BIN="$(NODE_BIN)" REDEPLOY_NODE_IMAGES="$(NODE_IMAGES)" \
+	  $(CARGO) test --workspace --all-targets --no-fail-fast
 
 lint:
 	$(CARGO) fmt --all -- --check

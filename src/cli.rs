@@ -48,6 +48,13 @@ pub struct RunArgs {
     /// The GitHub REST API continuous deploy talks to (GitHub Enterprise Server: https://<host>/api/v3).
     #[arg(long, env = "REDEPLOY_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_URL)]
     pub github_api_url: url::Url,
+    /// The image of the default build Job: BuildKit with buildctl-daemonless.sh and git.
+    #[arg(long, env = "REDEPLOY_BUILDER_IMAGE", default_value = crate::build::BUILDKIT_IMAGE)]
+    pub builder_image: String,
+    /// A registry (`host` or `host:port`) the operator asks for digests over
+    /// plain HTTP (`resolveDigest`), besides loopback ones; repeat or separate with commas.
+    #[arg(long = "insecure-registry", env = "REDEPLOY_INSECURE_REGISTRIES", value_delimiter = ',')]
+    pub insecure_registries: Vec<String>,
     /// Run the reconcilers only while holding a Lease, so that several
     /// replicas can serve the hook. Needs --lease-namespace.
     #[arg(long, env = "REDEPLOY_LEADER_ELECTION")]
@@ -72,6 +79,13 @@ impl RunArgs {
             settings: crate::context::Settings {
                 public_url: self.public_url.as_str().trim_end_matches('/').to_string(),
                 github_api_url: self.github_api_url.as_str().trim_end_matches('/').to_string(),
+                builder_image: self.builder_image.trim().to_string(),
+                insecure_registries: self
+                    .insecure_registries
+                    .iter()
+                    .map(|host| host.trim().to_string())
+                    .filter(|host| !host.is_empty())
+                    .collect(),
             },
             limits: crate::hook::handler::Limits {
                 body_bytes: self.body_limit,
@@ -116,4 +130,38 @@ pub fn run_crds(dir: Option<PathBuf>) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::{Cli, Command};
+
+    fn settings(args: &[&str]) -> crate::context::Settings {
+        let mut argv = vec!["redeploy-operator", "run", "--public-url", "https://hooks.example.com"];
+        argv.extend_from_slice(args);
+        match Cli::try_parse_from(argv).expect("arguments").command {
+            Command::Run(run) => run.config().settings,
+            Command::Crds { .. } => unreachable!("parsed run"),
+        }
+    }
+
+    #[test]
+    fn the_builder_image_and_insecure_registries_are_settings() {
+        let defaults = settings(&[]);
+        assert_eq!(defaults.builder_image, crate::build::BUILDKIT_IMAGE);
+        assert!(defaults.insecure_registries.is_empty());
+
+        let set = settings(&[
+            "--builder-image",
+            "registry.lan:5000/tools/buildkit:v1",
+            "--insecure-registry",
+            "registry.lan:5000, mirror.lan",
+            "--insecure-registry",
+            "10.1.2.3:5000",
+        ]);
+        assert_eq!(set.builder_image, "registry.lan:5000/tools/buildkit:v1");
+        assert_eq!(set.insecure_registries, ["registry.lan:5000", "mirror.lan", "10.1.2.3:5000"]);
+    }
 }

@@ -15,6 +15,11 @@ pub struct Settings {
     pub public_url: String,
     /// The GitHub REST API, for continuous deploy (`https://api.github.com`).
     pub github_api_url: String,
+    /// The image of the default build Job (BuildKit; see [`crate::build`]).
+    pub builder_image: String,
+    /// Registries (`host` or `host:port`) asked for digests over plain HTTP,
+    /// besides the loopback ones.
+    pub insecure_registries: Vec<String>,
 }
 
 pub struct Context {

@@ -4,7 +4,7 @@
 
 mod support;
 
-use std::{collections::BTreeMap, time::Duration};
+use std::collections::BTreeMap;
 
 use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;

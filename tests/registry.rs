@@ -1,5 +1,5 @@
-//! The digest resolver against real registries: Debian's `docker-registry`
-//! package (Distribution 2.8), started by each test on a free loopback port
+//! The digest resolver against real registries: the Distribution registry
+//! (v3, built by `hack/build-node.sh`), started by each test on a free loopback port
 //! with its storage in a temporary directory. Images are pushed with the plain
 //! distribution API (blob uploads, then an OCI manifest), then resolved with
 //! [`RegistryClient::resolve_digest`]:
@@ -37,8 +37,6 @@ use reqwest::Method;
 mod support;
 use sha2::{Digest as _, Sha256};
 
-const REGISTRY_BIN_ENV: &str = "REDEPLOY_DOCKER_REGISTRY_BIN";
-const DEFAULT_REGISTRY_BIN: &str = "/usr/bin/docker-registry";
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const USER: &str = "ci-robot";
@@ -49,14 +47,10 @@ const TOKEN_ISSUER: &str = "test-token-issuer";
 const PUSHED_REPOSITORY: &str = "team/web";
 
 fn registry_binary() -> PathBuf {
-    let binary = std::env::var_os(REGISTRY_BIN_ENV).map(PathBuf::from).unwrap_or_else(|| DEFAULT_REGISTRY_BIN.into());
-    assert!(
-        binary.is_file(),
-        "{} is missing: these tests need a real registry. Install the `docker-registry` Debian package \
-         (`apt-get install docker-registry`, Distribution 2.8), or point {REGISTRY_BIN_ENV} at a Distribution \
-         `registry` binary",
-        binary.display()
-    );
+    let binary = redeploy_testenv::node_binaries()
+        .unwrap_or_else(|e| panic!("these tests need a real registry, built by hack/build-node.sh: {e:#}"))
+        .join("registry");
+    assert!(binary.is_file(), "{} is missing: hack/build-node.sh builds it", binary.display());
     binary
 }
 

@@ -35,4 +35,6 @@ cd "$here"
 go get k8s.io/kubernetes/cmd/kube-apiserver@"$version" \
   k8s.io/kubernetes/cmd/kube-controller-manager@"$version" \
   k8s.io/kubernetes/cmd/kube-scheduler@"$version" \
-  k8s.io/kubernetes/cmd/kubectl@"$version"
+  k8s.io/kubernetes/cmd/kubectl@"$version" \
+  k8s.io/kubernetes/cmd/kubelet@"$version" \
+  k8s.io/kubernetes/cmd/kube-proxy@"$version"

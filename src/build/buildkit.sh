@@ -1,9 +1,11 @@
 # The default build: resolve the ref to a commit, build that commit's Git
-# context with rootless BuildKit, push `<repository>:<commit>`, and report
+# context with BuildKit, push `<repository>:<commit>`, and report
 # {"commit","image","digest"} as the container's termination message.
 #
-# Runs as `sh -c` in moby/buildkit:*-rootless (Alpine: busybox sh, git and
-# openssh are installed because BuildKit's Git source runs the git binary).
+# Runs as `sh -c`, as root in a privileged pod, in a BuildKit image with
+# buildctl-daemonless.sh, a POSIX sh, and git (BuildKit's Git source runs the
+# git binary; ssh for SSH remotes): moby/buildkit, or the operator's
+# --builder-image.
 # Every input arrives in an environment variable (see src/build/mod.rs); none
 # is ever pasted into this text.
 set -euf
@@ -83,6 +85,7 @@ buildctl-daemonless.sh build \
   --frontend dockerfile.v0 \
   --opt "context=$context" \
   --opt "filename=$REDEPLOY_DOCKERFILE" \
+  --opt "build-arg:REDEPLOY_GIT_COMMIT=$commit" \
   --output "type=image,name=$image,push=true" \
   --metadata-file "$work/metadata.json" \
   "$@"

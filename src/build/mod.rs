@@ -2,9 +2,10 @@
 //! Redeployment reconciler creates it, watches it, and reads the result from
 //! the build container's termination message ([`parse_termination_message`]).
 //!
-//! # The default builder: rootless BuildKit
+//! # The default builder: BuildKit in a privileged pod
 //!
-//! Without `spec.build.template` the Job runs [`BUILDKIT_IMAGE`] with
+//! Without `spec.build.template` the Job runs [`BUILDKIT_IMAGE`] (or the
+//! operator's `--builder-image`) with
 //! `buildctl-daemonless.sh build --frontend dockerfile.v0 --opt context=<Git
 //! context> --opt filename=<dockerfile> --output type=image,name=<image>:<commit>,push=true`,
 //! wrapped in a small `sh -c` script (`buildkit.sh`). What this relies on, as
@@ -42,17 +43,26 @@
 //!   `containerimage.descriptor`, `containerimage.config.digest`,
 //!   `image.name`) nor anything else buildctl prints names the resolved Git
 //!   commit (it is only in provenance attestations). So the script resolves a
-//!   branch, tag or `HEAD` itself with `git ls-remote` (git and openssh are in
-//!   the rootless image: BuildKit's Git source runs the git binary), then
+//!   branch, tag or `HEAD` itself with `git ls-remote` (git is in the
+//!   BuildKit image: BuildKit's Git source runs the git binary), then
 //!   builds the context at that SHA, so the commit built, the tag and the
 //!   report agree even if the branch moves meanwhile. The digest comes from
-//!   the metadata file's `containerimage.digest`.
-//! - **Rootless in a pod.** As BuildKit's `examples/kubernetes/job.rootless.yaml`:
-//!   seccomp and AppArmor `Unconfined`, user and group 1000 (the image's
-//!   `user`), `BUILDKITD_FLAGS=--oci-worker-no-process-sandbox`, and an
-//!   `emptyDir` at `/home/user/.local/share/buildkit` for BuildKit's state.
-//!   `allowPrivilegeEscalation` stays unset: rootlesskit needs the setuid
-//!   `newuidmap`.
+//!   the metadata file's `containerimage.digest`. The commit is also the
+//!   build argument `REDEPLOY_GIT_COMMIT` (BuildKit keeps no `.git` in the
+//!   context): a Dockerfile bakes it in with `ARG REDEPLOY_GIT_COMMIT`.
+//! - **Privileged, as root.** As BuildKit's `examples/kubernetes/job.privileged.yaml`:
+//!   `privileged: true`, the image's user (root), buildkitd started by
+//!   `buildctl-daemonless.sh` with its OCI worker (runc, process sandbox on),
+//!   and an `emptyDir` at `/var/lib/buildkit` for its state. Rootless BuildKit
+//!   (`job.rootless.yaml`: user 1000, seccomp and AppArmor `Unconfined`,
+//!   `--oci-worker-no-process-sandbox`) was the default until it failed on a
+//!   real node (containerd 2.4, runc 1.5, Linux 6.18 with cgroup v1): with
+//!   `NoNewPrivs: 0` and `CAP_SETUID` in the bounding set, the setuid
+//!   `newuidmap` still cannot write `/proc/<pid>/uid_map` (not even the
+//!   identity map `0 1000 1`), so rootlesskit stops with `failed to setup
+//!   UID/GID map: newuidmap ... write to uid_map failed: Operation not
+//!   permitted`. Clusters where rootless works can run it through
+//!   `spec.build.template`.
 //!
 //! # The contract of a custom builder (`spec.build.template`, or the App's `spec.build.template`)
 //!
@@ -87,8 +97,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::{
     batch::v1::{Job, JobSpec},
     core::v1::{
-        AppArmorProfile, Container, EmptyDirVolumeSource, EnvVar, KeyToPath, PodSecurityContext, PodSpec,
-        PodTemplateSpec, SeccompProfile, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+        Container, EmptyDirVolumeSource, EnvVar, KeyToPath, PodSpec, PodTemplateSpec, SecretVolumeSource,
+        SecurityContext, Volume, VolumeMount,
     },
 };
 use kube::{Resource, ResourceExt, api::ObjectMeta};
@@ -104,8 +114,8 @@ use crate::{
     repo::redact_credentials,
 };
 
-/// The default builder's image: rootless BuildKit, pinned.
-pub const BUILDKIT_IMAGE: &str = "moby/buildkit:v0.29.0-rootless";
+/// The default builder's image: BuildKit, pinned (the operator's `--builder-image` replaces it).
+pub const BUILDKIT_IMAGE: &str = "moby/buildkit:v0.29.0";
 /// Name of the default builder's container.
 pub const BUILD_CONTAINER: &str = "build";
 
@@ -140,11 +150,10 @@ const SCRIPT: &str = include_str!("buildkit.sh");
 /// What the build resolves when nothing names a ref: the default branch.
 const DEFAULT_BRANCH_REF: &str = "HEAD";
 const TERMINATION_LOG: &str = "/dev/termination-log";
-const BUILDKIT_STATE_DIR: &str = "/home/user/.local/share/buildkit";
+const BUILDKIT_STATE_DIR: &str = "/var/lib/buildkit";
 const GIT_CREDENTIALS_DIR: &str = "/run/redeploy/git";
-const DOCKER_CONFIG_DIR: &str = "/home/user/.docker";
-const BUILDKIT_UID: i64 = 1000;
-/// Secret files readable by the build's group (`fsGroup`), not by others.
+const DOCKER_CONFIG_DIR: &str = "/root/.docker";
+/// Secret files readable by the build (root), not by others.
 const SECRET_MODE: i32 = 0o440;
 
 /// What to build: the Service at a ref, for a Redeployment of an App.
@@ -155,6 +164,8 @@ pub struct BuildRequest<'a> {
     pub redeployment: &'a Redeployment,
     /// commit SHA, branch or tag to build; `None` builds the Service's branch, or the default branch (`HEAD`)
     pub git_ref: Option<&'a str>,
+    /// The default builder's image ([`BUILDKIT_IMAGE`] unless the operator is told otherwise).
+    pub builder_image: &'a str,
 }
 
 /// What a build reports: the commit it built and the image it pushed.
@@ -399,7 +410,7 @@ fn http_host(remote: &str) -> Option<String> {
 
 /// Renders the build Job of `request.service` (see the module docs).
 pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
-    let BuildRequest { app, service, redeployment, git_ref } = *request;
+    let BuildRequest { app, service, redeployment, git_ref, builder_image } = *request;
     let service_name = service.name_any();
     let git = service.spec.git.as_ref().ok_or_else(|| BuildError::NotGitBuilt { service: service_name.clone() })?;
     let build =
@@ -489,7 +500,7 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
                 });
             }
             let push_secret = build.push_secret_ref.as_ref().map(|s| s.name.clone()).filter(|n| !n.is_empty());
-            default_template(env, &remote, git_secret, push_secret)
+            default_template(env, builder_image, &remote, git_secret, push_secret)
         }
     };
     let metadata = template.metadata.get_or_insert_with(Default::default);
@@ -538,6 +549,7 @@ fn custom_template(mut template: PodTemplateSpec, env: &[EnvVar]) -> Option<PodT
 
 fn default_template(
     mut env: Vec<EnvVar>,
+    image: &str,
     remote: &str,
     git_secret: Option<String>,
     push_secret: Option<String>,
@@ -546,7 +558,6 @@ fn default_template(
     if let Some(host) = http_host(remote) {
         env.push(env_var(ENV_GIT_HOST, &host));
     }
-    env.push(env_var("BUILDKITD_FLAGS", "--oci-worker-no-process-sandbox"));
 
     let mut volumes = vec![Volume {
         name: "buildkitd".into(),
@@ -599,16 +610,11 @@ fn default_template(
 
     let container = Container {
         name: BUILD_CONTAINER.into(),
-        image: Some(BUILDKIT_IMAGE.into()),
+        image: Some(image.into()),
         command: Some(vec!["sh".into(), "-c".into(), SCRIPT.into()]),
         env: Some(env),
-        security_context: Some(SecurityContext {
-            seccomp_profile: Some(SeccompProfile { type_: "Unconfined".into(), ..Default::default() }),
-            app_armor_profile: Some(AppArmorProfile { type_: "Unconfined".into(), ..Default::default() }),
-            run_as_user: Some(BUILDKIT_UID),
-            run_as_group: Some(BUILDKIT_UID),
-            ..Default::default()
-        }),
+        // buildkitd mounts the build's root filesystems and runs its steps with runc.
+        security_context: Some(SecurityContext { privileged: Some(true), ..Default::default() }),
         termination_message_path: Some(TERMINATION_LOG.into()),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         volume_mounts: Some(mounts),
@@ -622,8 +628,6 @@ fn default_template(
             volumes: Some(volumes),
             // The builder needs no access to the API server.
             automount_service_account_token: Some(false),
-            // Secret files are group-readable (0440) by the build user's group.
-            security_context: Some(PodSecurityContext { fs_group: Some(BUILDKIT_UID), ..Default::default() }),
             ..Default::default()
         }),
     }

@@ -55,7 +55,13 @@ fn redeployment() -> Redeployment {
 }
 
 fn render(service: &Service, git_ref: Option<&str>) -> Result<Job, BuildError> {
-    render_job(&BuildRequest { app: &app(), service, redeployment: &redeployment(), git_ref })
+    render_job(&BuildRequest {
+        app: &app(),
+        service,
+        redeployment: &redeployment(),
+        git_ref,
+        builder_image: BUILDKIT_IMAGE,
+    })
 }
 
 fn pod(job: &Job) -> &PodTemplateSpec {
@@ -108,11 +114,11 @@ fn default_job_for_a_sha_ref() {
     let pod = pod_spec(&job);
     assert_eq!(pod.restart_policy.as_deref(), Some("Never"));
     assert_eq!(pod.automount_service_account_token, Some(false));
-    assert_eq!(pod.security_context.as_ref().and_then(|s| s.fs_group), Some(1000));
+    assert_eq!(pod.security_context, None);
     assert_eq!(pod.containers.len(), 1);
     let container = &pod.containers[0];
     assert_eq!(container.image.as_deref(), Some(BUILDKIT_IMAGE));
-    assert!(BUILDKIT_IMAGE.starts_with("moby/buildkit:v0.") && BUILDKIT_IMAGE.ends_with("-rootless"));
+    assert!(BUILDKIT_IMAGE.starts_with("moby/buildkit:v0.") && !BUILDKIT_IMAGE.ends_with("-rootless"));
     let command = container.command.as_ref().expect("command");
     assert_eq!(command[..2], ["sh", "-c"]);
     let script = &command[2];
@@ -124,6 +130,7 @@ fn default_job_for_a_sha_ref() {
         "--output \"type=image,name=$image,push=true\"",
         "--metadata-file",
         "context=\"$remote#$commit\"",
+        "--opt \"build-arg:REDEPLOY_GIT_COMMIT=$commit\"",
         "/dev/termination-log",
     ] {
         assert!(script.contains(needle), "script lacks {needle}");
@@ -142,16 +149,15 @@ fn default_job_for_a_sha_ref() {
     assert_eq!(env[ENV_IMAGE], format!("registry.example.com/acme/web:{SHA}"));
     assert_eq!(env[ENV_IMAGE], image_for(&service(None, None), SHA));
     assert_eq!(env[ENV_IMAGE_REPOSITORY], "registry.example.com/acme/web");
-    assert_eq!(env["BUILDKITD_FLAGS"], "--oci-worker-no-process-sandbox");
+    assert!(!env.contains_key("BUILDKITD_FLAGS"), "root buildkitd keeps its process sandbox");
 
+    // Privileged, as the image's user (root): rootlesskit cannot map user ids on every node.
     let security = container.security_context.as_ref().expect("security context");
-    assert_eq!(security.seccomp_profile.as_ref().map(|p| p.type_.as_str()), Some("Unconfined"));
-    assert_eq!(security.app_armor_profile.as_ref().map(|p| p.type_.as_str()), Some("Unconfined"));
-    assert_eq!((security.run_as_user, security.run_as_group), (Some(1000), Some(1000)));
-    assert_eq!(security.allow_privilege_escalation, None, "rootlesskit needs the setuid newuidmap");
+    assert_eq!(security.privileged, Some(true));
+    assert_eq!((security.run_as_user, security.run_as_group, security.run_as_non_root), (None, None, None));
 
     assert!(volume(&job, "buildkitd").and_then(|v| v.empty_dir.as_ref()).is_some());
-    assert_eq!(mount_path(container, "buildkitd").as_deref(), Some("/home/user/.local/share/buildkit"));
+    assert_eq!(mount_path(container, "buildkitd").as_deref(), Some("/var/lib/buildkit"));
     // No secret named, none mounted.
     assert!(volume(&job, "git-credentials").is_none() && volume(&job, "docker-config").is_none());
     assert_eq!(container.volume_mounts.as_ref().map(Vec::len), Some(1));
@@ -172,8 +178,8 @@ fn secrets_are_mounted_when_named() {
     assert_eq!(push.secret_name.as_deref(), Some("registry-push"));
     let item = &push.items.as_ref().expect("items")[0];
     assert_eq!((item.key.as_str(), item.path.as_str()), (".dockerconfigjson", "config.json"));
-    assert_eq!(mount_path(container, "docker-config").as_deref(), Some("/home/user/.docker"));
-    assert_eq!(env_of(container)["DOCKER_CONFIG"], "/home/user/.docker");
+    assert_eq!(mount_path(container, "docker-config").as_deref(), Some("/root/.docker"));
+    assert_eq!(env_of(container)["DOCKER_CONFIG"], "/root/.docker");
     assert!(
         container.volume_mounts.iter().flatten().filter(|m| m.name != "buildkitd").all(|m| m.read_only == Some(true))
     );
@@ -537,18 +543,36 @@ fn unbuildable_requests_are_refused_with_a_reason() {
     let mut unstored = redeployment();
     unstored.metadata.uid = None;
     let svc = service(None, None);
-    let request = BuildRequest { app: &app(), service: &svc, redeployment: &unstored, git_ref: Some(SHA) };
+    let request = BuildRequest {
+        app: &app(),
+        service: &svc,
+        redeployment: &unstored,
+        git_ref: Some(SHA),
+        builder_image: BUILDKIT_IMAGE,
+    };
     assert!(matches!(render_job(&request), Err(BuildError::RedeploymentNotStored { .. })));
 
     let mut elsewhere = redeployment();
     elsewhere.metadata.namespace = Some("other".into());
-    let request = BuildRequest { app: &app(), service: &svc, redeployment: &elsewhere, git_ref: Some(SHA) };
+    let request = BuildRequest {
+        app: &app(),
+        service: &svc,
+        redeployment: &elsewhere,
+        git_ref: Some(SHA),
+        builder_image: BUILDKIT_IMAGE,
+    };
     assert!(matches!(render_job(&request), Err(BuildError::NamespaceMismatch { kind: "Redeployment", .. })));
 
     let other_app = App::new("blog", AppSpec::default());
     let mut other_app = other_app;
     other_app.metadata.namespace = Some("team".into());
-    let request = BuildRequest { app: &other_app, service: &svc, redeployment: &redeployment(), git_ref: Some(SHA) };
+    let request = BuildRequest {
+        app: &other_app,
+        service: &svc,
+        redeployment: &redeployment(),
+        git_ref: Some(SHA),
+        builder_image: BUILDKIT_IMAGE,
+    };
     assert!(matches!(render_job(&request), Err(BuildError::WrongApp { .. })));
 }
 
@@ -671,6 +695,7 @@ fn script_builds_a_sha_without_resolving_and_reports_the_result() {
             "build\n--progress\nplain\n--frontend\ndockerfile.v0\n\
              --opt\ncontext=https://github.com/acme/shop.git#{SHA}:services/web\n\
              --opt\nfilename=docker/Dockerfile\n\
+             --opt\nbuild-arg:REDEPLOY_GIT_COMMIT={SHA}\n\
              --output\ntype=image,name=registry.example.com/acme/web:{SHA},push=true\n{metadata}\n"
         )
     );
@@ -780,7 +805,13 @@ fn an_app_template_builds_services_without_their_own() {
     app.spec.build = Some(crate::api::AppBuildSpec { template: Some(Box::new(template)) });
     let plain = service(None, None);
     let redeployment = redeployment();
-    let request = BuildRequest { app: &app, service: &plain, redeployment: &redeployment, git_ref: Some(SHA) };
+    let request = BuildRequest {
+        app: &app,
+        service: &plain,
+        redeployment: &redeployment,
+        git_ref: Some(SHA),
+        builder_image: BUILDKIT_IMAGE,
+    };
     let job = render_job(&request).expect("job");
     assert_eq!(pod_spec(&job).containers[0].name, "kaniko", "the App's template is used");
     assert_eq!(env_of(&pod_spec(&job).containers[0]).get(ENV_GIT_REF).map(String::as_str), Some(SHA));
@@ -792,7 +823,13 @@ fn an_app_template_builds_services_without_their_own() {
     .expect("template");
     let mut custom = service(None, None);
     custom.spec.build.as_mut().expect("build").template = Some(Box::new(own));
-    let request = BuildRequest { app: &app, service: &custom, redeployment: &redeployment, git_ref: Some(SHA) };
+    let request = BuildRequest {
+        app: &app,
+        service: &custom,
+        redeployment: &redeployment,
+        git_ref: Some(SHA),
+        builder_image: BUILDKIT_IMAGE,
+    };
     assert_eq!(pod_spec(&render_job(&request).expect("job")).containers[0].name, "own");
 }
 
@@ -863,4 +900,21 @@ fn every_ref_the_hook_accepts_renders_a_build_job() {
         }
     }
     assert!(accepted > 20_000 && refused > 20_000, "accepted {accepted}, refused {refused}");
+}
+
+#[test]
+fn the_default_builder_runs_the_operators_builder_image() {
+    let (app, redeployment) = (app(), redeployment());
+    let svc = service(None, None);
+    let image =
+        "registry.local:5000/tools/buildkit@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+    let request = BuildRequest {
+        app: &app,
+        service: &svc,
+        redeployment: &redeployment,
+        git_ref: Some(SHA),
+        builder_image: image,
+    };
+    let job = render_job(&request).expect("job");
+    assert_eq!(pod_spec(&job).containers[0].image.as_deref(), Some(image));
 }

@@ -571,6 +571,8 @@ mod tests {
             settings: crate::context::Settings {
                 public_url: "http://hooks.example.com".into(),
                 github_api_url: crate::github::DEFAULT_API_URL.into(),
+                builder_image: crate::build::BUILDKIT_IMAGE.into(),
+                insecure_registries: Vec::new(),
             },
             caches,
             metrics: metrics.clone(),

@@ -17,8 +17,14 @@ pub struct Resolved {
     pub pinned: String,
 }
 
-/// Resolves `image`; the error is a message for the Redeployment's status.
-pub async fn resolve(client: &Client, namespace: &str, image: &ImageSource) -> Result<Resolved, String> {
+/// Resolves `image`, over plain HTTP for `insecure_registries` (and loopback
+/// ones); the error is a message for the Redeployment's status.
+pub async fn resolve(
+    client: &Client,
+    namespace: &str,
+    image: &ImageSource,
+    insecure_registries: &[String],
+) -> Result<Resolved, String> {
     let reference = ImageReference::parse(&image.reference).map_err(|e| e.to_string())?;
     let credentials = match &image.pull_secret_ref {
         Some(secret) => {
@@ -36,12 +42,12 @@ pub async fn resolve(client: &Client, namespace: &str, image: &ImageSource) -> R
         }
         None => None,
     };
-    let digest =
-        RegistryClient::new().resolve_digest(&reference, credentials.as_ref()).await.map_err(|e| {
-            match &image.pull_secret_ref {
-                Some(secret) => format!("{e} (pull Secret {})", secret.name),
-                None => e.to_string(),
-            }
-        })?;
+    let registries = RegistryClient::new().with_insecure_http_hosts(insecure_registries.iter().cloned());
+    let digest = registries.resolve_digest(&reference, credentials.as_ref()).await.map_err(|e| {
+        match &image.pull_secret_ref {
+            Some(secret) => format!("{e} (pull Secret {})", secret.name),
+            None => e.to_string(),
+        }
+    })?;
     Ok(Resolved { pinned: reference.pinned(&digest), digest })
 }

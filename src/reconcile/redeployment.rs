@@ -579,7 +579,13 @@ async fn start_build(
     result: &mut ServiceResult,
 ) -> Result<Duration, Error> {
     let app = world.app.as_ref().ok_or_else(|| Error::NoNamespace(world.redeployment.spec.app.clone()))?;
-    let request = BuildRequest { app, service, redeployment: world.redeployment, git_ref: planned.git_ref.as_deref() };
+    let request = BuildRequest {
+        app,
+        service,
+        redeployment: world.redeployment,
+        git_ref: planned.git_ref.as_deref(),
+        builder_image: &world.context.settings.builder_image,
+    };
     let job = match build::render_job(&request) {
         Ok(job) => job,
         Err(error) => {
@@ -804,7 +810,14 @@ async fn pin_digest(world: &World<'_>, service: &Service, result: &mut ServiceRe
         finish(result, ServicePhase::Failed, "Service has no spec.image to resolve".into());
         return Ok(Duration::ZERO);
     };
-    let digest = match super::digest::resolve(&world.context.client, &world.namespace, image).await {
+    let digest = match super::digest::resolve(
+        &world.context.client,
+        &world.namespace,
+        image,
+        &world.context.settings.insecure_registries,
+    )
+    .await
+    {
         Ok(digest) => digest,
         Err(message) => {
             finish(result, ServicePhase::Failed, message);

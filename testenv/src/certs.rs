@@ -1,12 +1,16 @@
 //! Key material for the control plane: a CA, the API server's serving
-//! certificate and the service-account signing key.
+//! certificate, the service-account signing key, and the real node's client
+//! certificates.
 
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair, KeyUsagePurpose};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    KeyUsagePurpose,
+};
 
 pub(crate) struct Pki {
     pub(crate) ca_pem: String,
@@ -14,6 +18,8 @@ pub(crate) struct Pki {
     serving_key_pem: String,
     service_account_key_pem: String,
     service_account_public_pem: String,
+    /// Client certificates (certificate, key) by file stem, for the real node's kubelet and kube-proxy.
+    clients: Vec<(&'static str, String, String)>,
 }
 
 pub(crate) struct Files {
@@ -44,12 +50,32 @@ impl Pki {
 
         // ECDSA P-256: the API server signs service-account tokens with ES256.
         let service_account = KeyPair::generate()?;
+
+        // Identities the API server maps from a client certificate (CN = user,
+        // O = group). Made up front, at the cost of two key pairs, so the CA key
+        // never has to outlive start-up.
+        let mut clients = Vec::new();
+        for (stem, user, group) in [
+            ("kubelet", format!("system:node:{}", crate::REAL_NODE_NAME), Some("system:nodes")),
+            ("kube-proxy", "system:kube-proxy".to_string(), None),
+        ] {
+            let mut params = CertificateParams::new(Vec::<String>::new())?;
+            params.distinguished_name.push(DnType::CommonName, user);
+            if let Some(group) = group {
+                params.distinguished_name.push(DnType::OrganizationName, group);
+            }
+            params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+            let key = KeyPair::generate()?;
+            let cert = params.signed_by(&key, &ca)?;
+            clients.push((stem, cert.pem(), key.serialize_pem()));
+        }
         Ok(Pki {
             ca_pem: ca.pem(),
             serving_cert_pem: serving_cert.pem(),
             serving_key_pem: serving_key.serialize_pem(),
             service_account_key_pem: service_account.serialize_pem(),
             service_account_public_pem: service_account.public_key_pem(),
+            clients,
         })
     }
 
@@ -64,6 +90,10 @@ impl Pki {
         fs::write(dir.join("apiserver.key"), &self.serving_key_pem)?;
         fs::write(&files.service_account_key, &self.service_account_key_pem)?;
         fs::write(&files.service_account_public, &self.service_account_public_pem)?;
+        for (stem, cert, key) in &self.clients {
+            fs::write(dir.join(format!("{stem}.crt")), cert)?;
+            fs::write(dir.join(format!("{stem}.key")), key)?;
+        }
         Ok(files)
     }
 }

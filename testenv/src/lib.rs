@@ -1,6 +1,7 @@
 //! A real Kubernetes control plane on loopback: etcd, kube-apiserver,
 //! kube-controller-manager, kube-scheduler and kwok (one fake Node whose pods
-//! go Ready), built from their Go modules by `hack/build-control-plane.sh`.
+//! go Ready), built from their Go modules by `hack/build-control-plane.sh`;
+//! and, for the tests that ask for it, a real node ([`ControlPlane::real_node`]).
 //!
 //! Tests share one control plane per test binary ([`ControlPlane::shared`])
 //! and isolate themselves in namespaces ([`ControlPlane::namespace`]).
@@ -8,7 +9,10 @@
 //! binary exits, and (through `PR_SET_PDEATHSIG`) when it dies.
 
 mod certs;
+mod node;
 mod process;
+
+pub use node::{Images, REAL_NODE_ENV, REAL_NODE_LABEL, REAL_NODE_NAME, REAL_NODE_VALUE, RealNode, node_binaries};
 
 use std::{
     fs,
@@ -34,6 +38,8 @@ use process::Process;
 pub const NODE_NAME: &str = "kwok-node-0";
 
 const STAGES: &str = include_str!("../kwok-stages.yaml");
+/// The ClusterIP range.
+pub(crate) const SERVICE_CIDR: &str = "10.96.0.0/16";
 
 pub struct ControlPlane {
     dir: PathBuf,
@@ -44,6 +50,8 @@ pub struct ControlPlane {
     api_port: u16,
     etcd_port: u16,
     processes: Mutex<Vec<Process>>,
+    /// Started on first use by [`real_node`](Self::real_node); an error is kept as its message.
+    real_node: OnceLock<Result<Option<RealNode>, String>>,
 }
 
 impl ControlPlane {
@@ -96,6 +104,7 @@ impl ControlPlane {
             api_port: free_port()?,
             etcd_port: free_port()?,
             processes: Mutex::new(Vec::new()),
+            real_node: OnceLock::new(),
         };
         // Run the async parts on a runtime of their own, so this works from
         // plain threads and from inside async tests alike.
@@ -162,7 +171,10 @@ impl ControlPlane {
                 "--manage-all-nodes=false",
                 "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
                 "--cidr=10.0.0.1/16",
-                "--node-ip=10.0.0.1",
+                // The API server reaches nodes by InternalIP (the real node's is
+                // its own); a fake node's is loopback, so that a request for its
+                // pods' logs goes nowhere else.
+                "--node-ip=127.0.0.1",
                 "--node-lease-duration-seconds=40",
                 "--server-address=127.0.0.1:0",
             ],
@@ -209,6 +221,8 @@ impl ControlPlane {
                 &format!("--secure-port={}", self.api_port),
                 "--bind-address=127.0.0.1",
                 "--advertise-address=127.0.0.1",
+                // No DNS: a node's name resolves nowhere.
+                "--kubelet-preferred-address-types=InternalIP",
                 // The kubernetes Service endpoint reconciler refuses loopback addresses.
                 "--endpoint-reconciler-type=none",
                 &format!("--tls-cert-file={}", d("apiserver.crt")),
@@ -216,7 +230,7 @@ impl ControlPlane {
                 &format!("--client-ca-file={}", d("ca.crt")),
                 &format!("--token-auth-file={}", d("tokens.csv")),
                 "--authorization-mode=Node,RBAC",
-                "--service-cluster-ip-range=10.96.0.0/16",
+                &format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--allow-privileged=true",
                 &format!("--service-account-issuer=https://127.0.0.1:{}", self.api_port),
                 &format!("--service-account-key-file={}", d("service-account.pub")),
@@ -374,6 +388,17 @@ impl ControlPlane {
         Ok(name)
     }
 
+    /// The real node (kubelet, containerd, CNI, kube-proxy, a registry),
+    /// started on first use and stopped with the control plane. `Ok(None)`,
+    /// with the reason printed, where this machine cannot run one (not root,
+    /// no overlayfs...): a test then skips. See [`RealNode`].
+    pub fn real_node(&self) -> anyhow::Result<Option<&RealNode>> {
+        match self.real_node.get_or_init(|| RealNode::start(self).map_err(|e| format!("{e:#}"))) {
+            Ok(node) => Ok(node.as_ref()),
+            Err(e) => bail!("starting the real node: {e}"),
+        }
+    }
+
     /// Process ids of the running control-plane processes.
     pub fn pids(&self) -> Vec<u32> {
         let processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
@@ -382,6 +407,9 @@ impl ControlPlane {
 
     /// Stops every process (API server last-but-one, etcd last).
     pub fn stop(&self) {
+        if let Some(Ok(Some(node))) = self.real_node.get() {
+            node.stop();
+        }
         let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
         while let Some(process) = processes.pop() {
             process.stop();

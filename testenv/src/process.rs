@@ -49,6 +49,12 @@ impl Process {
         self.child.try_wait().ok().flatten()
     }
 
+    /// SIGKILL, and waits for the exit.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after a grace period.
     pub(crate) fn stop(mut self) {
         if let Ok(pid) = i32::try_from(self.child.id()) {

@@ -112,6 +112,8 @@ pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_op
             public_url: format!("http://127.0.0.1:{hook_port}"),
             // Continuous deploy is tested against a local stand-in for GitHub: it sets its own.
             github_api_url: "http://127.0.0.1:1".into(),
+            builder_image: redeploy_operator::build::BUILDKIT_IMAGE.into(),
+            insecure_registries: Vec::new(),
         },
         limits: redeploy_operator::hook::handler::Limits {
             body_bytes: BODY_LIMIT,
