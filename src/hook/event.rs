@@ -61,13 +61,32 @@ impl HookEvent {
             && (!self.repository_urls.is_empty() || self.branch.is_some() || self.tag.is_some() || self.sha.is_some())
     }
 
-    /// The Git information as recorded on a Redeployment.
+    /// The Git information as recorded on a Redeployment: anyone who may
+    /// read Redeployments sees it, so credentials in the URL are redacted.
     pub fn git_info(&self) -> Option<GitInfo> {
         self.has_git_info().then(|| GitInfo {
-            repository: self.repository_urls.first().cloned(),
+            repository: self.repository_urls.first().map(|url| crate::repo::redact_credentials(url).into_owned()),
             branch: self.branch.clone(),
             tag: self.tag.clone(),
             sha: self.sha.clone(),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_recorded_repository_carries_no_credentials() {
+        let event = HookEvent {
+            kind: EventKind::Push,
+            repository_urls: vec!["https://deploy:s3cret@git.example.com/acme/shop.git".into()],
+            branch: Some("main".into()),
+            ..HookEvent::default()
+        };
+        let recorded = event.git_info().and_then(|git| git.repository).unwrap_or_default();
+        assert!(!recorded.contains("s3cret") && !recorded.contains("deploy:"), "{recorded}");
+        assert!(recorded.ends_with("@git.example.com/acme/shop.git"), "{recorded}");
     }
 }
