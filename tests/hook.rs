@@ -509,6 +509,8 @@ async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> a
         ("a form body", vec![FORM], b"git_ref=main".to_vec()),
         ("unknown JSON", vec![JSON], br#"{"hello": "world"}"#.to_vec()),
         ("a Docker Hub push", vec![JSON], fixture("dockerhub/push.json")),
+        ("a body that is not JSON", vec![JSON], b"{not json".to_vec()),
+        ("a body that is not JSON, as a GitHub push", vec![JSON, ("X-GitHub-Event", "push")], b"{not json".to_vec()),
     ];
     let mut answers = Vec::new();
     for (what, headers, body) in cases {
@@ -522,6 +524,15 @@ async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> a
         assert!(!message.contains("signing-keys") && !message.contains("s3cret"), "{what}: {message}");
     }
     assert!(redeployments(&client, &namespace).await?.is_empty(), "nothing was stored");
+
+    // Only a caller holding the key learns what is wrong with its payload.
+    let malformed = b"{not json".to_vec();
+    let signature = github_signature(b"s3cret", &malformed);
+    let (status, body) =
+        post(&hook, &[JSON, ("X-GitHub-Event", "push"), ("X-Hub-Signature-256", signature.as_str())], malformed)
+            .await?;
+    assert_eq!(status, 400, "a signed but malformed body: {body}");
+    assert!(body["message"].as_str().unwrap_or_default().contains("JSON"), "{body}");
 
     let (status, body) = post(&hook, &[JSON, ("X-GitHub-Event", "push"), signed], push).await?;
     assert_eq!(status, 202, "a correctly signed push is still accepted: {body}");

@@ -199,8 +199,10 @@ async fn accept(
     })?;
     let body = read_body(headers, body, &state.limits).await?;
 
-    let event = providers::parse(headers, &body)
-        .map_err(|e| Reply::new(StatusCode::BAD_REQUEST, Outcome::bad_request, e.to_string()))?;
+    let event = match providers::parse(headers, &body) {
+        Ok(event) => event,
+        Err(error) => return Err(unreadable(state, &app, headers, &body, error).await),
+    };
     seen.provider = Some(event.provider);
     seen.kind = Some(event.kind);
     // Authentication first: an unsigned call to an App that requires
@@ -455,6 +457,42 @@ async fn verify_signature(
         SignatureError::Missing { .. } | SignatureError::Mismatch { .. } => unauthorized(error.to_string()),
     })?;
     Ok(Signed::Yes)
+}
+
+/// The answer to a body the parsers cannot read. An App that requires
+/// signatures tells a caller without a valid one only that (401): the parser's
+/// messages, and what they reveal of how a body is read, reach only callers
+/// holding one of its keys.
+async fn unreadable(
+    state: &HookState,
+    app: &App,
+    headers: &HeaderMap,
+    body: &[u8],
+    error: providers::ParseError,
+) -> Reply {
+    let bad_request = || Reply::new(StatusCode::BAD_REQUEST, Outcome::bad_request, error.to_string());
+    let secrets = &app.spec.hook.signature_secrets;
+    if secrets.is_empty() {
+        return bad_request();
+    }
+    for check in SignatureCheck::ALL {
+        let Some(reference) = check.secret(secrets) else { continue };
+        if !check.headers().iter().any(|header| headers.contains_key(*header)) {
+            continue;
+        }
+        let Ok(key) = signature_key(state, app, check, reference).await else { continue };
+        if signature::verify(check, &key, headers, body).is_ok() {
+            return bad_request();
+        }
+    }
+    Reply::new(
+        StatusCode::UNAUTHORIZED,
+        Outcome::unauthorized,
+        format!(
+            "this call carries no valid signature; this App accepts only signed calls: {}",
+            signature::accepted(secrets)
+        ),
+    )
 }
 
 /// The key of `check` from the App's Secret. What is wrong with the App's
