@@ -45,6 +45,11 @@ pub struct RunArgs {
     /// Hook calls of one App handled at once; more get 429 with Retry-After.
     #[arg(long, env = "REDEPLOY_CONCURRENCY_PER_APP", default_value_t = 32)]
     pub concurrency_per_app: usize,
+    /// Bytes of hook bodies all calls together may hold at once, counted before
+    /// a body is read (its Content-Length, or --body-limit when it declares
+    /// none); more get 503 with Retry-After. At least --body-limit.
+    #[arg(long, env = "REDEPLOY_BODY_BUDGET", default_value_t = crate::hook::handler::DEFAULT_BODIES_IN_FLIGHT_BYTES)]
+    pub body_budget: usize,
     /// The GitHub REST API continuous deploy talks to (GitHub Enterprise Server: https://<host>/api/v3).
     #[arg(long, env = "REDEPLOY_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_URL)]
     pub github_api_url: url::Url,
@@ -77,6 +82,7 @@ impl RunArgs {
                 body_bytes: self.body_limit,
                 body_timeout: read_timeout,
                 concurrent_per_app: self.concurrency_per_app,
+                bodies_in_flight_bytes: self.body_budget,
             },
             header_timeout: read_timeout,
             leader_election: self.leader_election.then(|| {

@@ -146,6 +146,7 @@ fn key<K: Resource>(object: &K) -> (String, String) {
 
 /// Binds the ports and starts the caches, the reconcilers and both servers.
 pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
+    config.limits.validate()?;
     let (stop, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut background = JoinSet::new();
