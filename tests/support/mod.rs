@@ -265,3 +265,29 @@ pub fn resident_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
     };
     Ok((field("VmRSS:")?, field("VmHWM:")?))
 }
+
+/// A GitHub push of `bytes` bytes: the fixture with its commit repeated, as a
+/// push of many commits is. Whitespace pads it to the exact size.
+pub fn large_push(bytes: usize) -> anyhow::Result<Vec<u8>> {
+    let mut push: serde_json::Value =
+        serde_json::from_slice(include_bytes!("../fixtures/webhooks/github/push-new-branch.json"))?;
+    let commit = push["commits"][0].clone();
+    let mut size = serde_json::to_vec(&push)?.len() - serde_json::to_vec(&commit)?.len();
+    let mut commits = Vec::new();
+    for i in 0.. {
+        let mut next = commit.clone();
+        next["id"] = serde_json::json!(format!("{i:040x}"));
+        next["added"] = serde_json::json!([format!("src/file-{i}.rs"), "README.md"]);
+        let next_size = serde_json::to_vec(&next)?.len() + 1;
+        if size + next_size > bytes {
+            break;
+        }
+        size += next_size;
+        commits.push(next);
+    }
+    push["commits"] = serde_json::Value::Array(commits);
+    let mut body = serde_json::to_vec(&push)?;
+    anyhow::ensure!(body.len() <= bytes, "the push came out at {} bytes", body.len());
+    body.resize(bytes, b' ');
+    Ok(body)
+}
