@@ -123,7 +123,10 @@ pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_op
             concurrent_per_app,
             bodies_in_flight_bytes: redeploy_operator::hook::handler::DEFAULT_BODIES_IN_FLIGHT_BYTES,
         },
-        header_timeout: Duration::from_secs(3),
+        connections: redeploy_operator::server::ConnectionLimits {
+            header_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
         leader_election: None,
     }
 }
