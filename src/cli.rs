@@ -46,8 +46,8 @@ pub struct RunArgs {
     #[arg(long, env = "REDEPLOY_CONCURRENCY_PER_APP", default_value_t = 32)]
     pub concurrency_per_app: usize,
     /// Bytes of hook bodies all calls together may hold at once, counted before
-    /// a body is read (its Content-Length, or --body-limit when it declares
-    /// none); more get 503 with Retry-After. At least --body-limit.
+    /// a body is read (its length, or --body-limit for a chunked body); more
+    /// get 503 with Retry-After. At least --body-limit.
     #[arg(long, env = "REDEPLOY_BODY_BUDGET", default_value_t = crate::hook::handler::DEFAULT_BODIES_IN_FLIGHT_BYTES)]
     pub body_budget: usize,
     /// Connections the hook (and, apart, the admin port) keeps open at once;

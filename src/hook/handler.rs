@@ -46,8 +46,8 @@ pub struct Limits {
     /// Calls of one App handled at once (`429` beyond).
     pub concurrent_per_app: usize,
     /// Bytes of bodies all calls together may hold at once, counted before a
-    /// body is read (its `Content-Length`, or `body_bytes` when it declares
-    /// none); `503` beyond. It bounds the hook's memory whatever the number
+    /// body is read (its length, or `body_bytes` for a chunked body); `503`
+    /// beyond. It bounds the hook's memory whatever the number
     /// of Apps and callers.
     pub bodies_in_flight_bytes: usize,
 }
@@ -371,7 +371,10 @@ async fn read_body(
             format!("the body is larger than the hook accepts ({} bytes)", limits.body_bytes),
         )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    // The server knows the exact length from `Content-Length`, and knows an
+    // HTTP/1 request with neither it nor chunked encoding has no body.
+    let exact = axum::body::HttpBody::size_hint(&body).exact().and_then(|length| usize::try_from(length).ok());
+    let declared = exact.or_else(|| headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limits.body_bytes) {
         return Err(too_large());
     }
@@ -618,6 +621,17 @@ mod tests {
         assert_eq!(length, 100);
         let beyond = read_body(&HeaderMap::new(), Body::from(vec![b'd'; 101]), &state).await.err();
         assert_eq!(beyond.map(|r| r.status), Some(StatusCode::PAYLOAD_TOO_LARGE), "undeclared length beyond the limit");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_body_needs_no_budget() -> anyhow::Result<()> {
+        let limits = Limits { body_bytes: 100, bodies_in_flight_bytes: 100, ..Limits::default() };
+        let (state, _) = state(true, limits)?;
+        let (_, _held) = read(&declaring(100), Body::from(vec![b'a'; 100]), &state).await?;
+        // As hyper gives a POST that declares neither a length nor chunks.
+        let (length, _) = read(&HeaderMap::new(), Body::empty(), &state).await?;
+        assert_eq!(length, 0);
         Ok(())
     }
 
