@@ -52,19 +52,19 @@ pub struct RunArgs {
     pub body_budget: usize,
     /// Connections the hook (and, apart, the admin port) keeps open at once;
     /// further ones wait to be accepted until one closes.
-    #[arg(long, env = "REDEPLOY_MAX_CONNECTIONS", default_value_t = 256)]
-    pub max_connections: usize,
+    #[arg(long, env = "REDEPLOY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 256)]
+    pub max_connections: u64,
     /// Seconds a connection with no request in flight may stay silent before
     /// it is closed (an idle HTTP/1 keep-alive connection is closed after
     /// --read-timeout already, as it waits for the next request's headers).
-    #[arg(long, env = "REDEPLOY_IDLE_TIMEOUT", default_value_t = 60)]
+    #[arg(long, env = "REDEPLOY_IDLE_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60)]
     pub idle_timeout: u64,
     /// HTTP/2 requests at once on one connection.
-    #[arg(long, env = "REDEPLOY_HTTP2_MAX_STREAMS", default_value_t = 32)]
+    #[arg(long, env = "REDEPLOY_HTTP2_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 32)]
     pub http2_max_streams: u32,
     /// Seconds between HTTP/2 keep-alive pings; a connection whose peer does
     /// not answer one within as long is closed.
-    #[arg(long, env = "REDEPLOY_HTTP2_KEEP_ALIVE", default_value_t = 20)]
+    #[arg(long, env = "REDEPLOY_HTTP2_KEEP_ALIVE", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 20)]
     pub http2_keep_alive: u64,
     /// The GitHub REST API continuous deploy talks to (GitHub Enterprise Server: https://<host>/api/v3).
     #[arg(long, env = "REDEPLOY_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_URL)]
@@ -103,7 +103,7 @@ impl RunArgs {
             connections: crate::server::ConnectionLimits {
                 header_timeout: read_timeout,
                 idle_timeout: Duration::from_secs(self.idle_timeout),
-                max_connections: self.max_connections,
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
                 http2_max_streams: self.http2_max_streams,
                 http2_keep_alive: Duration::from_secs(self.http2_keep_alive),
             },
