@@ -7,28 +7,40 @@ mod support;
 
 use std::{
     alloc::{GlobalAlloc, Layout, System},
-    sync::{
-        Mutex,
-        atomic::{AtomicUsize, Ordering},
-    },
+    cell::Cell,
 };
 
 use http::{HeaderMap, HeaderName, HeaderValue};
 use redeploy_operator::hook::{event::EventKind, providers};
 
-/// The system allocator, counting the bytes in use and their peak.
+/// The system allocator; on a thread that measures, it also counts the bytes
+/// allocated since the measure began (less those freed) and their peak.
 struct Counting;
 
-static IN_USE: AtomicUsize = AtomicUsize::new(0);
-static PEAK: AtomicUsize = AtomicUsize::new(0);
+thread_local! {
+    static MEASURING: Cell<bool> = const { Cell::new(false) };
+    static IN_USE: Cell<isize> = const { Cell::new(0) };
+    static PEAK: Cell<isize> = const { Cell::new(0) };
+}
+
+fn count(change: isize) {
+    let _ = MEASURING.try_with(|measuring| {
+        if measuring.get() {
+            let in_use = IN_USE.with(|in_use| {
+                in_use.set(in_use.get() + change);
+                in_use.get()
+            });
+            PEAK.with(|peak| peak.set(peak.get().max(in_use)));
+        }
+    });
+}
 
 unsafe impl GlobalAlloc for Counting {
     unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
         // SAFETY: the caller's contract is passed on to the system allocator.
         let pointer = unsafe { System.alloc(layout) };
         if !pointer.is_null() {
-            let in_use = IN_USE.fetch_add(layout.size(), Ordering::Relaxed) + layout.size();
-            PEAK.fetch_max(in_use, Ordering::Relaxed);
+            count(isize::try_from(layout.size()).unwrap_or(isize::MAX));
         }
         pointer
     }
@@ -36,24 +48,23 @@ unsafe impl GlobalAlloc for Counting {
     unsafe fn dealloc(&self, pointer: *mut u8, layout: Layout) {
         // SAFETY: as for `alloc`.
         unsafe { System.dealloc(pointer, layout) };
-        IN_USE.fetch_sub(layout.size(), Ordering::Relaxed);
+        count(-isize::try_from(layout.size()).unwrap_or(isize::MAX));
     }
 }
 
 #[global_allocator]
 static ALLOCATOR: Counting = Counting;
 
-/// Measurements share the counters: one at a time.
-static MEASURING: Mutex<()> = Mutex::new(());
-
-/// The most heap `parse` held at once beyond what was in use before it.
+/// The most heap `parse` held at once on this thread (other tests run on
+/// threads of their own and are not counted).
 fn peak_heap_of_parse(headers: &HeaderMap, body: &[u8]) -> anyhow::Result<(usize, EventKind)> {
-    let _one_at_a_time = MEASURING.lock().unwrap_or_else(|e| e.into_inner());
-    let before = IN_USE.load(Ordering::Relaxed);
-    PEAK.store(before, Ordering::Relaxed);
-    let event = providers::parse(headers, body)?;
-    let peak = PEAK.load(Ordering::Relaxed) - before;
-    Ok((peak, event.kind))
+    IN_USE.with(|in_use| in_use.set(0));
+    PEAK.with(|peak| peak.set(0));
+    MEASURING.with(|measuring| measuring.set(true));
+    let event = providers::parse(headers, body);
+    MEASURING.with(|measuring| measuring.set(false));
+    let peak = usize::try_from(PEAK.with(Cell::get)).unwrap_or_default();
+    Ok((peak, event?.kind))
 }
 
 fn headers(pairs: &[(&str, &str)]) -> anyhow::Result<HeaderMap> {
