@@ -652,12 +652,7 @@ impl Operator {
 
     /// VmRSS and VmHWM, in KiB.
     fn memory(&self) -> anyhow::Result<(u64, u64)> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
-        let field = |name: &str| -> anyhow::Result<u64> {
-            let line = status.lines().find(|l| l.starts_with(name)).ok_or_else(|| anyhow::anyhow!("no {name}"))?;
-            Ok(line.split_whitespace().nth(1).unwrap_or_default().parse()?)
-        };
-        Ok((field("VmRSS:")?, field("VmHWM:")?))
+        support::resident_kib(self.child.id())
     }
 }
 

@@ -45,6 +45,27 @@ pub struct RunArgs {
     /// Hook calls of one App handled at once; more get 429 with Retry-After.
     #[arg(long, env = "REDEPLOY_CONCURRENCY_PER_APP", default_value_t = 32)]
     pub concurrency_per_app: usize,
+    /// Bytes of hook bodies all calls together may hold at once, counted before
+    /// a body is read (its length, or --body-limit for a chunked body); more
+    /// get 503 with Retry-After. At least --body-limit.
+    #[arg(long, env = "REDEPLOY_BODY_BUDGET", default_value_t = crate::hook::handler::DEFAULT_BODIES_IN_FLIGHT_BYTES)]
+    pub body_budget: usize,
+    /// Connections the hook (and, apart, the admin port) keeps open at once;
+    /// further ones wait to be accepted until one closes.
+    #[arg(long, env = "REDEPLOY_MAX_CONNECTIONS", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 256)]
+    pub max_connections: u64,
+    /// Seconds a connection with no request in flight may stay silent before
+    /// it is closed (an idle HTTP/1 keep-alive connection is closed after
+    /// --read-timeout already, as it waits for the next request's headers).
+    #[arg(long, env = "REDEPLOY_IDLE_TIMEOUT", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 60)]
+    pub idle_timeout: u64,
+    /// HTTP/2 requests at once on one connection.
+    #[arg(long, env = "REDEPLOY_HTTP2_MAX_STREAMS", value_parser = clap::value_parser!(u32).range(1..), default_value_t = 32)]
+    pub http2_max_streams: u32,
+    /// Seconds between HTTP/2 keep-alive pings; a connection whose peer does
+    /// not answer one within as long is closed.
+    #[arg(long, env = "REDEPLOY_HTTP2_KEEP_ALIVE", value_parser = clap::value_parser!(u64).range(1..), default_value_t = 20)]
+    pub http2_keep_alive: u64,
     /// The GitHub REST API continuous deploy talks to (GitHub Enterprise Server: https://<host>/api/v3).
     #[arg(long, env = "REDEPLOY_GITHUB_API_URL", default_value = crate::github::DEFAULT_API_URL)]
     pub github_api_url: url::Url,
@@ -91,8 +112,15 @@ impl RunArgs {
                 body_bytes: self.body_limit,
                 body_timeout: read_timeout,
                 concurrent_per_app: self.concurrency_per_app,
+                bodies_in_flight_bytes: self.body_budget,
             },
-            header_timeout: read_timeout,
+            connections: crate::server::ConnectionLimits {
+                header_timeout: read_timeout,
+                idle_timeout: Duration::from_secs(self.idle_timeout),
+                max_connections: usize::try_from(self.max_connections).unwrap_or(usize::MAX),
+                http2_max_streams: self.http2_max_streams,
+                http2_keep_alive: Duration::from_secs(self.http2_keep_alive),
+            },
             leader_election: self.leader_election.then(|| {
                 let identity = self.identity.clone().unwrap_or_else(|| {
                     // Unique per process when no pod name is given.

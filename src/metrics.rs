@@ -127,6 +127,8 @@ pub enum Outcome {
     too_large,
     unprocessable,
     rate_limited,
+    /// Refused before its body was read: the bodies in flight fill the operator's budget.
+    overloaded,
     timeout,
     unavailable,
     /// Not served yet: the hook index has not loaded every hook Secret.

@@ -7,7 +7,6 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::Duration,
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
@@ -37,7 +36,7 @@ use crate::{
     leader::{Elector, LeaseConfig},
     metrics::Metrics,
     reconcile::{self, app, redeployment, service},
-    server::serve,
+    server::{ConnectionLimits, serve},
     workload::Workload,
 };
 
@@ -47,8 +46,8 @@ pub struct Config {
     pub admin_addr: SocketAddr,
     pub settings: Settings,
     pub limits: Limits,
-    /// Time a client has to send its request headers.
-    pub header_timeout: Duration,
+    /// What the hook and admin servers let connections hold, and for how long.
+    pub connections: ConnectionLimits,
     /// Run the reconcilers only while holding this Lease; `None`: always.
     pub leader_election: Option<LeaseConfig>,
 }
@@ -146,6 +145,7 @@ fn key<K: Resource>(object: &K) -> (String, String) {
 
 /// Binds the ports and starts the caches, the reconcilers and both servers.
 pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
+    config.limits.validate()?;
     let (stop, _) = watch::channel(false);
     let mut tasks = JoinSet::new();
     let mut background = JoinSet::new();
@@ -343,9 +343,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let admin_listener = TcpListener::bind(config.admin_addr).await?;
     let (hook_addr, admin_addr) = (hook_listener.local_addr()?, admin_listener.local_addr()?);
     let hook_state = Arc::new(HookState::new(context.clone(), config.limits.clone()));
-    tasks.spawn(serve(hook_listener, hook_router(hook_state), config.header_timeout, stopped(&stop)));
+    tasks.spawn(serve(hook_listener, hook_router(hook_state), config.connections.clone(), stopped(&stop)));
     let admin = AdminState { metrics, ready: ready.clone() };
-    tasks.spawn(serve(admin_listener, admin_router(admin), config.header_timeout, stopped(&stop)));
+    tasks.spawn(serve(admin_listener, admin_router(admin), config.connections.clone(), stopped(&stop)));
     tracing::info!(%hook_addr, %admin_addr, "serving");
     Ok(Running { hook_addr, admin_addr, context, ready, leading, lost_leadership, stop, tasks, background })
 }

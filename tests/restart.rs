@@ -4,10 +4,7 @@
 
 mod support;
 
-use std::{
-    process::{Child, Command, Stdio},
-    time::Duration,
-};
+use std::time::Duration;
 
 use k8s_openapi::api::{
     apps::v1::{Deployment, ReplicaSet},
@@ -19,53 +16,10 @@ use kube::{
     api::{ListParams, PostParams},
 };
 use redeploy_operator::api::{Phase, Redeployment, ServicePhase};
-use redeploy_testenv::ControlPlane;
 use serde_json::json;
-use support::eventually;
+use support::{OperatorProcess, eventually};
 
 const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
-
-/// The operator as a separate process, killed with SIGKILL when dropped.
-struct OperatorProcess {
-    child: Child,
-    hook: String,
-}
-
-impl OperatorProcess {
-    async fn start(control_plane: &ControlPlane, log: &std::path::Path) -> anyhow::Result<Self> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let out = std::fs::File::options().create(true).append(true).open(log)?;
-        let child = Command::new(env!("CARGO_BIN_EXE_redeploy-operator"))
-            .args(["run", "--public-url", &format!("http://127.0.0.1:{port}")])
-            .args(["--hook-addr", &format!("127.0.0.1:{port}"), "--metrics-addr", &format!("127.0.0.1:{admin}")])
-            .env("KUBECONFIG", control_plane.kubeconfig_path())
-            .env("RUST_LOG", "info")
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .stdin(Stdio::null())
-            .spawn()?;
-        let process = Self { child, hook: format!("http://127.0.0.1:{port}") };
-        eventually("the operator to be ready", || async move {
-            let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await.map(|r| r.status() == 200);
-            Ok(ready.unwrap_or(false).then_some(()))
-        })
-        .await?;
-        Ok(process)
-    }
-
-    fn kill(mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Drop for OperatorProcess {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 fn objects() -> String {
     let deployment = |name: &str| {
@@ -119,7 +73,7 @@ async fn a_killed_operator_resumes_every_redeployment_exactly_once() -> anyhow::
     let api = Api::<Redeployment>::namespaced(client.clone(), &namespace);
 
     // 1. Killed right after its first step: a build and a restart in flight.
-    let operator = OperatorProcess::start(control_plane, &log).await?;
+    let operator = OperatorProcess::start(control_plane, &log, &[]).await?;
     let plan = json!([{"service": "web", "action": "build", "ref": SHA}, {"service": "worker", "action": "restart"}]);
     let redeployment = json!({
         "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "metadata": {"name": "interrupted"},
@@ -133,7 +87,7 @@ async fn a_killed_operator_resumes_every_redeployment_exactly_once() -> anyhow::
     operator.kill();
 
     // 2. A hook accepted (202) just before a kill is not lost either.
-    let operator = OperatorProcess::start(control_plane, &log).await?;
+    let operator = OperatorProcess::start(control_plane, &log, &[]).await?;
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace).get("shop-hook").await?;
     let data = secret.data.unwrap_or_default();
     let value = |key: &str| String::from_utf8(data.get(key).map(|v| v.0.clone()).unwrap_or_default());
@@ -144,7 +98,7 @@ async fn a_killed_operator_resumes_every_redeployment_exactly_once() -> anyhow::
     operator.kill();
 
     // 3. A new operator finishes both.
-    let _operator = OperatorProcess::start(control_plane, &log).await?;
+    let _operator = OperatorProcess::start(control_plane, &log, &[]).await?;
     let hooked = accepted["redeployment"].as_str().unwrap_or_default().to_string();
     for name in ["interrupted", hooked.as_str()] {
         let finished = eventually(&format!("{name} to finish"), || async {

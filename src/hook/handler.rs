@@ -15,6 +15,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     response::{IntoResponse, Response},
 };
+use http_body_util::BodyExt;
 use k8s_openapi::{api::core::v1::Secret, jiff::Timestamp};
 use kube::{
     Api, Resource, ResourceExt,
@@ -39,7 +40,7 @@ use crate::{
     plan::{self, Modifiers},
 };
 
-/// Limits on what one hook call may cost.
+/// Limits on what one hook call, and all of them together, may cost.
 #[derive(Clone, Debug)]
 pub struct Limits {
     /// Largest body accepted (`413` beyond).
@@ -48,11 +49,54 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// Calls of one App handled at once (`429` beyond).
     pub concurrent_per_app: usize,
+    /// Bytes of bodies all calls together may hold at once, counted before a
+    /// body is read (its length, or `body_bytes` for a chunked body); `503`
+    /// beyond. It bounds the hook's memory whatever the number
+    /// of Apps and callers.
+    pub bodies_in_flight_bytes: usize,
 }
+
+/// Default of [`Limits::bodies_in_flight_bytes`]: 48 MiB, nine bodies of the
+/// largest size or hundreds of usual pushes. Under a burst of large bodies
+/// the operator then holds 45 to 55 MiB more than at rest (tests/hook_memory.rs),
+/// which leaves the caches of a thousand Apps (95 MiB) well within the chart's
+/// 256 MiB memory limit.
+pub const DEFAULT_BODIES_IN_FLIGHT_BYTES: usize = 48 * 1024 * 1024;
 
 impl Default for Limits {
     fn default() -> Self {
-        Self { body_bytes: 5 * 1024 * 1024, body_timeout: Duration::from_secs(10), concurrent_per_app: 32 }
+        Self {
+            body_bytes: 5 * 1024 * 1024,
+            body_timeout: Duration::from_secs(10),
+            concurrent_per_app: 32,
+            bodies_in_flight_bytes: DEFAULT_BODIES_IN_FLIGHT_BYTES,
+        }
+    }
+}
+
+/// Limits that cannot work together.
+#[derive(Debug, thiserror::Error)]
+pub enum LimitsError {
+    #[error(
+        "the budget for bodies in flight ({budget} bytes) is smaller than the body limit ({body} bytes): a body of unknown length could never be read"
+    )]
+    BudgetBelowBodyLimit { budget: usize, body: usize },
+    #[error("the body limit ({0} bytes) is above 4 GiB")]
+    BodyLimitTooLarge(usize),
+}
+
+impl Limits {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        if u32::try_from(self.body_bytes).is_err() {
+            return Err(LimitsError::BodyLimitTooLarge(self.body_bytes));
+        }
+        if self.bodies_in_flight_bytes < self.body_bytes {
+            return Err(LimitsError::BudgetBelowBodyLimit {
+                budget: self.bodies_in_flight_bytes,
+                body: self.body_bytes,
+            });
+        }
+        Ok(())
     }
 }
 
@@ -60,11 +104,14 @@ pub struct HookState {
     pub context: Arc<Context>,
     pub limits: Limits,
     in_flight: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
+    /// One permit per byte of [`Limits::bodies_in_flight_bytes`].
+    body_budget: Arc<Semaphore>,
 }
 
 impl HookState {
     pub fn new(context: Arc<Context>, limits: Limits) -> Self {
-        Self { context, limits, in_flight: Mutex::default() }
+        let body_budget = Arc::new(Semaphore::new(limits.bodies_in_flight_bytes.min(Semaphore::MAX_PERMITS)));
+        Self { context, limits, in_flight: Mutex::default(), body_budget }
     }
 
     fn permit(&self, namespace: &str, app: &str) -> Option<OwnedSemaphorePermit> {
@@ -197,7 +244,7 @@ async fn accept(
         )
         .retry_after(1)
     })?;
-    let body = read_body(headers, body, &state.limits).await?;
+    let (body, _reservation) = read_body(headers, body, state).await?;
 
     let event = match providers::parse(headers, &body) {
         Ok(event) => event,
@@ -367,7 +414,15 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
     }
 }
 
-async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<axum::body::Bytes, Reply> {
+/// Reads the body within the limits, once its bytes fit in the budget for
+/// bodies in flight. The permit returned holds them until it is dropped. A
+/// body that does not fit is dropped as it arrives, and the call told to retry.
+async fn read_body(
+    headers: &HeaderMap,
+    body: Body,
+    state: &HookState,
+) -> Result<(axum::body::Bytes, OwnedSemaphorePermit), Reply> {
+    let limits = &state.limits;
     let too_large = || {
         Reply::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -375,13 +430,45 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<a
             format!("the body is larger than the hook accepts ({} bytes)", limits.body_bytes),
         )
     };
-    let declared = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok());
+    // The server knows the exact length from `Content-Length`, and knows an
+    // HTTP/1 request with neither it nor chunked encoding has no body.
+    let exact = axum::body::HttpBody::size_hint(&body).exact().and_then(|length| usize::try_from(length).ok());
+    let declared = exact.or_else(|| headers.get(header::CONTENT_LENGTH)?.to_str().ok()?.parse::<usize>().ok());
     if declared.is_some_and(|length| length > limits.body_bytes) {
         return Err(too_large());
     }
-    match tokio::time::timeout(limits.body_timeout, axum::body::to_bytes(body, limits.body_bytes)).await {
-        Ok(Ok(bytes)) => Ok(bytes),
-        Ok(Err(error)) if is_length_limit(&error) => Err(too_large()),
+    let reserved = declared.unwrap_or(limits.body_bytes);
+    // `validate` keeps the body limit within u32.
+    let permits = u32::try_from(reserved).unwrap_or(u32::MAX);
+    let Ok(reservation) = state.body_budget.clone().try_acquire_many_owned(permits) else {
+        discard(body, limits).await;
+        return Err(Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::overloaded,
+            format!(
+                "the operator is already reading as many hook bodies as its memory allows ({} MiB in flight): \
+                 nothing was done; retry after the Retry-After seconds",
+                limits.bodies_in_flight_bytes / (1024 * 1024)
+            ),
+        )
+        .retry_after(1));
+    };
+    let read = async {
+        // The declared length is allocated once; a body of unknown length grows.
+        let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+        let mut body = body;
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame?.into_data() else { continue };
+            if bytes.len() + data.len() > limits.body_bytes {
+                return Ok(None);
+            }
+            bytes.extend_from_slice(&data);
+        }
+        Ok::<_, axum::Error>(Some(bytes))
+    };
+    match tokio::time::timeout(limits.body_timeout, read).await {
+        Ok(Ok(Some(bytes))) => Ok((bytes.into(), reservation)),
+        Ok(Ok(None)) => Err(too_large()),
         Ok(Err(error)) => Err(Reply::new(
             StatusCode::BAD_REQUEST,
             Outcome::bad_request,
@@ -395,15 +482,20 @@ async fn read_body(headers: &HeaderMap, body: Body, limits: &Limits) -> Result<a
     }
 }
 
-fn is_length_limit(error: &axum::Error) -> bool {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(error);
-    while let Some(current) = source {
-        if current.is::<http_body_util::LengthLimitError>() {
-            return true;
+/// Reads a body the call will not use and drops each chunk as it comes, up to
+/// the body limit and timeout: a client still sending it then hears the
+/// answer, where closing the connection under it would reset it first.
+async fn discard(mut body: Body, limits: &Limits) {
+    let drain = async {
+        let mut seen = 0;
+        while let Some(Ok(frame)) = body.frame().await {
+            seen += frame.data_ref().map_or(0, |data| data.len());
+            if seen > limits.body_bytes {
+                break;
+            }
         }
-        source = current.source();
-    }
-    false
+    };
+    let _ = tokio::time::timeout(limits.body_timeout, drain).await;
 }
 
 fn check_provider_allowed(app: &App, provider: Provider) -> Result<(), Reply> {
@@ -588,9 +680,9 @@ mod tests {
     use super::*;
     use crate::{context::Caches, hook::index::HookIndex, metrics::Metrics};
 
-    /// The hook's router on caches that are never filled, with a client that
+    /// The hook's state on caches that are never filled, with a client that
     /// points at no API server (nothing here may call one).
-    fn router(synced: bool) -> anyhow::Result<(axum::Router, Arc<Metrics>)> {
+    fn state(synced: bool, limits: Limits) -> anyhow::Result<(Arc<HookState>, Arc<Metrics>)> {
         let client = kube::Client::try_from(kube::Config::new("http://127.0.0.1:1".parse()?))?;
         let caches = Caches {
             apps: reflector::store().0,
@@ -615,8 +707,24 @@ mod tests {
             caches,
             metrics: metrics.clone(),
         });
-        let state = Arc::new(HookState::new(context, Limits::default()));
+        Ok((Arc::new(HookState::new(context, limits)), metrics))
+    }
+
+    fn router(synced: bool) -> anyhow::Result<(axum::Router, Arc<Metrics>)> {
+        let (state, metrics) = state(synced, Limits::default())?;
         Ok((crate::hook::routes::hook_router(state), metrics))
+    }
+
+    fn declaring(length: usize) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+        headers
+    }
+
+    /// A body that sends `chunks` and then never ends.
+    fn endless(chunks: Vec<&'static [u8]>) -> Body {
+        let chunks = futures::stream::iter(chunks.into_iter().map(Ok::<_, std::io::Error>));
+        Body::from_stream(futures::StreamExt::chain(chunks, futures::stream::pending()))
     }
 
     async fn post(router: axum::Router) -> anyhow::Result<(StatusCode, HeaderMap, serde_json::Value)> {
@@ -625,6 +733,61 @@ mod tests {
         let (status, headers) = (response.status(), response.headers().clone());
         let body = axum::body::to_bytes(response.into_body(), usize::MAX).await?;
         Ok((status, headers, serde_json::from_slice(&body)?))
+    }
+
+    async fn read(headers: &HeaderMap, body: Body, state: &HookState) -> anyhow::Result<(usize, OwnedSemaphorePermit)> {
+        let (bytes, reservation) = read_body(headers, body, state).await.map_err(|r| anyhow::anyhow!("{r:?}"))?;
+        Ok((bytes.len(), reservation))
+    }
+
+    #[tokio::test]
+    async fn bodies_beyond_the_global_budget_are_told_to_retry_and_not_kept() -> anyhow::Result<()> {
+        let limits = Limits { body_bytes: 100, bodies_in_flight_bytes: 250, ..Limits::default() };
+        let (state, _) = state(true, limits)?;
+        let (length, held) = read(&declaring(100), Body::from(vec![b'a'; 100]), &state).await?;
+        assert_eq!(length, 100);
+        // A body of unknown length counts as the body limit: 200 of 250 bytes taken.
+        let reading = tokio::spawn({
+            let state = state.clone();
+            async move { read_body(&HeaderMap::new(), endless(vec![b"{"]), &state).await.map(|_| ()) }
+        });
+        tokio::task::yield_now().await;
+        let refused = read_body(&declaring(51), Body::from(vec![b'x'; 51]), &state).await.err();
+        let refused = refused.ok_or_else(|| anyhow::anyhow!("a body beyond the budget was read"))?;
+        assert_eq!(
+            (refused.status, refused.outcome, refused.retry_after),
+            (StatusCode::SERVICE_UNAVAILABLE, Outcome::overloaded, Some(1))
+        );
+        let message = refused.body["message"].as_str().unwrap_or_default();
+        assert!(message.contains("retry"), "{message}");
+        let (length, _) = read(&declaring(50), Body::from(vec![b'b'; 50]), &state).await?;
+        assert_eq!(length, 50, "what is left fits");
+        // Bytes come back once a call is done with its body.
+        reading.abort();
+        drop(held);
+        let (length, _) = read(&HeaderMap::new(), Body::from(vec![b'c'; 100]), &state).await?;
+        assert_eq!(length, 100);
+        let beyond = read_body(&HeaderMap::new(), Body::from(vec![b'd'; 101]), &state).await.err();
+        assert_eq!(beyond.map(|r| r.status), Some(StatusCode::PAYLOAD_TOO_LARGE), "undeclared length beyond the limit");
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_call_without_a_body_needs_no_budget() -> anyhow::Result<()> {
+        let limits = Limits { body_bytes: 100, bodies_in_flight_bytes: 100, ..Limits::default() };
+        let (state, _) = state(true, limits)?;
+        let (_, _held) = read(&declaring(100), Body::from(vec![b'a'; 100]), &state).await?;
+        // As hyper gives a POST that declares neither a length nor chunks.
+        let (length, _) = read(&HeaderMap::new(), Body::empty(), &state).await?;
+        assert_eq!(length, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_budget_below_the_body_limit_is_refused() {
+        let limits = Limits { body_bytes: 100, bodies_in_flight_bytes: 99, ..Limits::default() };
+        assert!(matches!(limits.validate(), Err(LimitsError::BudgetBelowBodyLimit { .. })));
+        assert!(Limits::default().validate().is_ok());
     }
 
     #[tokio::test]

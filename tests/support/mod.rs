@@ -5,7 +5,11 @@
 
 #![allow(dead_code)]
 
-use std::time::Duration;
+use std::{
+    path::Path,
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -119,8 +123,12 @@ pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_op
             body_bytes: BODY_LIMIT,
             body_timeout: Duration::from_secs(10),
             concurrent_per_app,
+            bodies_in_flight_bytes: redeploy_operator::hook::handler::DEFAULT_BODIES_IN_FLIGHT_BYTES,
         },
-        header_timeout: Duration::from_secs(3),
+        connections: redeploy_operator::server::ConnectionLimits {
+            header_timeout: Duration::from_secs(3),
+            ..Default::default()
+        },
         leader_election: None,
     }
 }
@@ -219,4 +227,90 @@ pub fn env_count(name: &str, default: usize) -> anyhow::Result<usize> {
 pub fn load_average() -> String {
     let value = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     value.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
+
+/// The operator binary as a process of its own, killed (SIGKILL) when dropped.
+pub struct OperatorProcess {
+    child: Child,
+    /// `http://127.0.0.1:<port>`: the hook server, also its public URL.
+    pub hook: String,
+}
+
+impl OperatorProcess {
+    /// Runs `redeploy-operator run` on free loopback ports, with `args` added
+    /// and its output appended to `log`, and waits until it is ready.
+    pub async fn start(control_plane: &ControlPlane, log: &Path, args: &[&str]) -> anyhow::Result<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let out = std::fs::File::options().create(true).append(true).open(log)?;
+        let child = Command::new(env!("CARGO_BIN_EXE_redeploy-operator"))
+            .args(["run", "--public-url", &format!("http://127.0.0.1:{port}")])
+            .args(["--hook-addr", &format!("127.0.0.1:{port}"), "--metrics-addr", &format!("127.0.0.1:{admin}")])
+            .args(args)
+            .env("KUBECONFIG", control_plane.kubeconfig_path())
+            .env("RUST_LOG", "info")
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .stdin(Stdio::null())
+            .spawn()?;
+        let process = Self { child, hook: format!("http://127.0.0.1:{port}") };
+        eventually("the operator to be ready", || async move {
+            let ready = reqwest::get(format!("http://127.0.0.1:{admin}/readyz")).await.map(|r| r.status() == 200);
+            Ok(ready.unwrap_or(false).then_some(()))
+        })
+        .await?;
+        Ok(process)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Resident memory of process `pid` in KiB: now (`VmRSS`) and its peak so far (`VmHWM`).
+pub fn resident_kib(pid: u32) -> anyhow::Result<(u64, u64)> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let line = status.lines().find(|l| l.starts_with(name)).ok_or_else(|| anyhow::anyhow!("no {name}"))?;
+        Ok(line.split_whitespace().nth(1).unwrap_or_default().parse()?)
+    };
+    Ok((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// A GitHub push of `bytes` bytes: the fixture with its commit repeated, as a
+/// push of many commits is. Whitespace pads it to the exact size.
+pub fn large_push(bytes: usize) -> anyhow::Result<Vec<u8>> {
+    let mut push: serde_json::Value =
+        serde_json::from_slice(include_bytes!("../fixtures/webhooks/github/push-new-branch.json"))?;
+    let commit = push["commits"][0].clone();
+    let mut size = serde_json::to_vec(&push)?.len() - serde_json::to_vec(&commit)?.len();
+    let mut commits = Vec::new();
+    for i in 0.. {
+        let mut next = commit.clone();
+        next["id"] = serde_json::json!(format!("{i:040x}"));
+        next["added"] = serde_json::json!([format!("src/file-{i}.rs"), "README.md"]);
+        let next_size = serde_json::to_vec(&next)?.len() + 1;
+        if size + next_size > bytes {
+            break;
+        }
+        size += next_size;
+        commits.push(next);
+    }
+    push["commits"] = serde_json::Value::Array(commits);
+    let mut body = serde_json::to_vec(&push)?;
+    anyhow::ensure!(body.len() <= bytes, "the push came out at {} bytes", body.len());
+    body.resize(bytes, b' ');
+    Ok(body)
 }

@@ -3,18 +3,16 @@
 //! and an `eventType`.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{ParseError, Push, RefName, deserialize, event, first, is_zero_sha, missing, urls};
+use super::{Json, ParseError, Push, RefName, Shape, deserialize, event, first, is_zero_sha, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
 const PROVIDER: Provider = Provider::AzureDevOps;
 const PUSH: &str = "git.push";
 
-pub(super) fn matches(object: &Map<String, Value>) -> bool {
-    object.get("publisherId").and_then(Value::as_str) == Some("tfs")
-        && object.get("eventType").is_some_and(Value::is_string)
+pub(super) fn matches(shape: &Shape) -> bool {
+    shape.publisher_id.as_deref() == Some("tfs") && shape.event_type.is_some()
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,8 +56,9 @@ struct Identity {
 
 /// The last ref update that leaves a commit behind is the one deployed; when
 /// every update deleted its ref, the push is a deletion of the last one.
-pub(super) fn parse(payload: &Value) -> Result<HookEvent, ParseError> {
-    let event_type = payload.get("eventType").and_then(Value::as_str).unwrap_or_default();
+///
+/// `event_type` is the payload's `eventType`, which errors name.
+pub(super) fn parse(event_type: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     let payload: Payload = deserialize(PROVIDER, event_type, payload)?;
     let event_name = payload.event_type.as_deref().unwrap_or_default();
     let delivery_id = first([payload.id.as_deref()]);

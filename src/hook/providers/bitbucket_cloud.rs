@@ -1,9 +1,8 @@
 //! Bitbucket Cloud `repo:push` (`X-Event-Key`).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{Handling, ParseError, Push, RefName, deserialize, event, first, missing, urls};
+use super::{Handling, Json, ParseError, Push, RefName, Shape, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -18,8 +17,8 @@ pub(super) fn handling(event: &str) -> Handling {
 }
 
 /// A header-less body with `push.changes` is a Bitbucket Cloud push.
-pub(super) fn matches(object: &Map<String, Value>) -> bool {
-    object.get("push").and_then(|push| push.get("changes")).is_some_and(Value::is_array)
+pub(super) fn matches(shape: &Shape) -> bool {
+    shape.push_changes.is_array()
 }
 
 #[derive(Debug, Deserialize)]
@@ -79,7 +78,7 @@ struct Actor {
 /// The last change that leaves a ref behind (`new` set) is the one deployed;
 /// when every change removed its ref (`new: null`, `closed: true`), the push
 /// is a deletion of the last one.
-pub(super) fn parse(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     if handling(event_name) != Handling::Parse {
         return Ok(event(PROVIDER, event_name, EventKind::Ignored));
     }

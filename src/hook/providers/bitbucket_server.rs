@@ -1,9 +1,8 @@
 //! Bitbucket Server / Data Center `repo:refs_changed` (`X-Event-Key`).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{Handling, ParseError, Push, RefName, deserialize, event, first, is_zero_sha, missing, urls};
+use super::{Handling, Json, ParseError, Push, RefName, Shape, deserialize, event, first, is_zero_sha, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -20,11 +19,9 @@ pub(super) fn handling(event: &str) -> Handling {
 
 /// A header-less body naming its own `eventKey` next to `changes` or a
 /// `repository` is a Bitbucket Server event.
-pub(super) fn event_from_shape(object: &Map<String, Value>) -> Option<String> {
-    let key = object.get("eventKey")?.as_str()?;
-    let looks_right = object.get("changes").is_some_and(Value::is_array)
-        || object.get("repository").is_some_and(Value::is_object)
-        || key == "diagnostics:ping";
+pub(super) fn event_from_shape(shape: &Shape) -> Option<String> {
+    let key = shape.event_key.as_deref()?;
+    let looks_right = shape.changes.is_array() || shape.repository.is_object() || key == "diagnostics:ping";
     looks_right.then(|| key.to_owned())
 }
 
@@ -103,7 +100,7 @@ struct Actor {
 
 /// The last change that is not a deletion is the one deployed; when every
 /// change deleted its ref, the push is a deletion of the last one.
-pub(super) fn parse(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     match handling(event_name) {
         Handling::Parse => {}
         Handling::Ping => return Ok(event(PROVIDER, event_name, EventKind::Ping)),

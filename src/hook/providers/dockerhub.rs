@@ -3,18 +3,16 @@
 //! and no delivery id.
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{ParseError, deserialize, event, first, missing};
+use super::{Json, ParseError, Shape, deserialize, event, first, missing};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent, PushedImage};
 
 const PROVIDER: Provider = Provider::DockerHub;
 const PUSH: &str = "push";
 
-pub(super) fn matches(object: &Map<String, Value>) -> bool {
-    object.get("push_data").is_some_and(Value::is_object)
-        && object.get("repository").and_then(|r| r.get("repo_name")).is_some_and(Value::is_string)
+pub(super) fn matches(shape: &Shape) -> bool {
+    shape.push_data.is_object() && shape.repository_repo_name.is_string()
 }
 
 #[derive(Debug, Deserialize)]
@@ -34,7 +32,7 @@ struct Repository {
     repo_name: Option<String>,
 }
 
-pub(super) fn parse(payload: &Value) -> Result<HookEvent, ParseError> {
+pub(super) fn parse(payload: Json<'_>) -> Result<HookEvent, ParseError> {
     let payload: Payload = deserialize(PROVIDER, PUSH, payload)?;
     let repository = first([payload.repository.as_ref().and_then(|r| r.repo_name.as_deref())])
         .ok_or_else(|| missing(PROVIDER, PUSH, "repository.repo_name"))?;

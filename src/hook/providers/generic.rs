@@ -3,10 +3,10 @@
 //! push sent without headers, and JSON of any other shape (no Git information).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
 use super::github::PushPayload;
-use super::{ParseError, RefName, commit_sha, deserialize, event, first, is_commit_sha, is_zero_sha};
+use super::shape::Kind;
+use super::{Json, ParseError, RefName, Shape, commit_sha, deserialize, event, first, is_commit_sha, is_zero_sha};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -18,8 +18,8 @@ pub(super) fn unknown() -> HookEvent {
     event(PROVIDER, "", EventKind::NoGitInfo)
 }
 
-pub(super) fn parse(object: &Map<String, Value>, payload: &Value) -> Result<HookEvent, ParseError> {
-    if is_github_like_push(object) {
+pub(super) fn parse(shape: &Shape, payload: Json<'_>) -> Result<HookEvent, ParseError> {
+    if is_github_like_push(shape) {
         let push: PushPayload = deserialize(PROVIDER, PUSH, payload)?;
         let pusher = push.pusher.as_ref();
         let sender = first([
@@ -30,7 +30,7 @@ pub(super) fn parse(object: &Map<String, Value>, payload: &Value) -> Result<Hook
         ]);
         return push.into_event(PROVIDER, PUSH, sender);
     }
-    if is_generic(object) {
+    if is_generic(shape) {
         return generic(payload);
     }
     Ok(unknown())
@@ -38,19 +38,15 @@ pub(super) fn parse(object: &Map<String, Value>, payload: &Value) -> Result<Hook
 
 /// `ref` and `after`/`before` next to a `repository` object: GitHub's push
 /// shape, as GitHub, Gitea, Forgejo and Gogs send it.
-fn is_github_like_push(object: &Map<String, Value>) -> bool {
-    object.get("ref").is_some_and(Value::is_string)
-        && object.get("repository").is_some_and(Value::is_object)
-        && ["after", "before"].iter().any(|key| object.get(*key).is_some_and(Value::is_string))
+fn is_github_like_push(shape: &Shape) -> bool {
+    shape.git_ref.is_string() && shape.repository.is_object() && (shape.after.is_string() || shape.before.is_string())
 }
-
-const GENERIC_FIELDS: [&str; 5] = ["repository", "ref", "branch", "tag", "sha"];
 
 /// A `repository` string, or no `repository` at all, and at least one of the
 /// generic fields as a string.
-fn is_generic(object: &Map<String, Value>) -> bool {
-    object.get("repository").is_none_or(Value::is_string)
-        && GENERIC_FIELDS.iter().any(|key| object.get(*key).is_some_and(Value::is_string))
+fn is_generic(shape: &Shape) -> bool {
+    let fields = [shape.repository, shape.git_ref, shape.branch, shape.tag, shape.sha];
+    matches!(shape.repository, Kind::Absent | Kind::String) && fields.into_iter().any(Kind::is_string)
 }
 
 #[derive(Debug, Deserialize)]
@@ -66,7 +62,7 @@ struct Payload {
 
 /// `branch` and `tag` win over what `ref` says; a `ref` that is a full commit
 /// id is the `sha` when none is given.
-fn generic(payload: &Value) -> Result<HookEvent, ParseError> {
+fn generic(payload: Json<'_>) -> Result<HookEvent, ParseError> {
     let payload: Payload = deserialize(PROVIDER, PUSH, payload)?;
     let (mut branch, mut tag) = (None, None);
     if let Some(name) = first([payload.branch.as_deref()]) {

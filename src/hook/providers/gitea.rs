@@ -1,10 +1,8 @@
 //! Gitea, Forgejo and Gogs `push` (`X-Gitea-Event`, `X-Forgejo-Event`,
 //! `X-Gogs-Event`): the GitHub-like push shape with their own fields.
 
-use serde_json::Value;
-
 use super::github::PushPayload;
-use super::{Handling, ParseError, deserialize, event, first};
+use super::{Handling, Json, ParseError, deserialize, event, first};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -16,7 +14,7 @@ pub(super) fn handling(event: &str) -> Handling {
 }
 
 /// `provider` is Gitea, Forgejo or Gogs, as the headers said.
-pub(super) fn parse(provider: Provider, event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+pub(super) fn parse(provider: Provider, event_name: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     if handling(event_name) != Handling::Parse {
         return Ok(event(provider, event_name, EventKind::Ignored));
     }

@@ -2,9 +2,10 @@
 //! is shared by Gitea, Forgejo, Gogs and header-less GitHub-like payloads.
 
 use serde::Deserialize;
-use serde_json::Value;
 
-use super::{Handling, ParseError, Push, RefName, commit_sha, deserialize, event, first, is_commit_sha, missing, urls};
+use super::{
+    Handling, Json, ParseError, Push, RefName, commit_sha, deserialize, event, first, is_commit_sha, missing, urls,
+};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -18,7 +19,7 @@ pub(super) fn handling(event: &str) -> Handling {
     }
 }
 
-pub(super) fn parse(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     match event_name {
         "push" => {
             let push: PushPayload = deserialize(PROVIDER, event_name, payload)?;
@@ -129,7 +130,7 @@ struct Deployment {
 /// A Deployment names a commit (`sha`) and the ref it was asked for, which is
 /// a branch, a tag or the commit itself. A bare name is taken as a branch,
 /// unless it is the commit.
-fn deployment(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+fn deployment(event_name: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     let payload: DeploymentPayload = deserialize(PROVIDER, event_name, payload)?;
     let deployment = payload.deployment.ok_or_else(|| missing(PROVIDER, event_name, "deployment"))?;
     let mut sha = commit_sha(deployment.sha.as_deref());

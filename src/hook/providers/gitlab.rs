@@ -1,9 +1,8 @@
 //! GitLab `Push Hook` and `Tag Push Hook` (`X-Gitlab-Event`).
 
 use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use super::{Handling, ParseError, Push, RefName, commit_sha, deserialize, event, first, missing, urls};
+use super::{Handling, Json, ParseError, Push, RefName, Shape, commit_sha, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
@@ -18,9 +17,9 @@ pub(super) fn handling(event: &str) -> Handling {
 
 /// A header-less body with `object_kind` and a `project` is a GitLab event;
 /// returns the event name GitLab would have put in `X-Gitlab-Event`.
-pub(super) fn event_from_shape(object: &Map<String, Value>) -> Option<String> {
-    let kind = object.get("object_kind")?.as_str()?;
-    if !object.get("project").is_some_and(Value::is_object) {
+pub(super) fn event_from_shape(shape: &Shape) -> Option<String> {
+    let kind = shape.object_kind.as_deref()?;
+    if !shape.project.is_object() {
         return None;
     }
     Some(match kind {
@@ -59,7 +58,7 @@ struct Repository {
 
 /// The commit is `checkout_sha` (null when the ref was deleted), else
 /// `after`; `after` all zeros means the ref was deleted.
-pub(super) fn parse(event_name: &str, payload: &Value) -> Result<HookEvent, ParseError> {
+pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, ParseError> {
     if handling(event_name) != Handling::Parse {
         return Ok(event(PROVIDER, event_name, EventKind::Ignored));
     }

@@ -15,13 +15,16 @@ mod generic;
 mod gitea;
 mod github;
 mod gitlab;
+mod shape;
 #[cfg(test)]
 mod tests;
 
+use std::borrow::Cow;
+
 use http::HeaderMap;
 use serde::de::DeserializeOwned;
-use serde_json::Value;
 
+use self::shape::{Json, Shape};
 use super::event::{EventKind, HookEvent};
 use crate::api::Provider;
 // The parsers share the operator's one commit-id checks.
@@ -57,6 +60,10 @@ pub enum ParseError {
 ///   `deployment_status`, GitLab `Merge Request Hook`, ...) is kind `Ignored`
 ///   and its body is not read at all;
 /// - any other body that cannot be read is a [`ParseError`].
+///
+/// Parsers read the fields they use straight from the body into small typed
+/// structs and skip the rest: no tree of the whole body is built, so a
+/// payload costs little more heap than the strings kept from it.
 pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<HookEvent, ParseError> {
     let detected = detect_by_headers(headers);
     let handling = detected.as_ref().map(Detected::handling);
@@ -64,11 +71,15 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<HookEvent, ParseError> 
         return Ok(bounded(detected.ignored()));
     }
     let payload = read_body(headers, body)?;
+    let payload = payload.as_deref().map(Json::new).transpose().map_err(|error| match &payload {
+        Some(Cow::Owned(_)) => ParseError::FormPayloadNotJson(error),
+        _ => ParseError::NotJson(error),
+    })?;
     let event = match (detected, payload) {
-        (Some(detected), Some(payload)) => detected.parse(&payload)?,
+        (Some(detected), Some(payload)) => detected.parse(payload)?,
         (Some(detected), None) if handling == Some(Handling::Ping) => detected.ping(),
         (_, None) => HookEvent::default(),
-        (None, Some(payload)) => by_shape(&payload)?,
+        (None, Some(payload)) => by_shape(payload)?,
     };
     Ok(bounded(event))
 }
@@ -104,7 +115,7 @@ impl Detected {
         }
     }
 
-    fn parse(&self, payload: &Value) -> Result<HookEvent, ParseError> {
+    fn parse(&self, payload: Json<'_>) -> Result<HookEvent, ParseError> {
         let event = &self.event;
         let mut parsed = match self.provider {
             Provider::GitHub => github::parse(event, payload)?,
@@ -167,48 +178,45 @@ fn detect_by_headers(headers: &HeaderMap) -> Option<Detected> {
 }
 
 /// Recognises a payload that came without a provider header by its shape.
-fn by_shape(payload: &Value) -> Result<HookEvent, ParseError> {
-    let Some(object) = payload.as_object() else {
+fn by_shape(payload: Json<'_>) -> Result<HookEvent, ParseError> {
+    // Only a payload that is not JSON fails to give its shape: it was checked.
+    let shape = Shape::of(payload).map_err(ParseError::NotJson)?;
+    if !shape.object {
         return Ok(generic::unknown());
-    };
-    if azure_devops::matches(object) {
-        return azure_devops::parse(payload);
     }
-    if dockerhub::matches(object) {
+    if azure_devops::matches(&shape) {
+        return azure_devops::parse(shape.event_type.as_deref().unwrap_or_default(), payload);
+    }
+    if dockerhub::matches(&shape) {
         return dockerhub::parse(payload);
     }
-    if let Some(event) = bitbucket_server::event_from_shape(object) {
+    if let Some(event) = bitbucket_server::event_from_shape(&shape) {
         return bitbucket_server::parse(&event, payload);
     }
-    if bitbucket_cloud::matches(object) {
+    if bitbucket_cloud::matches(&shape) {
         return bitbucket_cloud::parse(bitbucket_cloud::PUSH, payload);
     }
-    if let Some(event) = gitlab::event_from_shape(object) {
+    if let Some(event) = gitlab::event_from_shape(&shape) {
         return gitlab::parse(&event, payload);
     }
-    generic::parse(object, payload)
+    generic::parse(&shape, payload)
 }
 
-/// The body as JSON, or `None` when it carries no payload (empty, whitespace,
-/// or a form without a `payload` field).
-fn read_body(headers: &HeaderMap, body: &[u8]) -> Result<Option<Value>, ParseError> {
+/// The JSON in the body, or `None` when it carries no payload (empty,
+/// whitespace, or a form without a `payload` field). A body that is not JSON
+/// is returned as it is, unless it is a form: then its `payload` field.
+fn read_body<'a>(headers: &HeaderMap, body: &'a [u8]) -> Result<Option<Cow<'a, [u8]>>, ParseError> {
     let body = body.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(body);
     if body.iter().all(u8::is_ascii_whitespace) {
         return Ok(None);
     }
-    match serde_json::from_slice(body) {
-        Ok(payload) => Ok(Some(payload)),
-        Err(_) if is_form(headers) => {
-            let payload = url::form_urlencoded::parse(body).find(|(key, _)| key == "payload").map(|(_, value)| value);
-            match payload {
-                Some(payload) if !payload.trim().is_empty() => {
-                    serde_json::from_str(&payload).map(Some).map_err(ParseError::FormPayloadNotJson)
-                }
-                _ => Ok(None),
-            }
-        }
-        Err(error) => Err(ParseError::NotJson(error)),
+    if !is_form(headers) || Json::new(body).is_ok() {
+        return Ok(Some(Cow::Borrowed(body)));
     }
+    let payload = url::form_urlencoded::parse(body).find(|(key, _)| key == "payload").map(|(_, value)| value);
+    Ok(payload
+        .filter(|payload| !payload.trim().is_empty())
+        .map(|payload| Cow::Owned(payload.into_owned().into_bytes())))
 }
 
 /// Whether the body is `application/x-www-form-urlencoded` (parameters
@@ -256,9 +264,14 @@ fn event(provider: Provider, event: &str, kind: EventKind) -> HookEvent {
     HookEvent { provider, event: event.to_owned(), kind, ..HookEvent::default() }
 }
 
-/// Reads a payload into a parser's lenient serde struct.
-fn deserialize<T: DeserializeOwned>(provider: Provider, event: &str, payload: &Value) -> Result<T, ParseError> {
-    T::deserialize(payload).map_err(|error| ParseError::Shape { provider, event: event.to_owned(), error })
+/// Reads a payload into a parser's lenient serde struct, which names only the
+/// fields the parser uses: the others are skipped without being kept.
+fn deserialize<T: DeserializeOwned>(provider: Provider, event: &str, payload: Json<'_>) -> Result<T, ParseError> {
+    serde_json::from_slice(payload.bytes()).map_err(|error| ParseError::Shape {
+        provider,
+        event: event.to_owned(),
+        error,
+    })
 }
 
 fn missing(provider: Provider, event: &str, field: &'static str) -> ParseError {
