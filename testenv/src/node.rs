@@ -140,9 +140,13 @@ impl RealNode {
     /// `git://<gateway>:<port>`, to which a repository's path under `base` is appended.
     pub fn serve_git(&self, base: &Path) -> anyhow::Result<String> {
         let port = TcpListener::bind((self.gateway, 0))?.local_addr()?.port();
-        let mut daemon = Command::new("git");
+        // git-daemon itself, not `git daemon`: the `git` wrapper would be the
+        // child killed with this process, leaving the daemon behind.
+        let exec_path = Command::new("git").arg("--exec-path").output().context("running git --exec-path")?;
+        let exec_path = String::from_utf8(exec_path.stdout)?.trim().to_string();
+        let mut daemon = Command::new(Path::new(&exec_path).join("git-daemon"));
         daemon
-            .args(["daemon", "--reuseaddr", "--export-all"])
+            .args(["--reuseaddr", "--export-all"])
             .arg(format!("--base-path={}", base.display()))
             .arg(format!("--listen={}", self.gateway))
             .arg(format!("--port={port}"))
