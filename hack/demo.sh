@@ -277,6 +277,8 @@ PAYLOAD
 else
   payload=$fixture
   branch=refs/heads/master
+  # An earlier demo on the real node of this control plane cordoned kwok's node.
+  kubectl uncordon kwok-node-0 >/dev/null
   # The hand-made Redeployment last, once the operator has seen the Services
   # (it writes their status.type): one that names an unknown Service fails.
   for f in examples/*.yaml; do
