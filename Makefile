@@ -73,7 +73,7 @@ cluster: control-plane
 	@if [ -f "$(CLUSTER_DIR)/real-node.env" ]; then \
 	  echo "# With the real node real-node-0: pods run for real (details in $(CLUSTER_DIR)/real-node.env)."; \
 	else \
-	  echo "# Without the real node ($$(head -n 1 "$(CLUSTER_DIR)/real-node-unavailable" 2>/dev/null)): kwok completes pods."; \
+	  echo "# Without the real node ($$(head -n 1 "$(CLUSTER_DIR)/real-node-unavailable" 2>/dev/null || echo "not started")): kwok completes pods."; \
 	fi
 	@echo "# The control plane runs in the background (logs in $(CLUSTER_DIR)). Use it with:"
 	@echo "export KUBECONFIG=$(CLUSTER_DIR)/kubeconfig PATH=\"$(CONTROL_PLANE_BIN):\$$PATH\""

@@ -277,8 +277,12 @@ PAYLOAD
 else
   payload=$fixture
   branch=refs/heads/master
-  # An earlier demo on the real node of this control plane cordoned kwok's node.
+  # An earlier demo on the real node of this control plane cordoned kwok's
+  # node and untainted the real one: put both back, so pods land on kwok's.
   kubectl uncordon kwok-node-0 >/dev/null
+  if kubectl get node real-node-0 >/dev/null 2>&1; then
+    kubectl taint node real-node-0 redeploy.dev/node=real:NoSchedule --overwrite >/dev/null
+  fi
   # The hand-made Redeployment last, once the operator has seen the Services
   # (it writes their status.type): one that names an unknown Service fails.
   for f in examples/*.yaml; do
