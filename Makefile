@@ -6,7 +6,7 @@
 #   make load          loads the hook on a local control plane, next to a plain client's creates
 #   make scale         the operator at scale (1,000 Apps x 10 Services): memory, start-up, a 500-Service fan-out
 #   make crds          regenerates crds/ (and the chart's copy) from the Rust types
-#   make cluster       starts a local control plane in the background
+#   make cluster       starts a local control plane in the background, with the real node where the machine can run one
 #   make cluster-down  stops it
 #   make demo          the README's demo: cluster, CRDs, operator, examples/, a signed GitHub push, the rollout
 
@@ -63,12 +63,17 @@ cluster: control-plane
 	  rm -rf "$(CLUSTER_DIR)"; mkdir -p "$(CLUSTER_DIR)"; \
 	  REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" nohup target/debug/redeploy-testenv "$(CLUSTER_DIR)" \
 	    >"$(CLUSTER_DIR)/testenv.log" 2>&1 & echo $$! >"$(CLUSTER_DIR)/pid"; \
-	  for _ in $$(seq 1 600); do \
+	  for _ in $$(seq 1 9000); do \
 	    [ -f "$(CLUSTER_DIR)/ready" ] && break; \
 	    kill -0 "$$(cat "$(CLUSTER_DIR)/pid")" 2>/dev/null || { cat "$(CLUSTER_DIR)/testenv.log"; exit 1; }; \
 	    sleep 0.2; \
 	  done; \
 	  [ -f "$(CLUSTER_DIR)/ready" ] || { echo "the control plane did not start; see $(CLUSTER_DIR)"; exit 1; }; \
+	fi
+	@if [ -f "$(CLUSTER_DIR)/real-node.env" ]; then \
+	  echo "# With the real node real-node-0: pods run for real (details in $(CLUSTER_DIR)/real-node.env)."; \
+	else \
+	  echo "# Without the real node ($$(head -n 1 "$(CLUSTER_DIR)/real-node-unavailable" 2>/dev/null || echo "not started")): kwok completes pods."; \
 	fi
 	@echo "# The control plane runs in the background (logs in $(CLUSTER_DIR)). Use it with:"
 	@echo "export KUBECONFIG=$(CLUSTER_DIR)/kubeconfig PATH=\"$(CONTROL_PLANE_BIN):\$$PATH\""

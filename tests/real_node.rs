@@ -341,19 +341,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     let sha = commit(&work, &bare, &web_dockerfile(&base, true), "Serve the commit")?;
 
     // A Git server the build pod reaches.
-    let port = std::net::TcpListener::bind((node.gateway_ip(), 0))?.local_addr()?.port();
-    let mut daemon = std::process::Command::new("git");
-    daemon.args([
-        "daemon",
-        "--reuseaddr",
-        "--export-all",
-        &format!("--base-path={}", repos.path().display()),
-        &format!("--listen={}", node.gateway_ip()),
-        &format!("--port={port}"),
-        &repos.path().display().to_string(),
-    ]);
-    node.spawn(&format!("git-daemon-{port}"), daemon)?;
-    let url = format!("git://{}:{port}/team/web.git", node.gateway_ip());
+    let url = format!("{}/team/web.git", node.serve_git(repos.path())?);
     let image_repository = format!("{}/team/web", node.registry());
 
     // The operator, with the locally built BuildKit as its builder.

@@ -134,6 +134,29 @@ impl RealNode {
         self.push_process(name, command)
     }
 
+    /// Serves the Git repositories under `base` (`<base>/team/web.git`, say)
+    /// read-only with `git daemon` on [`gateway_ip`](Self::gateway_ip), where
+    /// the node's pods reach it; stopped with the node. Its URL,
+    /// `git://<gateway>:<port>`, to which a repository's path under `base` is appended.
+    pub fn serve_git(&self, base: &Path) -> anyhow::Result<String> {
+        let port = TcpListener::bind((self.gateway, 0))?.local_addr()?.port();
+        // git-daemon itself, not `git daemon`: the `git` wrapper would be the
+        // child killed with this process, leaving the daemon behind.
+        let exec_path = Command::new("git").arg("--exec-path").output().context("running git --exec-path")?;
+        let exec_path = String::from_utf8(exec_path.stdout)?.trim().to_string();
+        let mut daemon = Command::new(Path::new(&exec_path).join("git-daemon"));
+        daemon
+            .args(["--reuseaddr", "--export-all"])
+            .arg(format!("--base-path={}", base.display()))
+            .arg(format!("--listen={}", self.gateway))
+            .arg(format!("--port={port}"))
+            .arg(base);
+        self.spawn(&format!("git-daemon-{port}"), daemon)?;
+        let address = SocketAddr::from((self.gateway, port));
+        self.wait_for("git daemon", Duration::from_secs(20), || Ok(TcpStream::connect(address).is_ok()))?;
+        Ok(format!("git://{address}"))
+    }
+
     /// Makes the real node the only one new pods can land on: the kwok node
     /// is cordoned and the real node's taint removed, for test binaries whose
     /// every pod must really run, such as the operator's default build Job,
@@ -168,6 +191,15 @@ impl RealNode {
         }
     }
 
+    /// Why no real node is started here, if none is: [`REAL_NODE_ENV`]`=skip`,
+    /// or what this machine lacks (root, overlayfs, tools, cgroups).
+    pub fn unavailable_reason() -> Option<String> {
+        match std::env::var(REAL_NODE_ENV).as_deref() {
+            Ok("skip") => Some(format!("{REAL_NODE_ENV}=skip")),
+            _ => Self::unavailable(),
+        }
+    }
+
     /// Why this machine cannot run a real node, if it cannot.
     fn unavailable() -> Option<String> {
         // SAFETY: geteuid has no preconditions.
@@ -199,11 +231,7 @@ impl RealNode {
     /// this machine cannot run one.
     pub(crate) fn start(cp: &ControlPlane) -> anyhow::Result<Option<RealNode>> {
         let mode = std::env::var(REAL_NODE_ENV).unwrap_or_default();
-        let reason = match mode.as_str() {
-            "skip" => Some(format!("{REAL_NODE_ENV}=skip")),
-            _ => Self::unavailable(),
-        };
-        if let Some(reason) = reason {
+        if let Some(reason) = Self::unavailable_reason() {
             if mode == "require" {
                 bail!("{REAL_NODE_ENV}=require, but this machine cannot run a real node: {reason}");
             }
