@@ -151,8 +151,7 @@ mod tests {
     use super::{SignatureCheck, SignatureError, verify};
 
     const GITHUB_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/github/push-new-branch.json");
-    const BITBUCKET_CLOUD_PUSH: &[u8] =
-        include_bytes!("../../tests/fixtures/webhooks/bitbucket-cloud/repo-push.json");
+    const BITBUCKET_CLOUD_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/bitbucket-cloud/repo-push.json");
     const BITBUCKET_SERVER_PUSH: &[u8] =
         include_bytes!("../../tests/fixtures/webhooks/bitbucket-server/repo-refs-changed.json");
     const GITEA_PUSH: &[u8] = include_bytes!("../../tests/fixtures/webhooks/gitea/push-event.json");

@@ -174,8 +174,7 @@ mod tests {
     const PUSH_TAG_DELETED: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/push-tag-deleted.json");
     const PING: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/ping.json");
     const DEPLOYMENT: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/deployment.json");
-    const DEPLOYMENT_STATUS: &[u8] =
-        include_bytes!("../../../tests/fixtures/webhooks/github/deployment-status.json");
+    const DEPLOYMENT_STATUS: &[u8] = include_bytes!("../../../tests/fixtures/webhooks/github/deployment-status.json");
 
     const HELLO_WORLD: [&str; 4] = [
         "https://github.com/Codertocat/Hello-World.git",

@@ -187,8 +187,7 @@ fn header_less_github_push_is_generic_with_git_info() {
     assert_eq!(event.branch.as_deref(), Some("master"));
     assert_eq!(event.sha.as_deref(), Some("6113728f27ae82c7b1a177c8d03f9e96e0adf246"));
     assert_eq!(event.sender.as_deref(), Some("Codertocat"));
-    let deleted =
-        parse_ok(&json(), include_bytes!("../../../tests/fixtures/webhooks/github/push-tag-deleted.json"));
+    let deleted = parse_ok(&json(), include_bytes!("../../../tests/fixtures/webhooks/github/push-tag-deleted.json"));
     assert_eq!(
         (deleted.provider, deleted.tag.as_deref(), deleted.deleted),
         (Provider::Generic, Some("simple-tag"), true)
