@@ -277,7 +277,7 @@ pub fn buildkit_remote(repository: &str) -> Result<String, String> {
             return Err("it names no host".into());
         }
         if url.query().is_some() {
-            return Err("it has a ?query, which Git clone URLs do not have".into());
+            return Err(HAS_QUERY.into());
         }
         return match scheme.as_str() {
             "https" | "http" => http_remote(url),
@@ -300,8 +300,14 @@ pub fn buildkit_remote(repository: &str) -> Result<String, String> {
         return Err("it is neither a URL nor user@host:path (a path on this machine cannot be fetched)".into());
     }
     let url = Url::parse(&format!("https://{input}")).map_err(|e| format!("it is not a valid URL ({e})"))?;
+    if url.query().is_some() {
+        return Err(HAS_QUERY.into());
+    }
     http_remote(url)
 }
+
+/// A query would reach BuildKit, which reads `?ref=` and `?subdir=` from it (v0.24+).
+const HAS_QUERY: &str = "it has a ?query, which Git clone URLs do not have";
 
 fn http_remote(mut url: Url) -> Result<String, String> {
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -318,11 +324,12 @@ fn http_remote(mut url: Url) -> Result<String, String> {
     if path.is_empty() {
         return Err("it names a host but no repository".into());
     }
-    if !path.ends_with(".git") {
-        url.set_path(&format!("{path}.git"));
-    } else {
-        url.set_path(&path);
-    }
+    // BuildKit looks for a lower-case `.git`; `r.GIT` is repository `r` (crate::repo), not `r.GIT.git`.
+    let stem = match path.len().checked_sub(4).and_then(|at| path.split_at_checked(at)) {
+        Some((stem, suffix)) if suffix.eq_ignore_ascii_case(".git") => stem,
+        _ => &path,
+    };
+    url.set_path(&format!("{stem}.git"));
     Ok(url.to_string())
 }
 

@@ -403,6 +403,30 @@ fn repositories_are_normalised_for_buildkit() {
         assert!(error.contains(reason), "{input}: {error}");
     }
     assert_eq!(http_host("https://git.example.com:8443/a/b.git").as_deref(), Some("git.example.com:8443"));
+}
+
+/// Found by the `buildkit_remote` fuzz target: a scheme-less URL kept its query, which BuildKit
+/// (v0.24+) would read as `ref=`/`subdir=`, and which a second pass refused.
+#[test]
+fn a_schemeless_repository_with_a_query_is_refused() {
+    for input in
+        ["github.com/acme/shop?ref=main", "git.example.com:8443/acme/shop?", "githcmob.u/o/rs?t.example:7999/proj/rep"]
+    {
+        let error = buildkit_remote(input).expect_err(input);
+        assert!(error.contains("?query"), "{input}: {error}");
+    }
+}
+
+/// A `.git` suffix in another case is the suffix (as `crate::repo` reads it), not part of the name.
+#[test]
+fn a_git_suffix_in_upper_case_is_not_doubled() {
+    for (input, expected) in [
+        ("https://github.com/acme/shop.GIT", "https://github.com/acme/shop.git"),
+        ("https://github.com/acme/shop.Git/", "https://github.com/acme/shop.git"),
+        ("https://github.com/acme/.git", "https://github.com/acme/.git"),
+    ] {
+        assert_eq!(buildkit_remote(input).as_deref(), Ok(expected), "{input}");
+    }
     assert_eq!(http_host("git@github.com:acme/shop.git"), None);
 }
 
