@@ -345,6 +345,11 @@ fn scp_like(input: &str) -> Option<Result<String, String>> {
     let buildkit_user =
         |u: &str| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     match user {
+        // In the scp-like form `?` and `%` are part of the path; in a URL they would start a query or an escape.
+        Some(u) if !buildkit_user(u) && path.contains(['?', '%']) => Some(Err(format!(
+            "its path has `?` or `%`, which the ssh:// URL BuildKit needs for the user name {u:?} cannot keep: \
+             write it as ssh://user@host/path with the path percent-encoded"
+        ))),
         Some(u) if !buildkit_user(u) => {
             let path = path.trim_start_matches('/');
             Some(

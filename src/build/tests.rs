@@ -417,6 +417,22 @@ fn a_schemeless_repository_with_a_query_is_refused() {
     }
 }
 
+/// Found by the `buildkit_remote` fuzz target: rewriting `user.name@host:path?x` as `ssh://`
+/// turned the path's `?x` into a query, which names another path (and a second pass refused).
+#[test]
+fn an_scp_path_that_a_url_cannot_keep_is_refused() {
+    for input in [
+        "first.last@git.example.com:acme/shop?x",
+        "first.last@git.example.com:acme/100%25",
+        "Ig\u{fffd}it@gim:om:ogiP?t",
+    ] {
+        let error = buildkit_remote(input).expect_err(input);
+        assert!(error.contains("`?` or `%`"), "{input}: {error}");
+    }
+    // A user name BuildKit accepts keeps the scp-like form, whose path is literal.
+    assert_eq!(buildkit_remote("git@git.example.com:acme/shop?x").as_deref(), Ok("git@git.example.com:acme/shop?x"));
+}
+
 /// A `.git` suffix in another case is the suffix (as `crate::repo` reads it), not part of the name.
 #[test]
 fn a_git_suffix_in_upper_case_is_not_doubled() {
