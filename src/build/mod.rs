@@ -352,11 +352,16 @@ fn scp_like(input: &str) -> Option<Result<String, String>> {
         ))),
         Some(u) if !buildkit_user(u) => {
             let path = path.trim_start_matches('/');
-            Some(
-                Url::parse(&format!("ssh://{u}@{host}/{path}"))
-                    .map(|url| url.to_string())
-                    .map_err(|e| format!("it is not a valid SSH URL ({e})")),
-            )
+            let mut url = match Url::parse(&format!("ssh://{host}/{path}")) {
+                Ok(url) => url,
+                Err(e) => return Some(Err(format!("it is not a valid SSH URL ({e})"))),
+            };
+            // Set, not spliced into the string: a `?`, `#` or `@` in the user name is escaped
+            // instead of ending the authority (`x?@host:p` would otherwise name host `x`).
+            if u.contains('%') || url.set_username(u).is_err() {
+                return Some(Err(format!("{u:?} cannot be written as the user name of an ssh:// URL")));
+            }
+            Some(Ok(url.to_string()))
         }
         _ => Some(Ok(input.to_string())),
     }

@@ -429,6 +429,14 @@ fn an_scp_path_that_a_url_cannot_keep_is_refused() {
         let error = buildkit_remote(input).expect_err(input);
         assert!(error.contains("`?` or `%`"), "{input}: {error}");
     }
+    // A user name is escaped, never read as the end of the host.
+    assert_eq!(
+        buildkit_remote("x?@github.com:acme/shop").as_deref(),
+        Ok("ssh://x%3F@github.com/acme/shop"),
+        "the host stays github.com"
+    );
+    assert_eq!(buildkit_remote("a@b@github.com:acme/shop").as_deref(), Ok("ssh://a%40b@github.com/acme/shop"));
+    assert!(buildkit_remote("a%41@github.com:acme/shop").is_err());
     // A user name BuildKit accepts keeps the scp-like form, whose path is literal.
     assert_eq!(buildkit_remote("git@git.example.com:acme/shop?x").as_deref(), Ok("git@git.example.com:acme/shop?x"));
 }
