@@ -88,8 +88,12 @@ fn scp_like(input: &str) -> Option<Url> {
     if host.is_empty() || path.trim_matches('/').is_empty() {
         return None;
     }
-    let user = user.map(|u| format!("{u}@")).unwrap_or_default();
-    Url::parse(&format!("ssh://{user}{host}/{}", path.trim_start_matches('/'))).ok()
+    let mut url = Url::parse(&format!("ssh://{host}/{}", path.trim_start_matches('/'))).ok()?;
+    // Set, not spliced into the string: a `?`, `#` or `@` in the user name must not end the host.
+    if let Some(user) = user {
+        url.set_username(user).ok()?;
+    }
+    Some(url)
 }
 
 /// `host[:port]/path` without a scheme, read as `https://`.
@@ -291,6 +295,9 @@ mod tests {
             ("https://h.example/a/b%2F.git", id("h.example", "a/b")),
             ("https://gitlab.com/group%2Fsub/repo", id("gitlab.com", "group/sub/repo")),
             ("https://h.example/%2F", None),
+            // Found by the buildkit_remote fuzz target: a `?` in an scp-like user name ended the host.
+            ("x?@github.com:o/r", id("github.com", "o/r")),
+            ("a@b?@github.com:O/R.git", id("github.com", "o/r")),
         ];
         for (url, want) in cases {
             assert_eq!(&RepoId::parse(url), want, "RepoId::parse({url:?})");
