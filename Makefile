@@ -5,6 +5,7 @@
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
 #   make scale         the operator at scale (1,000 Apps x 10 Services): memory, start-up, a 500-Service fan-out
+#   make fuzz          runs every fuzz target (fuzz/) for FUZZ_SECONDS each; needs nightly and cargo-fuzz
 #   make crds          regenerates crds/ (and the chart's copy) from the Rust types
 #   make cluster       starts a local control plane in the background, with the real node where the machine can run one
 #   make cluster-down  stops it
@@ -21,7 +22,10 @@ CONTROL_PLANE_BIN = $(shell bash hack/build-control-plane.sh)
 NODE_BIN = $(shell bash hack/build-node.sh)
 NODE_IMAGES = $(shell bash hack/build-images.sh "$(NODE_BIN)")
 
-.PHONY: all build test lint bench load scale crds control-plane node cluster cluster-down demo
+# Seconds each fuzz target runs in `make fuzz`.
+FUZZ_SECONDS ?= 20
+
+.PHONY: all build test lint fuzz bench load scale crds control-plane node cluster cluster-down demo
 
 all: build
 
@@ -40,7 +44,12 @@ test: control-plane node
 
 lint:
 	$(CARGO) fmt --all -- --check
+	$(CARGO) fmt --manifest-path fuzz/Cargo.toml -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+# Fails if any target finds a crash; see fuzz/run.sh for the corpus and the artifacts.
+fuzz:
+	FUZZ_SECONDS="$(FUZZ_SECONDS)" bash fuzz/run.sh
 
 bench:
 	$(CARGO) bench --bench hook_path

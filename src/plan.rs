@@ -233,8 +233,25 @@ pub fn find_profile<'a>(
     if let Some(p) = own.iter().find(|p| p.name_any() == wanted) {
         return Ok(p);
     }
-    if let Some(p) = own.iter().find(|p| display(p) == wanted) {
-        return Ok(p);
+    // Names are unique, display names need not be: several matches are refused, never
+    // settled by the order the profiles happen to be listed in.
+    let exact: Vec<&&DeploymentProfile> = own.iter().filter(|p| !wanted.is_empty() && display(p) == wanted).collect();
+    let ambiguous = |several: &[&&DeploymentProfile], how: &str| {
+        let mut names: Vec<String> = several.iter().map(|p| p.name_any()).collect();
+        names.sort();
+        PlanError::InvalidModifier {
+            name: "deployment_profile".into(),
+            reason: format!(
+                "`{}` matches several DeploymentProfiles of App `{app}`{how} ({}): give its exact name",
+                shown(wanted),
+                names.join(", ")
+            ),
+        }
+    };
+    match exact.as_slice() {
+        [p] => return Ok(p),
+        [] => {}
+        several => return Err(ambiguous(several, " by display name")),
     }
     let folded = wanted.to_lowercase();
     let loose: Vec<&&DeploymentProfile> = own
@@ -256,14 +273,7 @@ pub fn find_profile<'a>(
             known.sort();
             Err(PlanError::UnknownProfile { app: app.into(), name: wanted.into(), known })
         }
-        several => Err(PlanError::InvalidModifier {
-            name: "deployment_profile".into(),
-            reason: format!(
-                "`{}` matches several DeploymentProfiles of App `{app}` when case is ignored ({}): give its exact name",
-                shown(wanted),
-                several.iter().map(|p| p.name_any()).collect::<Vec<_>>().join(", ")
-            ),
-        }),
+        several => Err(ambiguous(several, " when case is ignored")),
     }
 }
 
@@ -631,5 +641,7 @@ impl fmt::Display for ImageName {
     }
 }
 
+#[cfg(test)]
+mod proptests;
 #[cfg(test)]
 mod tests;

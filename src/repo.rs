@@ -135,8 +135,12 @@ fn scp_like(input: &str) -> Option<Url> {
     if host.is_empty() || path.trim_matches('/').is_empty() {
         return None;
     }
-    let user = user.map(|u| format!("{u}@")).unwrap_or_default();
-    Url::parse(&format!("ssh://{user}{host}/{}", path.trim_start_matches('/'))).ok()
+    let mut url = Url::parse(&format!("ssh://{host}/{}", path.trim_start_matches('/'))).ok()?;
+    // Set, not spliced into the string: a `?`, `#` or `@` in the user name must not end the host.
+    if let Some(user) = user {
+        url.set_username(user).ok()?;
+    }
+    Some(url)
 }
 
 /// `host[:port]/path` without a scheme, read as `https://`.
@@ -162,10 +166,12 @@ fn from_url(url: &Url) -> Option<RepoId> {
     if host.is_empty() {
         return None;
     }
+    // An escaped slash (`%2F`, as in GitLab's `group%2Frepo`) separates parts as a slash does,
+    // so that no part is empty and the path has no slash at its ends.
     let mut segments: Vec<String> = url
         .path_segments()?
-        .filter(|s| !s.is_empty())
         .map(|s| percent_decode_str(s).decode_utf8_lossy().to_lowercase())
+        .flat_map(|s| s.split('/').filter(|part| !part.is_empty()).map(str::to_owned).collect::<Vec<_>>())
         .collect();
     if let Some(last) = segments.last_mut()
         && let Some(stripped) = last.strip_suffix(".git")
@@ -365,6 +371,15 @@ mod tests {
             ("git@github.com:", None),
             ("https://github.com/o/r\n", id("github.com", "o/r")),
             ("https://github.com/o /r", None),
+            // Found by the repo_url fuzz target: an escaped slash left a slash at the end, or an empty part.
+            ("https://h.example/a/b%2F", id("h.example", "a/b")),
+            ("https://h.example/a%2F%2Fb", id("h.example", "a/b")),
+            ("https://h.example/a/b%2F.git", id("h.example", "a/b")),
+            ("https://gitlab.com/group%2Fsub/repo", id("gitlab.com", "group/sub/repo")),
+            ("https://h.example/%2F", None),
+            // Found by the buildkit_remote fuzz target: a `?` in an scp-like user name ended the host.
+            ("x?@github.com:o/r", id("github.com", "o/r")),
+            ("a@b?@github.com:O/R.git", id("github.com", "o/r")),
         ];
         for (url, want) in cases {
             assert_eq!(&RepoId::parse(url), want, "RepoId::parse({url:?})");

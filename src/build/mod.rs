@@ -320,7 +320,7 @@ pub fn buildkit_remote(repository: &str) -> Result<String, String> {
             return Err("it names no host".into());
         }
         if url.query().is_some() {
-            return Err("it has a ?query, which Git clone URLs do not have".into());
+            return Err(HAS_QUERY.into());
         }
         return match scheme.as_str() {
             "https" | "http" => http_remote(url),
@@ -343,8 +343,14 @@ pub fn buildkit_remote(repository: &str) -> Result<String, String> {
         return Err("it is neither a URL nor user@host:path (a path on this machine cannot be fetched)".into());
     }
     let url = Url::parse(&format!("https://{input}")).map_err(|e| format!("it is not a valid URL ({e})"))?;
+    if url.query().is_some() {
+        return Err(HAS_QUERY.into());
+    }
     http_remote(url)
 }
+
+/// A query would reach BuildKit, which reads `?ref=` and `?subdir=` from it (v0.24+).
+const HAS_QUERY: &str = "it has a ?query, which Git clone URLs do not have";
 
 fn http_remote(mut url: Url) -> Result<String, String> {
     let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
@@ -361,11 +367,12 @@ fn http_remote(mut url: Url) -> Result<String, String> {
     if path.is_empty() {
         return Err("it names a host but no repository".into());
     }
-    if !path.ends_with(".git") {
-        url.set_path(&format!("{path}.git"));
-    } else {
-        url.set_path(&path);
-    }
+    // BuildKit looks for a lower-case `.git`; `r.GIT` is repository `r` (crate::repo), not `r.GIT.git`.
+    let stem = match path.len().checked_sub(4).and_then(|at| path.split_at_checked(at)) {
+        Some((stem, suffix)) if suffix.eq_ignore_ascii_case(".git") => stem,
+        _ => &path,
+    };
+    url.set_path(&format!("{stem}.git"));
     Ok(url.to_string())
 }
 
@@ -381,13 +388,23 @@ fn scp_like(input: &str) -> Option<Result<String, String>> {
     let buildkit_user =
         |u: &str| !u.is_empty() && u.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     match user {
+        // In the scp-like form `?` and `%` are part of the path; in a URL they would start a query or an escape.
+        Some(u) if !buildkit_user(u) && path.contains(['?', '%']) => Some(Err(format!(
+            "its path has `?` or `%`, which the ssh:// URL BuildKit needs for the user name {u:?} cannot keep: \
+             write it as ssh://user@host/path with the path percent-encoded"
+        ))),
         Some(u) if !buildkit_user(u) => {
             let path = path.trim_start_matches('/');
-            Some(
-                Url::parse(&format!("ssh://{u}@{host}/{path}"))
-                    .map(|url| url.to_string())
-                    .map_err(|e| format!("it is not a valid SSH URL ({e})")),
-            )
+            let mut url = match Url::parse(&format!("ssh://{host}/{path}")) {
+                Ok(url) => url,
+                Err(e) => return Some(Err(format!("it is not a valid SSH URL ({e})"))),
+            };
+            // Set, not spliced into the string: a `?`, `#` or `@` in the user name is escaped
+            // instead of ending the authority (`x?@host:p` would otherwise name host `x`).
+            if u.contains('%') || url.set_username(u).is_err() {
+                return Some(Err(format!("{u:?} cannot be written as the user name of an ssh:// URL")));
+            }
+            Some(Ok(url.to_string()))
         }
         _ => Some(Ok(input.to_string())),
     }

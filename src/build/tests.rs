@@ -464,6 +464,54 @@ fn repositories_are_normalised_for_buildkit() {
         assert!(error.contains(reason), "{input}: {error}");
     }
     assert_eq!(http_host("https://git.example.com:8443/a/b.git").as_deref(), Some("git.example.com:8443"));
+}
+
+/// Found by the `buildkit_remote` fuzz target: a scheme-less URL kept its query, which BuildKit
+/// (v0.24+) would read as `ref=`/`subdir=`, and which a second pass refused.
+#[test]
+fn a_schemeless_repository_with_a_query_is_refused() {
+    for input in
+        ["github.com/acme/shop?ref=main", "git.example.com:8443/acme/shop?", "githcmob.u/o/rs?t.example:7999/proj/rep"]
+    {
+        let error = buildkit_remote(input).expect_err(input);
+        assert!(error.contains("?query"), "{input}: {error}");
+    }
+}
+
+/// Found by the `buildkit_remote` fuzz target: rewriting `user.name@host:path?x` as `ssh://`
+/// turned the path's `?x` into a query, which names another path (and a second pass refused).
+#[test]
+fn an_scp_path_that_a_url_cannot_keep_is_refused() {
+    for input in [
+        "first.last@git.example.com:acme/shop?x",
+        "first.last@git.example.com:acme/100%25",
+        "Ig\u{fffd}it@gim:om:ogiP?t",
+    ] {
+        let error = buildkit_remote(input).expect_err(input);
+        assert!(error.contains("`?` or `%`"), "{input}: {error}");
+    }
+    // A user name is escaped, never read as the end of the host.
+    assert_eq!(
+        buildkit_remote("x?@github.com:acme/shop").as_deref(),
+        Ok("ssh://x%3F@github.com/acme/shop"),
+        "the host stays github.com"
+    );
+    assert_eq!(buildkit_remote("a@b@github.com:acme/shop").as_deref(), Ok("ssh://a%40b@github.com/acme/shop"));
+    assert!(buildkit_remote("a%41@github.com:acme/shop").is_err());
+    // A user name BuildKit accepts keeps the scp-like form, whose path is literal.
+    assert_eq!(buildkit_remote("git@git.example.com:acme/shop?x").as_deref(), Ok("git@git.example.com:acme/shop?x"));
+}
+
+/// A `.git` suffix in another case is the suffix (as `crate::repo` reads it), not part of the name.
+#[test]
+fn a_git_suffix_in_upper_case_is_not_doubled() {
+    for (input, expected) in [
+        ("https://github.com/acme/shop.GIT", "https://github.com/acme/shop.git"),
+        ("https://github.com/acme/shop.Git/", "https://github.com/acme/shop.git"),
+        ("https://github.com/acme/.git", "https://github.com/acme/.git"),
+    ] {
+        assert_eq!(buildkit_remote(input).as_deref(), Ok(expected), "{input}");
+    }
     assert_eq!(http_host("git@github.com:acme/shop.git"), None);
 }
 

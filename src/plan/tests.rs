@@ -292,6 +292,26 @@ fn profile_ambiguous_ignoring_case() {
     );
 }
 
+/// Found by `proptests`: the profile a shared display name chose, and the names the
+/// refusal listed, followed the order the profiles were listed in.
+#[test]
+fn profile_choice_does_not_depend_on_listing_order() {
+    let a = profile("a", Some("Full"), &["web"]);
+    let b = profile("b", Some("Full"), &["api"]);
+    for all in [vec![a.clone(), b.clone()], vec![b.clone(), a.clone()]] {
+        let err = find_profile("shop", &all, "Full").unwrap_err();
+        assert!(
+            matches!(&err, PlanError::InvalidModifier { name, reason } if name == "deployment_profile"
+                && reason.contains("by display name (a, b)")),
+            "{err:?}"
+        );
+        let err = find_profile("shop", &all, "FULL").unwrap_err();
+        assert!(err.to_string().contains("when case is ignored (a, b)"), "{err}");
+        // A name is unique: it still chooses.
+        assert_eq!(find_profile("shop", &all, "b").unwrap().name_any(), "b");
+    }
+}
+
 #[test]
 fn profile_unknown() {
     let err = find_profile("shop", &profiles(), "slow").unwrap_err();
