@@ -24,7 +24,12 @@ fn fixture(path: &str) -> Vec<u8> {
 
 /// POSTs `body` with `headers`; returns the status and the JSON answer.
 async fn post(url: &str, headers: &[(&str, &str)], body: Vec<u8>) -> anyhow::Result<(u16, Value)> {
-    let mut request = reqwest::Client::new().post(url).body(body);
+    answer(reqwest::Client::new().post(url).body(body), headers).await
+}
+
+/// Sends `request` with `headers`; the status and the JSON answer, which must
+/// carry a `message`.
+async fn answer(mut request: reqwest::RequestBuilder, headers: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
     for (name, value) in headers {
         request = request.header(*name, *value);
     }
@@ -456,15 +461,7 @@ async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
 
 /// POSTs with no body at all, as `curl -X POST <url>` does.
 async fn post_without_body(url: &str, headers: &[(&str, &str)]) -> anyhow::Result<(u16, Value)> {
-    let mut request = reqwest::Client::new().post(url);
-    for (name, value) in headers {
-        request = request.header(*name, *value);
-    }
-    let response = request.send().await?;
-    let status = response.status().as_u16();
-    let body: Value = response.json().await?;
-    anyhow::ensure!(body["message"].is_string(), "answer {status} has no message: {body}");
-    Ok((status, body))
+    answer(reqwest::Client::new().post(url), headers).await
 }
 
 /// A namespace with App `multi` whose hook requires the signatures of

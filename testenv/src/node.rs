@@ -682,16 +682,7 @@ state = "/run/containerd"
     }
 
     fn check_running(&self) -> anyhow::Result<()> {
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        for process in processes.iter_mut() {
-            if let Some(status) = process.exited() {
-                let log = fs::read_to_string(self.dir.join(format!("{}.log", process.name))).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(30).collect();
-                let tail: Vec<&str> = tail.into_iter().rev().collect();
-                bail!("{} exited ({status}); last lines of its log:\n{}", process.name, tail.join("\n"));
-            }
-        }
-        Ok(())
+        crate::process::check_running(&self.processes, &self.dir, 30)
     }
 
     fn wait_for(

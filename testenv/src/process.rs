@@ -6,7 +6,7 @@ use std::{
     os::unix::process::CommandExt,
     path::Path,
     process::{Child, Command, Stdio},
-    sync::{OnceLock, mpsc},
+    sync::{Mutex, OnceLock, mpsc},
     thread,
     time::{Duration, Instant},
 };
@@ -92,4 +92,19 @@ fn spawner() -> &'static mpsc::Sender<SpawnRequest> {
             .unwrap_or_else(|e| panic!("cannot start the spawner thread: {e}"));
         requests
     })
+}
+
+/// Fails, with the last `lines` lines of its log (`<dir>/<name>.log`), if any
+/// of `processes` has exited.
+pub(crate) fn check_running(processes: &Mutex<Vec<Process>>, dir: &Path, lines: usize) -> anyhow::Result<()> {
+    let mut processes = processes.lock().unwrap_or_else(|e| e.into_inner());
+    for process in processes.iter_mut() {
+        if let Some(status) = process.exited() {
+            let log = std::fs::read_to_string(dir.join(format!("{}.log", process.name))).unwrap_or_default();
+            let tail: Vec<&str> = log.lines().rev().take(lines).collect();
+            let tail: Vec<&str> = tail.into_iter().rev().collect();
+            anyhow::bail!("{} exited ({status}); last lines of its log:\n{}", process.name, tail.join("\n"));
+        }
+    }
+    Ok(())
 }
