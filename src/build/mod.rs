@@ -114,8 +114,9 @@ use crate::{
     repo::redact_credentials,
 };
 
-/// The default builder's image: BuildKit, pinned (the operator's `--builder-image` replaces it).
-pub const BUILDKIT_IMAGE: &str = "moby/buildkit:v0.29.0";
+/// The default builder's image: BuildKit, pinned to the release the tests build and run on a real
+/// node (hack/versions.env `BUILDKIT_VERSION`); the operator's `--builder-image` replaces it.
+pub const BUILDKIT_IMAGE: &str = "moby/buildkit:v0.34.2";
 /// Name of the default builder's container.
 pub const BUILD_CONTAINER: &str = "build";
 

@@ -966,3 +966,14 @@ fn the_default_builder_runs_the_operators_builder_image() {
     let job = render_job(&request).expect("job");
     assert_eq!(pod_spec(&job).containers[0].image.as_deref(), Some(image));
 }
+
+/// The default image is the BuildKit release the tests build and run on a real node.
+#[test]
+fn the_default_builder_image_is_the_buildkit_release_the_tests_run() {
+    let versions = include_str!("../../hack/versions.env");
+    let version = versions
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("BUILDKIT_VERSION="))
+        .expect("hack/versions.env names BUILDKIT_VERSION");
+    assert_eq!(BUILDKIT_IMAGE, format!("moby/buildkit:{version}"));
+}
