@@ -46,9 +46,13 @@ pub fn redact_credentials(text: &str) -> Cow<'_, str> {
     let mut search = 0;
     while let Some(found) = text[search..].find("://") {
         let authority_start = search + found + 3;
+        // The scheme starts after the last character that cannot be in one,
+        // which may take more than one byte.
         let scheme_start = text[..search + found]
-            .rfind(|c: char| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
-            .map_or(0, |i| i + 1);
+            .char_indices()
+            .rev()
+            .find(|&(_, c)| !(c.is_ascii_alphanumeric() || "+.-".contains(c)))
+            .map_or(0, |(i, c)| i + c.len_utf8());
         let scheme = text[scheme_start..search + found].to_ascii_lowercase();
         let rest = &text[authority_start..];
         let authority_len = rest
@@ -280,6 +284,15 @@ fn gitlab_pages(mut segs: Vec<String>) -> Vec<String> {
 #[cfg(test)]
 mod redaction_tests {
     use super::redact_credentials;
+
+    /// Found by the `provider_by_shape` fuzz target: a character of more than
+    /// one byte just before a scheme split it mid-character (a panic).
+    #[test]
+    fn a_multi_byte_character_before_the_scheme_is_kept_whole() {
+        assert_eq!(redact_credentials("\u{5fa}https://u:p@h/r"), "\u{5fa}https://***@h/r");
+        assert_eq!(redact_credentials("é://u:p@h"), "é://***@h");
+        assert_eq!(redact_credentials("\u{5fa}ps://github.c@ome/x"), "\u{5fa}ps://***@ome/x");
+    }
 
     #[test]
     fn credentials_in_urls_are_redacted_wherever_they_stand() {
