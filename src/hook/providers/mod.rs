@@ -292,11 +292,14 @@ impl RefName {
     /// a `refs/` prefix is taken as a branch.
     fn parse(git_ref: &str) -> RefName {
         let git_ref = git_ref.trim();
+        // A name that is blank or starts with white space is no branch or tag
+        // (Git refuses white space in ref names).
+        let named = |name: &str| !name.is_empty() && name.trim_start() == name;
         if let Some(branch) = git_ref.strip_prefix("refs/heads/") {
-            return if branch.is_empty() { RefName::Other } else { RefName::Branch(branch.to_owned()) };
+            return if named(branch) { RefName::Branch(branch.to_owned()) } else { RefName::Other };
         }
         if let Some(tag) = git_ref.strip_prefix("refs/tags/") {
-            return if tag.is_empty() { RefName::Other } else { RefName::Tag(tag.to_owned()) };
+            return if named(tag) { RefName::Tag(tag.to_owned()) } else { RefName::Other };
         }
         if git_ref.is_empty() || git_ref.starts_with("refs/") {
             return RefName::Other;

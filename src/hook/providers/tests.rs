@@ -228,3 +228,18 @@ fn bitbucket_flavour_is_told_by_headers() {
     assert_eq!((event.provider, event.kind), (Provider::BitbucketServer, EventKind::Ignored));
     assert_eq!(event.delivery_id.as_deref(), Some("r-1"));
 }
+
+/// Found by the `provider_by_shape` fuzz target: `refs/heads/ main` was read
+/// as the branch ` main`. Git refuses white space in ref names, so it is
+/// neither a branch nor a tag: the push is acknowledged and ignored.
+#[test]
+fn a_ref_name_starting_with_white_space_is_no_branch_or_tag() {
+    for git_ref in ["refs/heads/ main", "refs/tags/\tv1", "refs/heads/ "] {
+        let body =
+            format!(r#"{{"repository":"https://github.com/o/r","ref":"{}","sha":""}}"#, git_ref.escape_default());
+        let event = parse_ok(&json(), body.as_bytes());
+        assert_eq!((event.branch.as_deref(), event.tag.as_deref()), (None, None), "{git_ref:?}: {event:?}");
+    }
+    let event = parse_ok(&json(), br#"{"repository":"https://github.com/o/r","ref":"refs/heads/main","sha":""}"#);
+    assert_eq!(event.branch.as_deref(), Some("main"));
+}
