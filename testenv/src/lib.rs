@@ -417,20 +417,7 @@ impl Drop for ControlPlane {
 /// The directory holding the control plane binaries: `$REDEPLOY_CONTROL_PLANE_BIN`,
 /// or what `hack/build-control-plane.sh` prints (it builds only what is missing).
 fn binaries() -> anyhow::Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("REDEPLOY_CONTROL_PLANE_BIN") {
-        return Ok(PathBuf::from(dir));
-    }
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../hack/build-control-plane.sh");
-    let output = Command::new("bash")
-        .arg(&script)
-        .stderr(std::process::Stdio::inherit())
-        .output()
-        .with_context(|| format!("running {}", script.display()))?;
-    if !output.status.success() {
-        bail!("{} failed ({})", script.display(), output.status);
-    }
-    let dir = String::from_utf8(output.stdout)?.lines().last().unwrap_or_default().trim().to_string();
-    Ok(PathBuf::from(dir))
+    node::script_output("REDEPLOY_CONTROL_PLANE_BIN", "build-control-plane.sh", &[])
 }
 
 fn free_port() -> anyhow::Result<u16> {

@@ -912,7 +912,7 @@ pub fn node_binaries() -> anyhow::Result<PathBuf> {
 }
 
 /// `$env`, or the last line `hack/<script> args...` prints (it builds only what is missing).
-fn script_output(env: &str, script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<PathBuf> {
+pub(crate) fn script_output(env: &str, script: &str, args: &[&std::ffi::OsStr]) -> anyhow::Result<PathBuf> {
     if let Some(dir) = std::env::var_os(env) {
         return Ok(PathBuf::from(dir));
     }
