@@ -432,12 +432,7 @@ fn github_signature(secret: &[u8], body: &[u8]) -> String {
 
 #[tokio::test]
 async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
-    let (_, client, namespace) = support::setup("hook-hmac").await?;
-    let objects = format!(
-        "apiVersion: v1\nkind: Secret\nmetadata:\n  name: webhook\nstringData:\n  github: s3cret\n---\napiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: multi\nspec:\n  hook:\n    signatureSecrets:\n      github: {{name: webhook, key: github}}\n{}",
-        git_service("github", "https://github.com/Codertocat/Hello-World", Some("master"))
-    );
-    let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
+    let (client, namespace, hook) = signed_app("hook-hmac", GITHUB_KEY, "production").await?;
     let body = fixture("github/push-new-branch.json");
     let event = [("Content-Type", "application/json"), ("X-GitHub-Event", "push")];
 
