@@ -141,6 +141,58 @@ async fn an_image_service_restarts_and_rolls_out() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fields Redeployments record on a Service are applied by their own
+/// field manager from the version they were computed from: a second writer
+/// holding a copy read before a build was recorded is refused (409, so it
+/// reads again) instead of replacing the list without that build, and the
+/// Service reconciler's fields stay its own. The read-modify-write merge
+/// patch this replaces wrote the stale list.
+#[tokio::test]
+async fn a_record_from_a_stale_copy_never_drops_a_build() -> anyhow::Result<()> {
+    use redeploy_operator::{
+        api::BuiltImage,
+        install::FIELD_MANAGER,
+        reconcile::service::{RECORD_FIELD_MANAGER, ServiceRecord, apply_record},
+    };
+    let objects = format!("{}{}{}", app(20), git_service("web", None), deployment("web", json!({}), 600));
+    let (client, namespace) = setup("record", &objects).await?;
+    let services = Api::<Service>::namespaced(client.clone(), &namespace);
+    let stale = eventually("the Service reconciler's status", || async {
+        let service = services.get("web").await?;
+        Ok(service.status.as_ref().is_some_and(|s| !s.conditions.is_empty()).then_some(service))
+    })
+    .await?;
+    let built = |commit: &str| BuiltImage {
+        commit: commit.into(),
+        image: format!("registry.example.com/web:{commit}"),
+        digest: None,
+    };
+    let other = "1111111111111111111111111111111111111111";
+    let version = stale.resource_version();
+    let first = ServiceRecord { builds: vec![built(SHA)], ..Default::default() };
+    apply_record(&client, &namespace, "web", version.as_deref(), &first).await?;
+    let second = ServiceRecord { builds: vec![built(other)], ..Default::default() };
+    let refused = apply_record(&client, &namespace, "web", version.as_deref(), &second).await;
+    assert!(matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409), "{refused:?}");
+
+    let service = services.get("web").await?;
+    let status = service.status.clone().unwrap_or_default();
+    let commits: Vec<&str> = status.builds.iter().map(|b| b.commit.as_str()).collect();
+    assert_eq!(commits, [SHA], "the build recorded first is kept");
+    assert!(status.conditions.iter().any(|c| c.type_ == "TargetReady"), "{status:?}");
+    let owners = |field: &str| {
+        let managed = service.metadata.managed_fields.clone().unwrap_or_default();
+        managed
+            .into_iter()
+            .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0["f:status"].get(field).is_some()))
+            .map(|m| (m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(owners("f:builds"), [(RECORD_FIELD_MANAGER.to_string(), "Apply".to_string())]);
+    assert_eq!(owners("f:conditions"), [(FIELD_MANAGER.to_string(), "Apply".to_string())]);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_git_service_is_built_deployed_and_the_build_reused() -> anyhow::Result<()> {
     let objects = format!("{}{}{}", app(20), git_service("web", None), deployment("web", json!({}), 600));

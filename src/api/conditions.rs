@@ -18,12 +18,25 @@ pub fn condition(
     message: impl Into<String>,
     observed_generation: Option<i64>,
 ) -> Condition {
+    condition_at(previous, type_, status, reason, message, observed_generation, Timestamp::now())
+}
+
+/// [`condition`] with the time a transition happens at given (for pure code).
+pub fn condition_at(
+    previous: &[Condition],
+    type_: &str,
+    status: bool,
+    reason: &str,
+    message: impl Into<String>,
+    observed_generation: Option<i64>,
+    now: Timestamp,
+) -> Condition {
     let status = if status { "True" } else { "False" }.to_string();
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
         .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| Time(Timestamp::now()));
+        .unwrap_or(Time(now));
     Condition {
         type_: type_.to_string(),
         status,

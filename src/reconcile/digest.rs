@@ -10,6 +10,7 @@ use crate::{
 };
 
 /// A tag resolved to a digest.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Resolved {
     /// `sha256:...`
     pub digest: String,

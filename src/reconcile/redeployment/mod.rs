@@ -1,0 +1,89 @@
+//! The Redeployment reconciler: executes a stored plan in passes of
+//! [`observe`] (every read, into one value), [`decide`] (a pure function of
+//! what was observed and the time: the next status and the effects) and
+//! [`execute`] (carry the effects out, then write the status). Every step is
+//! read back from the API server (the Redeployment's status, Jobs named after
+//! it, the workloads' annotations), so an operator restarted at any point goes
+//! on where it stood and never builds or rolls out the same thing twice.
+
+mod decide;
+mod execute;
+mod observe;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::{
+    Api, ResourceExt,
+    core::error_boundary::DeserializeGuard,
+    runtime::{
+        controller::Action,
+        finalizer::{Event as Finalizer, finalizer},
+    },
+};
+
+pub use self::decide::overall_phase;
+use super::Error;
+use crate::{
+    api::{CANCEL_FINALIZER, Redeployment},
+    context::Context,
+};
+
+pub const CONTROLLER: &str = "redeployment";
+
+pub async fn reconcile(guard: Arc<DeserializeGuard<Redeployment>>, context: Arc<Context>) -> Result<Action, Error> {
+    let started = std::time::Instant::now();
+    let redeployment = match &guard.0 {
+        Ok(redeployment) => Arc::new(redeployment.clone()),
+        Err(invalid) => {
+            return Err(Error::Malformed {
+                kind: "Redeployment",
+                namespace: invalid.metadata.namespace.clone().unwrap_or_default(),
+                name: invalid.metadata.name.clone().unwrap_or_default(),
+                message: invalid.error.clone(),
+            });
+        }
+    };
+    let namespace = redeployment.namespace().ok_or_else(|| Error::NoNamespace(redeployment.name_any()))?;
+    let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
+    let action = finalizer(&api, CANCEL_FINALIZER, redeployment, |event| async {
+        match event {
+            Finalizer::Apply(redeployment) => apply(&redeployment, &context).await,
+            Finalizer::Cleanup(redeployment) => cancel(&redeployment, &context).await,
+        }
+    })
+    .await
+    .map_err(|e| match e {
+        kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => e,
+        kube::runtime::finalizer::Error::AddFinalizer(e) | kube::runtime::finalizer::Error::RemoveFinalizer(e) => {
+            Error::Kube(e)
+        }
+        other => Error::Finalizer(other.to_string()),
+    })?;
+    context.metrics.reconciled(CONTROLLER, started.elapsed());
+    Ok(action)
+}
+
+async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error> {
+    // A finished Redeployment never starts again: the cached copy tells,
+    // without a read (a start reconciles every one kept in history).
+    if decide::is_done(cached) {
+        return Ok(Action::await_change());
+    }
+    // The cache can lag behind our own last status write (a workload event
+    // may wake us first): read the Redeployment itself.
+    let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
+    let Some(redeployment) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+    let observed = observe::observe(redeployment, context).await?;
+    let decision = decide::decide(&observed, Timestamp::now());
+    execute::execute(&observed, decision, context).await
+}
+
+/// Deleting a Redeployment cancels what it still runs.
+async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action, Error> {
+    let observed = observe::observe_deleted(redeployment.clone(), context);
+    let decision = decide::decide_cancel(&observed, Timestamp::now());
+    execute::execute(&observed, decision, context).await
+}
