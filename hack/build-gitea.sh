@@ -32,7 +32,7 @@ if [ ! -x "$dir/gitea" ] || [ ! -d "$dir/options/locale" ] || [ ! -d "$dir/templ
     -ldflags "-s -w -X main.Version=${GITEA_VERSION#v} -X 'main.Tags=$tags'" \
     -o "$tmp/gitea" code.gitea.io/gitea)
   log "built gitea in $(($(date +%s) - start))s"
-  src=$(cd "$here/gitea" && go list -m -f '{{.Dir}}' code.gitea.io/gitea)
+  src=$(cd "$here/gitea" && go mod download code.gitea.io/gitea && go list -m -f '{{.Dir}}' code.gitea.io/gitea)
   for d in options templates public; do
     cp -R "$src/$d" "$tmp/$d"
   done
