@@ -1,6 +1,6 @@
 # redeploy-operator: build, test and try it out locally.
 #
-#   make test          builds the control plane and node binaries when missing, then runs every test
+#   make test          builds the control plane, node and Gitea binaries when missing, then runs every test
 #   make lint          cargo fmt --check and clippy with warnings as errors
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
@@ -21,11 +21,13 @@ CONTROL_PLANE_BIN = $(shell bash hack/build-control-plane.sh)
 # and hack/build-images.sh the layers of its images.
 NODE_BIN = $(shell bash hack/build-node.sh)
 NODE_IMAGES = $(shell bash hack/build-images.sh "$(NODE_BIN)")
+# Where hack/build-gitea.sh caches Gitea (tests/gitea.rs's Git host).
+GITEA_BIN = $(shell bash hack/build-gitea.sh)
 
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build test lint fuzz bench load scale crds control-plane node cluster cluster-down demo
+.PHONY: all build test lint fuzz bench load scale crds control-plane node gitea cluster cluster-down demo
 
 all: build
 
@@ -38,8 +40,12 @@ control-plane:
 node:
 	@bash hack/build-images.sh "$$(bash hack/build-node.sh)"
 
-test: control-plane node
+gitea:
+	@bash hack/build-gitea.sh
+
+test: control-plane node gitea
 	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" REDEPLOY_NODE_BIN="$(NODE_BIN)" REDEPLOY_NODE_IMAGES="$(NODE_IMAGES)" \
+	  REDEPLOY_GITEA_BIN="$(GITEA_BIN)" \
 	  $(CARGO) test --workspace --all-targets --no-fail-fast
 
 lint:

@@ -15,7 +15,10 @@ use k8s_openapi::api::{
 use kube::{Api, Client, api::ListParams};
 use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
-use support::{apply_yaml, wait_for};
+use support::{
+    apply_yaml, wait_for,
+    web_app::{available, commit, git, http_get, on_node, ready_pod_of_app, web_deployment, web_dockerfile},
+};
 
 /// An HTTP request for `/version`, for `nc`: Debian's static busybox `wget`
 /// crashes (SIGSEGV) on this machine and in the images.
@@ -27,61 +30,8 @@ fn real_node(cp: &'static ControlPlane) -> anyhow::Result<Option<&'static RealNo
     cp.real_node()
 }
 
-fn on_node(mut pod_spec: serde_json::Value) -> serde_json::Value {
-    RealNode::place_on_node(&mut pod_spec);
-    pod_spec
-}
-
-/// busybox httpd serving `/www`: the image's `/www/version`, or else
-/// `version` (and `/ready`). Ready once `/ready` answers.
-fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Value {
-    let script = format!(
-        "test -f /www/version || {{ mkdir -p /www && echo {version} > /www/version && touch /www/ready; }}; \
-         exec httpd -f -p 8080 -h /www"
-    );
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": on_node(json!({
-                    "containers": [{
-                        "name": "web", "image": image,
-                        "command": ["sh", "-c", script],
-                        "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {
-                            "httpGet": {"path": "/ready", "port": 8080},
-                            "periodSeconds": 1,
-                        },
-                    }],
-                    "terminationGracePeriodSeconds": 1,
-                })),
-            },
-        },
-    })
-}
-
 fn pods_api(client: &Client, namespace: &str) -> Api<Pod> {
     Api::<Pod>::namespaced(client.clone(), namespace)
-}
-
-async fn available(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Deployment> {
-    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
-    wait_for(&format!("Deployment {name} available"), Duration::from_secs(180), Duration::from_millis(250), || async {
-        let deployment = deployments.get(name).await?;
-        let ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
-        Ok((ready >= 1).then_some(deployment))
-    })
-    .await
-}
-
-/// A plain HTTP GET from this process, for a pod IP (routed to the node).
-async fn http_get(url: &str) -> anyhow::Result<String> {
-    let response = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?.get(url).send().await?;
-    anyhow::ensure!(response.status().is_success(), "GET {url}: {}", response.status());
-    Ok(response.text().await?)
 }
 
 #[tokio::test]
@@ -186,21 +136,6 @@ async fn a_deployment_runs_on_the_real_node_behind_its_cluster_ip() -> anyhow::R
     Ok(())
 }
 
-fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()?;
-    anyhow::ensure!(output.status.success(), "git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
-}
-
 /// The GitHub push of `sha` to `main` of the repository at `url`, as GitHub shapes it.
 fn github_push(url: &str, sha: &str) -> serde_json::Value {
     json!({
@@ -224,25 +159,6 @@ fn github_signature(secret: &[u8], body: &[u8]) -> String {
     let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
     mac.update(body);
     format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
-/// The web app's Dockerfile: `/version` is the commit it was built from, and
-/// `/ready` (the readiness probe's path) exists only if `ready`.
-fn web_dockerfile(base: &str, ready: bool) -> String {
-    let ready = if ready { " && touch /www/ready" } else { "" };
-    format!(
-        "FROM {base}\nARG REDEPLOY_GIT_COMMIT\nRUN mkdir -p /www && echo \"$REDEPLOY_GIT_COMMIT\" > /www/version{ready}\n\
-         CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
-    )
-}
-
-/// Commits `dockerfile` in `work` and pushes it to `bare`'s main; the commit.
-fn commit(work: &std::path::Path, bare: &std::path::Path, dockerfile: &str, message: &str) -> anyhow::Result<String> {
-    std::fs::write(work.join("Dockerfile"), dockerfile)?;
-    git(work, &["add", "Dockerfile"])?;
-    git(work, &["commit", "-q", "-m", message])?;
-    git(work, &["push", "-q", &bare.display().to_string(), "main"])?;
-    git(work, &["rev-parse", "HEAD"])
 }
 
 /// POSTs the signed push of `sha` to `hook` and waits for its Redeployment to finish.
@@ -296,30 +212,6 @@ async fn ready_pod_of(client: &Client, namespace: &str, digest: &str) -> anyhow:
     ready_pod_of_app(client, namespace, "web", digest).await
 }
 
-/// A Ready pod labelled `app=<app>` running `digest`; its IP.
-async fn ready_pod_of_app(client: &Client, namespace: &str, app: &str, digest: &str) -> anyhow::Result<String> {
-    let pods = pods_api(client, namespace);
-    let selector = format!("app={app}");
-    let pod =
-        wait_for(&format!("a Ready pod of {digest}"), Duration::from_secs(120), Duration::from_millis(250), || async {
-            let list = pods.list(&ListParams::default().labels(&selector)).await?;
-            Ok(list.items.into_iter().find(|p| {
-                let status = p.status.as_ref();
-                let ready = status
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                let image_id = status
-                    .and_then(|s| s.container_statuses.as_ref())
-                    .and_then(|c| c.first())
-                    .map(|c| c.image_id.clone())
-                    .unwrap_or_default();
-                ready && p.metadata.deletion_timestamp.is_none() && image_id.ends_with(digest)
-            }))
-        })
-        .await?;
-    pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow::anyhow!("pod without IP"))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_out() -> anyhow::Result<()> {
     use redeploy_operator::api::Phase;
@@ -338,7 +230,8 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     let bare = repos.path().join("team/web.git");
     git(repos.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
     let base = node.images().base.clone();
-    let sha = commit(&work, &bare, &web_dockerfile(&base, true), "Serve the commit")?;
+    let remote = bare.display().to_string();
+    let sha = commit(&work, &remote, &web_dockerfile(&base, true), "Serve the commit")?;
 
     // A Git server the build pod reaches.
     let url = format!("{}/team/web.git", node.serve_git(repos.path())?);
@@ -418,7 +311,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // A Dockerfile that fails: the Redeployment fails with BuildKit's error line.
     let broken = format!("FROM {base}\nRUN echo about to fail && exit 3\n");
-    let broken_sha = commit(&work, &bare, &broken, "Break the build")?;
+    let broken_sha = commit(&work, &remote, &broken, "Break the build")?;
     let failed = push_and_finish(&client, &namespace, &hook, &url, &broken_sha).await?;
     let status = failed.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
@@ -428,7 +321,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // An image that never gets Ready: the rollout fails at the profile's
     // timeout, and the rollback leaves the first commit serving.
-    let never_ready = commit(&work, &bare, &web_dockerfile(&base, false), "Never ready")?;
+    let never_ready = commit(&work, &remote, &web_dockerfile(&base, false), "Never ready")?;
     let rolled_back = push_and_finish(&client, &namespace, &hook, &url, &never_ready).await?;
     let status = rolled_back.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");

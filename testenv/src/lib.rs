@@ -9,9 +9,11 @@
 //! binary exits, and (through `PR_SET_PDEATHSIG`) when it dies.
 
 mod certs;
+mod gitea;
 mod node;
 mod process;
 
+pub use gitea::{GITEA_ADMIN, Gitea, gitea_binaries};
 pub use node::{Images, REAL_NODE_ENV, REAL_NODE_LABEL, REAL_NODE_NAME, REAL_NODE_VALUE, RealNode, node_binaries};
 
 use std::{

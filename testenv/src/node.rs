@@ -876,7 +876,7 @@ fn sweep_stale_cgroups() {
 }
 
 /// The status code of `GET path` on a plain-HTTP server, if it answers.
-fn http_status(host: &str, path: &str) -> Option<u16> {
+pub(crate) fn http_status(host: &str, path: &str) -> Option<u16> {
     let mut stream = TcpStream::connect(host).ok()?;
     stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     write!(stream, "GET {path} HTTP/1.0\r\nHost: {host}\r\n\r\n").ok()?;

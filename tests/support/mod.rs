@@ -22,6 +22,8 @@ use redeploy_operator::install::{FIELD_MANAGER, apply_crds};
 use redeploy_testenv::ControlPlane;
 use tokio::sync::OnceCell;
 
+pub mod web_app;
+
 /// The shared control plane, a fresh admin client and a new namespace.
 pub async fn setup(prefix: &str) -> anyhow::Result<(&'static ControlPlane, Client, String)> {
     let control_plane = ControlPlane::shared();

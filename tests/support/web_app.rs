@@ -1,0 +1,127 @@
+//! The tiny web app the real-node tests build and roll out (busybox httpd
+//! whose `/version` is the commit it was built from), and the Git, Kubernetes
+//! and HTTP steps around it.
+
+use std::{path::Path, process::Command, time::Duration};
+
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use kube::{Api, Client, api::ListParams};
+use redeploy_testenv::RealNode;
+use serde_json::json;
+
+use super::wait_for;
+
+/// `pod_spec` (JSON) placed on the real node.
+pub fn on_node(mut pod_spec: serde_json::Value) -> serde_json::Value {
+    RealNode::place_on_node(&mut pod_spec);
+    pod_spec
+}
+
+/// busybox httpd serving `/www`: the image's `/www/version`, or else
+/// `version` (and `/ready`). Ready once `/ready` answers.
+pub fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Value {
+    let script = format!(
+        "test -f /www/version || {{ mkdir -p /www && echo {version} > /www/version && touch /www/ready; }}; \
+         exec httpd -f -p 8080 -h /www"
+    );
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": on_node(json!({
+                    "containers": [{
+                        "name": "web", "image": image,
+                        "command": ["sh", "-c", script],
+                        "ports": [{"containerPort": 8080}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/ready", "port": 8080},
+                            "periodSeconds": 1,
+                        },
+                    }],
+                    "terminationGracePeriodSeconds": 1,
+                })),
+            },
+        },
+    })
+}
+
+/// Waits until Deployment `name` has a ready replica.
+pub async fn available(client: &Client, namespace: &str, name: &str) -> anyhow::Result<Deployment> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    wait_for(&format!("Deployment {name} available"), Duration::from_secs(180), Duration::from_millis(250), || async {
+        let deployment = deployments.get(name).await?;
+        let ready = deployment.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+        Ok((ready >= 1).then_some(deployment))
+    })
+    .await
+}
+
+/// A plain HTTP GET from this process, for a pod IP (routed to the node).
+pub async fn http_get(url: &str) -> anyhow::Result<String> {
+    let response = reqwest::Client::builder().timeout(Duration::from_secs(5)).build()?.get(url).send().await?;
+    anyhow::ensure!(response.status().is_success(), "GET {url}: {}", response.status());
+    Ok(response.text().await?)
+}
+
+/// Runs `git args` in `dir` as a test author, without the machine's or user's configuration; its output.
+pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<String> {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_CONFIG_NOSYSTEM", "1")
+        .env("HOME", dir)
+        .env("GIT_AUTHOR_NAME", "Test")
+        .env("GIT_AUTHOR_EMAIL", "test@example.com")
+        .env("GIT_COMMITTER_NAME", "Test")
+        .env("GIT_COMMITTER_EMAIL", "test@example.com")
+        .output()?;
+    anyhow::ensure!(output.status.success(), "git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
+    Ok(String::from_utf8(output.stdout)?.trim().to_string())
+}
+
+/// The web app's Dockerfile: `/version` is the commit it was built from, and
+/// `/ready` (the readiness probe's path) exists only if `ready`.
+pub fn web_dockerfile(base: &str, ready: bool) -> String {
+    let ready = if ready { " && touch /www/ready" } else { "" };
+    format!(
+        "FROM {base}\nARG REDEPLOY_GIT_COMMIT\nRUN mkdir -p /www && echo \"$REDEPLOY_GIT_COMMIT\" > /www/version{ready}\n\
+         CMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
+    )
+}
+
+/// Commits `dockerfile` in `work` and pushes it to `remote`'s main (a path
+/// or a URL); the commit.
+pub fn commit(work: &Path, remote: &str, dockerfile: &str, message: &str) -> anyhow::Result<String> {
+    std::fs::write(work.join("Dockerfile"), dockerfile)?;
+    git(work, &["add", "Dockerfile"])?;
+    git(work, &["commit", "-q", "-m", message])?;
+    git(work, &["push", "-q", remote, "main"])?;
+    git(work, &["rev-parse", "HEAD"])
+}
+
+/// A Ready pod labelled `app=<app>` running `digest`; its IP.
+pub async fn ready_pod_of_app(client: &Client, namespace: &str, app: &str, digest: &str) -> anyhow::Result<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let selector = format!("app={app}");
+    let pod =
+        wait_for(&format!("a Ready pod of {digest}"), Duration::from_secs(120), Duration::from_millis(250), || async {
+            let list = pods.list(&ListParams::default().labels(&selector)).await?;
+            Ok(list.items.into_iter().find(|p| {
+                let status = p.status.as_ref();
+                let ready = status
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let image_id = status
+                    .and_then(|s| s.container_statuses.as_ref())
+                    .and_then(|c| c.first())
+                    .map(|c| c.image_id.clone())
+                    .unwrap_or_default();
+                ready && p.metadata.deletion_timestamp.is_none() && image_id.ends_with(digest)
+            }))
+        })
+        .await?;
+    pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow::anyhow!("pod without IP"))
+}
