@@ -140,37 +140,53 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
     let control_plane = ControlPlane::start()?;
     let control_plane = &control_plane;
     std::thread::scope(|scope| {
-        let (started, operator_addr) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = scope.spawn(move || {
-            let result = support::runtime().and_then(|runtime| {
-                runtime.block_on(async {
-                    let leader = support::start_operator(control_plane, CONCURRENT_PER_APP).await?;
-                    let follower = match settings.replica {
-                        Replica::Leader => None,
-                        Replica::Follower => Some(start_follower(control_plane).await?),
-                    };
-                    let hook_addr = follower.as_ref().map_or(leader.hook_addr, |f| f.hook_addr);
-                    let _ = started.send(Ok(Addrs { leader: leader.hook_addr, hook: hook_addr }));
-                    let _ = stopped.await;
-                    if let Some(follower) = follower {
-                        follower.shutdown().await;
-                    }
-                    leader.shutdown().await;
-                    anyhow::Ok(())
-                })
+        // Each replica on a runtime (and threads) of its own, as in a process of its own.
+        let replica = |follower: bool| {
+            let (started, addr) = std::sync::mpsc::channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = scope.spawn(move || {
+                let result = support::runtime().and_then(|runtime| {
+                    runtime.block_on(async {
+                        let running = if follower {
+                            start_follower(control_plane).await?
+                        } else {
+                            support::start_operator(control_plane, CONCURRENT_PER_APP).await?
+                        };
+                        let _ = started.send(Ok(running.hook_addr));
+                        let _ = stopped.await;
+                        running.shutdown().await;
+                        anyhow::Ok(())
+                    })
+                });
+                if let Err(error) = result {
+                    let _ = started.send(Err(error));
+                }
             });
-            if let Err(error) = result {
-                let _ = started.send(Err(error));
-            }
+            let addr = addr
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the operator thread died"))
+                .and_then(|addr| addr.map_err(|e| e.context("starting the operator")));
+            (addr, stop, thread)
+        };
+        let (leader, stop_leader, leader_thread) = replica(false);
+        let mut others = Vec::new();
+        let result = leader.and_then(|leader| {
+            let hook = match settings.replica {
+                Replica::Leader => leader,
+                Replica::Follower => {
+                    let (follower, stop, thread) = replica(true);
+                    others.push((stop, thread));
+                    follower?
+                }
+            };
+            support::runtime()?.block_on(load(control_plane, Addrs { leader, hook }, settings))
         });
-        let result = operator_addr
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the operator thread died"))
-            .and_then(|addrs| addrs.map_err(|e| e.context("starting the operator")))
-            .and_then(|addrs| support::runtime()?.block_on(load(control_plane, addrs, settings)));
-        drop(stop);
-        let _ = operator.join();
+        for (stop, thread) in others {
+            drop(stop);
+            let _ = thread.join();
+        }
+        drop(stop_leader);
+        let _ = leader_thread.join();
         result
     })
 }
