@@ -13,12 +13,20 @@
 //!   HTTP/1.1 connections, timing each request up to the end of the answer.
 //!
 //! Both sides run `N` requests per round at concurrency `C` through the same
-//! `buffer_unordered`. Targets: hook rate >= 80% of the raw rate, hook p99 <
+//! `buffer_unordered`. The operator runs as two replicas, each on a runtime of
+//! its own: the leader, which reconciles (it executes the Redeployments of both
+//! sides alike), and a follower, which serves hooks and reconciles nothing, as
+//! in a two-replica install; the hook rounds POST to the follower
+//! (`LOAD_REPLICA=leader`: to the leader). Each round starts once every
+//! Redeployment of the round before has finished (or after 120 s), so no round
+//! inherits another's backlog, and the time until the round's last one finished
+//! is its end-to-end time. Targets: hook rate >= 80% of the raw rate, hook p99 <
 //! 2x the raw p99. A missed target is reported, not an error: the exit status
 //! is non-zero only when a request failed or the stored objects do not add up.
 //!
 //! `cargo bench --bench hook_load` (or `make load`) measures; env `LOAD_N`
-//! (default 1000), `LOAD_CONCURRENCY` (32), `LOAD_ROUNDS` (rounds per side, 2).
+//! (default 1000), `LOAD_CONCURRENCY` (32), `LOAD_ROUNDS` (rounds per side, 2),
+//! `LOAD_REPLICA` (`follower` or `leader`).
 //! `cargo test --all-targets` runs it without `--bench`: a smoke run with N=20,
 //! C=4 that asserts every request succeeded.
 
