@@ -13,12 +13,20 @@
 //!   HTTP/1.1 connections, timing each request up to the end of the answer.
 //!
 //! Both sides run `N` requests per round at concurrency `C` through the same
-//! `buffer_unordered`. Targets: hook rate >= 80% of the raw rate, hook p99 <
+//! `buffer_unordered`. The operator runs as two replicas, each on a runtime of
+//! its own: the leader, which reconciles (it executes the Redeployments of both
+//! sides alike), and a follower, which serves hooks and reconciles nothing, as
+//! in a two-replica install; the hook rounds POST to the follower
+//! (`LOAD_REPLICA=leader`: to the leader). Each round starts once every
+//! Redeployment of the round before has finished (or after 120 s), so no round
+//! inherits another's backlog, and the time until the round's last one finished
+//! is its end-to-end time. Targets: hook rate >= 80% of the raw rate, hook p99 <
 //! 2x the raw p99. A missed target is reported, not an error: the exit status
 //! is non-zero only when a request failed or the stored objects do not add up.
 //!
 //! `cargo bench --bench hook_load` (or `make load`) measures; env `LOAD_N`
-//! (default 1000), `LOAD_CONCURRENCY` (32), `LOAD_ROUNDS` (rounds per side, 2).
+//! (default 1000), `LOAD_CONCURRENCY` (32), `LOAD_ROUNDS` (rounds per side, 2),
+//! `LOAD_REPLICA` (`follower` or `leader`).
 //! `cargo test --all-targets` runs it without `--bench`: a smoke run with N=20,
 //! C=4 that asserts every request succeeded.
 
@@ -71,18 +79,36 @@ struct Settings {
     n: usize,
     concurrency: usize,
     rounds: usize,
+    /// The replica the hook rounds POST to.
+    replica: Replica,
     smoke: bool,
+}
+
+/// Which replica serves the hook rounds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Replica {
+    /// A follower (the default): it serves hooks and reconciles nothing, so
+    /// the hook side pays for what a hook call costs, not for the leader's
+    /// reconcile work, which the raw side's creates cause just as much.
+    Follower,
+    /// The leader itself: hooks and every reconciler in one process.
+    Leader,
 }
 
 impl Settings {
     fn from_env() -> anyhow::Result<Settings> {
         if support::smoke_run() {
-            return Ok(Settings { n: 20, concurrency: 4, rounds: 2, smoke: true });
+            return Ok(Settings { n: 20, concurrency: 4, rounds: 2, replica: Replica::Follower, smoke: true });
         }
         Ok(Settings {
             n: support::env_count("LOAD_N", 1000)?,
             concurrency: support::env_count("LOAD_CONCURRENCY", 32)?,
             rounds: support::env_count("LOAD_ROUNDS", 2)?,
+            replica: match std::env::var("LOAD_REPLICA").as_deref() {
+                Ok("leader") => Replica::Leader,
+                Ok("follower") | Err(_) => Replica::Follower,
+                Ok(other) => anyhow::bail!("LOAD_REPLICA={other}: `follower` or `leader`"),
+            },
             smoke: false,
         })
     }
@@ -122,31 +148,96 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
     let control_plane = ControlPlane::start()?;
     let control_plane = &control_plane;
     std::thread::scope(|scope| {
-        let (started, operator_addr) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = scope.spawn(move || {
-            let result = support::runtime().and_then(|runtime| {
-                runtime.block_on(async {
-                    let running = support::start_operator(control_plane, CONCURRENT_PER_APP).await?;
-                    let _ = started.send(Ok(running.hook_addr));
-                    let _ = stopped.await;
-                    running.shutdown().await;
-                    anyhow::Ok(())
-                })
+        // Each replica on a runtime (and threads) of its own, as in a process of its own.
+        let replica = |follower: bool| {
+            let (started, addr) = std::sync::mpsc::channel();
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            let thread = scope.spawn(move || {
+                let result = support::runtime().and_then(|runtime| {
+                    runtime.block_on(async {
+                        let running = if follower {
+                            start_follower(control_plane).await?
+                        } else {
+                            support::start_operator(control_plane, CONCURRENT_PER_APP).await?
+                        };
+                        let _ = started.send(Ok(running.hook_addr));
+                        let _ = stopped.await;
+                        running.shutdown().await;
+                        anyhow::Ok(())
+                    })
+                });
+                if let Err(error) = result {
+                    let _ = started.send(Err(error));
+                }
             });
-            if let Err(error) = result {
-                let _ = started.send(Err(error));
-            }
+            let addr = addr
+                .recv()
+                .map_err(|_| anyhow::anyhow!("the operator thread died"))
+                .and_then(|addr| addr.map_err(|e| e.context("starting the operator")));
+            (addr, stop, thread)
+        };
+        let (leader, stop_leader, leader_thread) = replica(false);
+        let mut others = Vec::new();
+        let result = leader.and_then(|leader| {
+            let hook = match settings.replica {
+                Replica::Leader => leader,
+                Replica::Follower => {
+                    let (follower, stop, thread) = replica(true);
+                    others.push((stop, thread));
+                    follower?
+                }
+            };
+            support::runtime()?.block_on(load(control_plane, Addrs { leader, hook }, settings))
         });
-        let result = operator_addr
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the operator thread died"))
-            .and_then(|addr| addr.map_err(|e| e.context("starting the operator")))
-            .and_then(|addr| support::runtime()?.block_on(load(control_plane, addr, settings)));
-        drop(stop);
-        let _ = operator.join();
+        for (stop, thread) in others {
+            drop(stop);
+            let _ = thread.join();
+        }
+        drop(stop_leader);
+        let _ = leader_thread.join();
         result
     })
+}
+
+/// Where the operator's replicas serve hooks.
+struct Addrs {
+    /// The replica that reconciles (and serves hooks too).
+    leader: SocketAddr,
+    /// The replica the hook rounds POST to.
+    hook: SocketAddr,
+}
+
+/// A Lease the leader replica never asks for, held by nobody running for an hour.
+const FOLLOWER_LEASE: &str = "redeploy-operator-load";
+
+/// A second replica that follows: it serves hooks from its own caches and
+/// reconciles nothing, as the replica that is not the leader of a
+/// two-replica install does (the Lease it runs for is held by another).
+async fn start_follower(control_plane: &ControlPlane) -> anyhow::Result<redeploy_operator::operator::Running> {
+    use k8s_openapi::{
+        api::coordination::v1::{Lease, LeaseSpec},
+        apimachinery::pkg::apis::meta::v1::MicroTime,
+    };
+    let client = control_plane.client().await?;
+    let now = MicroTime(Timestamp::now());
+    let lease = Lease {
+        metadata: kube::api::ObjectMeta { name: Some(FOLLOWER_LEASE.into()), ..Default::default() },
+        spec: Some(LeaseSpec {
+            holder_identity: Some("the-leader".into()),
+            lease_duration_seconds: Some(3600),
+            acquire_time: Some(now.clone()),
+            renew_time: Some(now),
+            ..Default::default()
+        }),
+    };
+    Api::<Lease>::namespaced(client.clone(), "default").create(&PostParams::default(), &lease).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut config = support::operator_config(port, CONCURRENT_PER_APP);
+    config.leader_election =
+        Some(redeploy_operator::leader::LeaseConfig::new("default", FOLLOWER_LEASE, "the-follower"));
+    let follower = support::start_operator_with(client, config).await?;
+    anyhow::ensure!(!follower.is_leading(), "the follower replica took the Lease");
+    Ok(follower)
 }
 
 fn app_yaml() -> String {
@@ -158,7 +249,8 @@ fn app_yaml() -> String {
     )
 }
 
-async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Settings) -> anyhow::Result<Report> {
+async fn load(control_plane: &ControlPlane, addrs: Addrs, settings: Settings) -> anyhow::Result<Report> {
+    let hook_addr = addrs.leader;
     let client = control_plane.client().await?;
     let namespace = control_plane.namespace(&client, "load").await?;
     support::apply_yaml(&client, &namespace, &app_yaml()).await?;
@@ -167,12 +259,16 @@ async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Set
     let secret = Api::<Secret>::namespaced(client.clone(), &namespace).get(&format!("{APP}-hook")).await?;
     let url = support::secret_value(&secret, "url")?;
     anyhow::ensure!(url.starts_with(&format!("http://{hook_addr}/")), "the hook URL {url} is not on {hook_addr}");
+    // The same hook, on the replica the rounds measure.
+    let url = url.replacen(&hook_addr.to_string(), &addrs.hook.to_string(), 1);
 
     // Redeployments are seen as they are created: the operator executes them and
     // its history pruning deletes finished ones, so a list at the end would undercount.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let finished: Finished = Default::default();
     let watch = {
-        let (seen, api) = (seen.clone(), Api::<Redeployment>::namespaced(client.clone(), &namespace));
+        let (seen, finished, api) =
+            (seen.clone(), finished.clone(), Api::<Redeployment>::namespaced(client.clone(), &namespace));
         tokio::spawn(async move {
             use futures::StreamExt;
             use kube::{
@@ -183,6 +279,10 @@ async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Set
             while let Some(object) = objects.next().await {
                 if let Ok(object) = object {
                     let delivery = object.annotations().get(DELIVERY_ANNOTATION).cloned().unwrap_or_default();
+                    if let Some(phase) = object.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()) {
+                        let mut finished = finished.lock().unwrap_or_else(|e| e.into_inner());
+                        finished.entry(delivery.clone()).or_insert((Instant::now(), phase));
+                    }
                     seen.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery);
                 }
             }
@@ -208,12 +308,42 @@ async fn load(control_plane: &ControlPlane, hook_addr: SocketAddr, settings: Set
 
     let mut report = Report::new(settings);
     report.load.push(LoadAverage::now("start"));
+    let drained = |prefix: String, started: Instant| {
+        let finished = finished.clone();
+        async move {
+            // Every Redeployment of the round finished (or the wait gave up).
+            let deadline = Instant::now() + DRAIN_TIMEOUT;
+            loop {
+                let (done, last) = {
+                    let finished = finished.lock().unwrap_or_else(|e| e.into_inner());
+                    let ours: Vec<&Instant> =
+                        finished.iter().filter(|(d, _)| d.starts_with(&prefix)).map(|(_, (at, _))| at).collect();
+                    (ours.len(), ours.into_iter().max().copied())
+                };
+                if done >= settings.n || Instant::now() > deadline {
+                    return Drained { finished: done, after: last.map(|at| at.saturating_duration_since(started)) };
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
     for round in 1..=settings.rounds {
+        let name = format!("raw-{round}-");
+        let started = Instant::now();
         report.raw.rounds.push(raw.round(&format!("raw-{round}"), settings.n, settings.concurrency).await?);
+        report.raw.drained.push(drained(name, started).await);
         report.load.push(LoadAverage::now(&format!("after raw {round}")));
+        let name = format!("hook-{round}-");
+        let started = Instant::now();
         report.hook.rounds.push(hook.round(&format!("hook-{round}"), settings.n, settings.concurrency).await);
+        report.hook.drained.push(drained(name, started).await);
         report.load.push(LoadAverage::now(&format!("after hook {round}")));
     }
+    report.phases =
+        finished.lock().unwrap_or_else(|e| e.into_inner()).values().fold(BTreeMap::new(), |mut phases, (_, phase)| {
+            *phases.entry(format!("{phase:?}")).or_default() += 1;
+            phases
+        });
     report.warm_up = [&raw_warm_up, &hook_warm_up].map(|r| (r.ok(), r.failed()));
 
     // Every 202 and every successful create stored exactly one object (the
@@ -395,9 +525,22 @@ where
     round
 }
 
+/// When each delivery's Redeployment was seen finished, and how it ended.
+type Finished = std::sync::Arc<std::sync::Mutex<BTreeMap<String, (Instant, redeploy_operator::api::Phase)>>>;
+
+/// How long a round's Redeployments may take to finish after the round.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// A round's Redeployments seen finished, and the last one after how long from the round's start.
+struct Drained {
+    finished: usize,
+    after: Option<Duration>,
+}
+
 #[derive(Default)]
 struct Side {
     rounds: Vec<Round>,
+    drained: Vec<Drained>,
 }
 
 struct Summary {
@@ -450,6 +593,8 @@ struct Report {
     load: Vec<LoadAverage>,
     /// Redeployments in the namespace at the end, by delivery id prefix.
     objects: BTreeMap<&'static str, usize>,
+    /// Redeployments seen finished, by phase.
+    phases: BTreeMap<String, usize>,
 }
 
 impl Report {
@@ -461,6 +606,7 @@ impl Report {
             warm_up: [(0, 0); 2],
             load: Vec::new(),
             objects: BTreeMap::new(),
+            phases: BTreeMap::new(),
         }
     }
 
@@ -508,13 +654,17 @@ impl Report {
         println!();
         println!(
             "hook_load{}: {FIXTURE} ({} bytes), N={} per round, C={}, {} rounds per side alternating raw/hook, \
-             after {} untimed warm-up requests per side",
+             after {} untimed warm-up requests per side; hooks POSTed to the {}",
             if s.smoke { " (smoke run; `cargo bench --bench hook_load` measures)" } else { "" },
             BODY.len(),
             s.n,
             s.concurrency,
             s.rounds,
-            s.warm_up()
+            s.warm_up(),
+            match s.replica {
+                Replica::Follower => "follower replica (it reconciles nothing; LOAD_REPLICA=leader: the leader)",
+                Replica::Leader => "leader replica (it also runs every reconciler)",
+            }
         );
         println!();
         println!(
@@ -537,6 +687,31 @@ impl Report {
             .map(|r| format!("{} {:.0}/s", r.name, r.ok() as f64 / r.wall.as_secs_f64()))
             .collect();
         println!("per round: {}", rounds.join(", "));
+        let ends: Vec<String> = self
+            .raw
+            .rounds
+            .iter()
+            .zip(&self.raw.drained)
+            .zip(self.hook.rounds.iter().zip(&self.hook.drained))
+            .flat_map(|(r, h)| [r, h])
+            .map(|(round, drained)| match drained.after {
+                Some(after) if drained.finished == round.ok() => format!(
+                    "{} {}/{} in {:.1} s ({:.0}/s)",
+                    round.name,
+                    drained.finished,
+                    round.ok(),
+                    after.as_secs_f64(),
+                    drained.finished as f64 / after.as_secs_f64()
+                ),
+                _ => format!("{} {}/{} finished within {DRAIN_TIMEOUT:?}", round.name, drained.finished, round.ok()),
+            })
+            .collect();
+        println!(
+            "end to end, from a round's start until its last Redeployment was seen finished (each round waits for \
+             the previous one's): {}",
+            ends.join(", ")
+        );
+        println!("Redeployments seen finished, by phase: {:?}", self.phases);
         let verdict = |pass: bool| if pass { "PASS" } else { "FAIL" };
         let rate_ratio = hook.rate / raw.rate;
         let p99_ratio = hook.p99 / raw.p99;

@@ -23,12 +23,11 @@ use kube::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{App, DeploymentProfile, Redeployment, Service},
+    api::{App, DeploymentProfile, Phase, Redeployment, Service},
     build::REDEPLOYMENT_LABEL,
-    cache::{Caches, Change, ServiceIndex, Trigger, WorkloadChange, WorkloadIndex, watch_into},
+    cache::{Caches, Change, Indexed, ServiceIndex, Trigger, WorkloadChange, WorkloadIndex, watch_into},
     context::{Context, Settings},
     hook::{
-        credentials::HOOK_LABEL,
         handler::{HookState, Limits},
         index::HookIndex,
         routes::{AdminState, admin_router, hook_router},
@@ -143,6 +142,50 @@ fn key<K: Resource>(object: &K) -> (String, String) {
     (object.meta().namespace.clone().unwrap_or_default(), object.meta().name.clone().unwrap_or_default())
 }
 
+/// The Apps whose status lists a Service that was just recorded as
+/// `indexed`: none when its App kept it (its status, say, changed: an App
+/// lists only its Services' names), else the App it joined and the one it left.
+fn apps_woken_by_service(service: &Service, indexed: Indexed) -> Vec<String> {
+    match indexed {
+        Indexed::Unchanged => Vec::new(),
+        Indexed::New => vec![service.spec.app.clone()],
+        Indexed::Moved { from } => vec![from, service.spec.app.clone()],
+    }
+}
+
+/// The App a Redeployment change concerns: its status names the newest
+/// Redeployment and its history keeps the newest finished ones, so it
+/// hears of a Redeployment created, finished or deleted, not of each step
+/// of one in progress (each would cost it a reconciliation).
+fn app_woken_by_redeployment<'a>(change: &Change<'a, DeserializeGuard<Redeployment>>) -> Option<&'a str> {
+    let (guard, deleted) = match *change {
+        Change::Applied(guard) => (guard, false),
+        Change::Deleted(guard) => (guard, true),
+    };
+    let redeployment = guard.0.as_ref().ok()?;
+    let phase = redeployment.status.as_ref().and_then(|s| s.phase);
+    let in_progress = phase.is_some_and(|phase| !phase.is_finished() && phase != Phase::Pending);
+    (deleted || !in_progress).then_some(redeployment.spec.app.as_str())
+}
+
+/// The Services to reconcile when a workload changed: those targeting it,
+/// when the containers they check came or went.
+fn services_woken_by_workload(change: &WorkloadChange<'_>, index: &ServiceIndex) -> Vec<String> {
+    if change.before.map(|w| &w.containers) == change.after.map(|w| &w.containers) {
+        return Vec::new();
+    }
+    index.targeting(change.kind, change.namespace, change.name)
+}
+
+/// The Redeployments to reconcile when a workload changed: the one its pod
+/// template names now, and the one it named before, if another.
+fn redeployments_woken_by_workload(change: &WorkloadChange<'_>) -> Vec<String> {
+    let named = |w: Option<&Workload>| w.and_then(|w| w.redeployment.clone());
+    let (before, after) = (named(change.before), named(change.after));
+    let before = before.filter(|b| Some(b) != after.as_ref());
+    after.into_iter().chain(before).collect()
+}
+
 /// Binds the ports and starts the caches, the reconcilers and both servers.
 pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     config.limits.validate()?;
@@ -188,8 +231,8 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             Change::Applied(guard) => {
                 let (namespace, name) = key(guard);
                 if let Ok(service) = &guard.0 {
-                    let moved_from = index.insert(service);
-                    for app_name in moved_from.iter().chain([&service.spec.app]).filter(|_| !initial) {
+                    let indexed = index.insert(service);
+                    for app_name in apps_woken_by_service(service, indexed).iter().filter(|_| !initial) {
                         app.reconcile(&namespace, app_name);
                     }
                 }
@@ -222,10 +265,11 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         watcher::Config::default(),
         redeployments_writer,
         move |change, initial| {
-            let (Change::Applied(guard) | Change::Deleted(guard)) = &change;
-            let (namespace, name) = key(*guard);
-            if let (Ok(redeployment), false) = (&guard.0, initial) {
-                app.reconcile(&namespace, &redeployment.spec.app);
+            let (namespace, name) = match &change {
+                Change::Applied(guard) | Change::Deleted(guard) => key(*guard),
+            };
+            if let Some(app_name) = app_woken_by_redeployment(&change).filter(|_| !initial) {
+                app.reconcile(&namespace, app_name);
             }
             if let Change::Applied(_) = change {
                 trigger.reconcile(&namespace, &name);
@@ -238,24 +282,23 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let (index, services_trigger, trigger) =
         (service_index.clone(), service_trigger.clone(), redeployment_trigger.clone());
     background.spawn(workloads.clone().run(client.clone(), move |change: WorkloadChange<'_>| {
-        if change.before.map(|w| &w.containers) != change.after.map(|w| &w.containers) {
-            for service in index.targeting(change.kind, change.namespace, change.name) {
-                services_trigger.reconcile(change.namespace, &service);
-            }
+        for service in services_woken_by_workload(&change, &index) {
+            services_trigger.reconcile(change.namespace, &service);
         }
-        let named = |w: Option<&Workload>| w.and_then(|w| w.redeployment.clone());
-        let (before, after) = (named(change.before), named(change.after));
-        for redeployment in after.iter().chain(before.iter().filter(|b| Some(*b) != after.as_ref())) {
-            trigger.reconcile(change.namespace, redeployment);
+        for redeployment in redeployments_woken_by_workload(&change) {
+            trigger.reconcile(change.namespace, &redeployment);
         }
     }));
 
-    background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone())));
+    // The hook Secrets' one watch keeps the hook index and wakes their Apps.
+    let app = app_trigger.clone();
+    background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone()), move |(namespace, name)| {
+        app.reconcile(namespace, name);
+    }));
 
     let controller_config = || controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
     let app_controller = Controller::for_stream(futures::stream::pending(), apps.clone())
         .with_config(controller_config())
-        .owns(Api::<Secret>::all(client.clone()), watcher::Config::default().labels(&format!("{HOOK_LABEL}=true")))
         .reconcile_on(app_requests);
     let redeployment_controller = Controller::for_stream(futures::stream::pending(), redeployments.clone())
         .with_config(controller_config())
@@ -348,4 +391,102 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     tasks.spawn(serve(admin_listener, admin_router(admin), config.connections.clone(), stopped(&stop)));
     tracing::info!(%hook_addr, %admin_addr, "serving");
     Ok(Running { hook_addr, admin_addr, context, ready, leading, lost_leadership, stop, tasks, background })
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use serde_json::json;
+
+    use super::*;
+    use crate::{api::WorkloadKind, workload::WorkloadObject};
+
+    fn service(name: &str, app: &str) -> Service {
+        serde_json::from_value(json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": { "app": app, "target": { "name": "web" }, "image": { "reference": "example.com/web" } },
+        }))
+        .unwrap_or_else(|e| panic!("a valid Service: {e}"))
+    }
+
+    fn redeployment(phase: Option<&str>) -> DeserializeGuard<Redeployment> {
+        let mut object = json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment",
+            "metadata": { "name": "shop-1", "namespace": "ns" },
+            "spec": { "app": "shop", "trigger": { "provider": "github", "event": "push" } },
+        });
+        if let Some(phase) = phase {
+            object["status"] = json!({ "phase": phase });
+        }
+        DeserializeGuard(Ok(serde_json::from_value(object).unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))))
+    }
+
+    fn deployment(image: &str, redeployment: Option<&str>) -> Workload {
+        let annotations = redeployment.map(|r| json!({ crate::workload::REDEPLOYMENT_ANNOTATION: r }));
+        let deployment: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": "web", "namespace": "ns" },
+            "spec": {
+                "selector": {},
+                "template": {
+                    "metadata": { "annotations": annotations.unwrap_or(json!({})) },
+                    "spec": { "containers": [{ "name": "main", "image": image }] },
+                },
+            },
+        }))
+        .unwrap_or_else(|e| panic!("a valid Deployment: {e}"));
+        deployment.summary()
+    }
+
+    fn change<'a>(before: Option<&'a Workload>, after: Option<&'a Workload>) -> WorkloadChange<'a> {
+        WorkloadChange { kind: WorkloadKind::Deployment, namespace: "ns", name: "web", before, after }
+    }
+
+    #[test]
+    fn a_service_wakes_its_apps_only_when_it_joins_or_leaves_one() {
+        let web = service("web", "shop");
+        assert!(apps_woken_by_service(&web, Indexed::Unchanged).is_empty(), "a status change of a listed Service");
+        assert_eq!(apps_woken_by_service(&web, Indexed::New), ["shop"]);
+        assert_eq!(apps_woken_by_service(&web, Indexed::Moved { from: "blog".into() }), ["blog", "shop"]);
+    }
+
+    #[test]
+    fn a_redeployment_wakes_its_app_when_created_finished_or_deleted() {
+        let woken = |guard: &DeserializeGuard<Redeployment>, deleted: bool| {
+            let change = if deleted { Change::Deleted(guard) } else { Change::Applied(guard) };
+            app_woken_by_redeployment(&change).map(str::to_string)
+        };
+        let shop = Some("shop".to_string());
+        assert_eq!(woken(&redeployment(None), false), shop, "created");
+        assert_eq!(woken(&redeployment(Some("Pending")), false), shop);
+        assert_eq!(woken(&redeployment(Some("Building")), false), None, "a step of one in progress");
+        assert_eq!(woken(&redeployment(Some("Deploying")), false), None);
+        for finished in ["Succeeded", "Failed", "Superseded", "Canceled"] {
+            assert_eq!(woken(&redeployment(Some(finished)), false), shop, "{finished}");
+        }
+        assert_eq!(woken(&redeployment(Some("Deploying")), true), shop, "deleted");
+    }
+
+    #[test]
+    fn a_workload_wakes_the_services_targeting_it_when_its_containers_change() {
+        let index = ServiceIndex::default();
+        index.insert(&service("web", "shop"));
+        let (old, new) = (deployment("example.com/web:1", None), deployment("example.com/web:2", None));
+        let rolled = deployment("example.com/web:1", Some("shop-1"));
+        assert_eq!(services_woken_by_workload(&change(None, Some(&old)), &index), ["web"], "created");
+        assert_eq!(services_woken_by_workload(&change(Some(&old), Some(&new)), &index), ["web"], "new image");
+        assert_eq!(services_woken_by_workload(&change(Some(&old), None), &index), ["web"], "deleted");
+        assert!(services_woken_by_workload(&change(Some(&old), Some(&rolled)), &index).is_empty(), "same containers");
+    }
+
+    #[test]
+    fn a_workload_wakes_the_redeployments_its_template_named() {
+        let (none, one, two) =
+            (deployment("i", None), deployment("i", Some("shop-1")), deployment("i", Some("shop-2")));
+        assert_eq!(redeployments_woken_by_workload(&change(Some(&none), Some(&one))), ["shop-1"]);
+        assert_eq!(redeployments_woken_by_workload(&change(Some(&one), Some(&one))), ["shop-1"]);
+        assert_eq!(redeployments_woken_by_workload(&change(Some(&one), Some(&two))), ["shop-2", "shop-1"]);
+        assert_eq!(redeployments_woken_by_workload(&change(Some(&one), None)), ["shop-1"]);
+        assert!(redeployments_woken_by_workload(&change(Some(&none), Some(&none))).is_empty());
+    }
 }

@@ -19,7 +19,7 @@ use kube::{
 };
 
 pub use self::{
-    service_index::ServiceIndex,
+    service_index::{Indexed, ServiceIndex},
     watch::{Change, Trigger, watch_into},
     workloads::{WorkloadChange, WorkloadIndex},
 };

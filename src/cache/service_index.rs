@@ -13,6 +13,17 @@ use crate::api::{Service, WorkloadKind};
 type WorkloadKey = (String, WorkloadKind, String);
 type AppKey = (String, String);
 
+/// What recording a Service changed in the Apps' lists of Services.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Indexed {
+    /// It belongs to the App it belonged to.
+    Unchanged,
+    /// It was not indexed.
+    New,
+    /// It belonged to App `from` before.
+    Moved { from: String },
+}
+
 #[derive(Clone, Default)]
 pub struct ServiceIndex {
     inner: Arc<RwLock<Maps>>,
@@ -27,18 +38,23 @@ struct Maps {
 }
 
 impl ServiceIndex {
-    /// Records (or moves) `service`; returns the App it belonged to before, if another.
-    pub fn insert(&self, service: &Service) -> Option<String> {
+    /// Records (or moves) `service`; says whether the Apps' lists of Services changed.
+    pub fn insert(&self, service: &Service) -> Indexed {
         let namespace = service.namespace().unwrap_or_default();
         let name = service.name_any();
         let app = (namespace.clone(), service.spec.app.clone());
         let workload = (namespace.clone(), service.spec.target.kind, service.spec.target.name.clone());
         let mut maps = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let before = maps.unlink(&namespace, &name).filter(|before| *before != app.1);
+        let before = maps.unlink(&namespace, &name);
+        let indexed = match before {
+            None => Indexed::New,
+            Some(before) if before == app.1 => Indexed::Unchanged,
+            Some(before) => Indexed::Moved { from: before },
+        };
         maps.by_app.entry(app.clone()).or_default().insert(name.clone());
         maps.by_workload.entry(workload.clone()).or_default().insert(name.clone());
         maps.by_service.insert((namespace, name), (app, workload));
-        before
+        indexed
     }
 
     /// Forgets a Service; returns the App it belonged to.
@@ -98,14 +114,14 @@ mod tests {
     #[test]
     fn workloads_and_apps_map_to_their_services() {
         let index = ServiceIndex::default();
-        assert_eq!(index.insert(&service("a", "shop", "web")), None);
-        assert_eq!(index.insert(&service("b", "shop", "web")), None);
-        assert_eq!(index.insert(&service("b", "shop", "web")), None, "the same App");
+        assert_eq!(index.insert(&service("a", "shop", "web")), Indexed::New);
+        assert_eq!(index.insert(&service("b", "shop", "web")), Indexed::New);
+        assert_eq!(index.insert(&service("b", "shop", "web")), Indexed::Unchanged, "the same App");
         let targeting = |target: &str| index.targeting(WorkloadKind::Deployment, "ns", target);
         assert_eq!(targeting("web"), ["a", "b"]);
         assert_eq!(index.services_of("ns", "shop"), ["a", "b"]);
 
-        assert_eq!(index.insert(&service("b", "blog", "api")), Some("shop".into()));
+        assert_eq!(index.insert(&service("b", "blog", "api")), Indexed::Moved { from: "shop".into() });
         assert_eq!((targeting("web"), targeting("api")), (vec!["a".to_string()], vec!["b".to_string()]));
         assert_eq!(
             (index.services_of("ns", "shop"), index.services_of("ns", "blog")),

@@ -30,7 +30,7 @@ use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 use super::credentials::{self, APP_LABEL, HOOK_LABEL, HookCredentials};
-use crate::api::App;
+use crate::{api::App, cache::slim};
 
 /// Where an authenticated hook call goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -61,9 +61,28 @@ struct Table {
     by_id: HashMap<String, BTreeMap<SecretKey, Claim>>,
     /// The id each Secret claims, to drop its claim when it changes or goes.
     id_of: HashMap<SecretKey, String>,
+    /// Every labelled hook Secret, claim or not ([`slim`]med): the App
+    /// reconciler reads its Secret here instead of asking the API server.
+    secrets: HashMap<SecretKey, Secret>,
 }
 
 impl Table {
+    fn apply(&mut self, mut secret: Secret) {
+        slim(&mut secret);
+        let key = secret_key(&secret);
+        match claim(&secret) {
+            Some((key, id, claim)) => self.insert(key, id, claim),
+            None => self.remove(&key),
+        }
+        self.secrets.insert(key, secret);
+    }
+
+    fn delete(&mut self, secret: &Secret) {
+        let key = secret_key(secret);
+        self.remove(&key);
+        self.secrets.remove(&key);
+    }
+
     fn insert(&mut self, key: SecretKey, id: String, claim: Claim) {
         self.remove(&key);
         self.by_id.entry(id.clone()).or_default().insert(key.clone(), claim);
@@ -130,6 +149,12 @@ impl HookIndex {
             && credentials::secret_name(app) == claim.secret_name
     }
 
+    /// The labelled hook Secret `namespace/name` as last watched.
+    pub fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
+        let table = self.table.read().unwrap_or_else(|e| e.into_inner());
+        table.secrets.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
     /// True once the first full list of hook Secrets has been loaded.
     pub fn is_synced(&self) -> bool {
         *self.synced.borrow()
@@ -140,45 +165,56 @@ impl HookIndex {
         let _ = synced.wait_for(|synced| *synced).await;
     }
 
-    /// Keeps the index current until the watch ends (it retries with backoff).
-    pub async fn run(self, secrets: Api<Secret>) {
+    /// Keeps the index current until the watch ends (it retries with backoff),
+    /// and tells `wake` of the App owning each hook Secret that changed.
+    pub async fn run(self, secrets: Api<Secret>, wake: impl Fn(&AppKey)) {
         let config = watcher::Config::default().labels(&format!("{HOOK_LABEL}=true"));
         let mut buffer: Option<Table> = None;
         let mut events = watcher(secrets, config).default_backoff().boxed();
         loop {
             match events.try_next().await {
-                Ok(Some(event)) => self.apply(event, &mut buffer),
+                Ok(Some(event)) => self.apply(event, &mut buffer).iter().for_each(&wake),
                 Ok(None) => return,
                 Err(error) => tracing::warn!(%error, "watching hook Secrets failed; retrying"),
             }
         }
     }
 
-    fn apply(&self, event: watcher::Event<Secret>, buffer: &mut Option<Table>) {
+    /// Applies one watch event; returns the Apps owning the Secrets it
+    /// changed. The first full list wakes none (every App is reconciled
+    /// then anyway); a later one wakes the owners of what it lists and of
+    /// what it no longer lists.
+    fn apply(&self, event: watcher::Event<Secret>, buffer: &mut Option<Table>) -> Vec<AppKey> {
         match event {
             watcher::Event::Init => *buffer = Some(Table::default()),
             watcher::Event::InitApply(secret) => {
-                if let (Some(buffer), Some((key, id, claim))) = (buffer.as_mut(), claim(&secret)) {
-                    buffer.insert(key, id, claim);
+                if let Some(buffer) = buffer.as_mut() {
+                    buffer.apply(secret);
                 }
             }
             watcher::Event::InitDone => {
+                let relisted = self.is_synced();
                 if let Some(complete) = buffer.take() {
-                    *self.table.write().unwrap_or_else(|e| e.into_inner()) = complete;
+                    let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
+                    let before = std::mem::replace(&mut *table, complete);
+                    self.synced.send_replace(true);
+                    if relisted {
+                        return before.secrets.values().chain(table.secrets.values()).filter_map(owner_app).collect();
+                    }
                 }
                 self.synced.send_replace(true);
             }
             watcher::Event::Apply(secret) => {
-                let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-                match claim(&secret) {
-                    Some((key, id, claim)) => table.insert(key, id, claim),
-                    None => table.remove(&secret_key(&secret)),
-                }
+                let owner = owner_app(&secret);
+                self.table.write().unwrap_or_else(|e| e.into_inner()).apply(secret);
+                return owner.into_iter().collect();
             }
             watcher::Event::Delete(secret) => {
-                self.table.write().unwrap_or_else(|e| e.into_inner()).remove(&secret_key(&secret));
+                self.table.write().unwrap_or_else(|e| e.into_inner()).delete(&secret);
+                return owner_app(&secret).into_iter().collect();
             }
         }
+        Vec::new()
     }
 }
 
@@ -190,6 +226,17 @@ fn owner_order<'a>(
     (key, claim): &(&'a SecretKey, &'a Claim),
 ) -> (Reverse<bool>, bool, Option<&'a Time>, &'a SecretKey) {
     (Reverse(claim.bound), claim.created.is_none(), claim.created.as_ref(), key)
+}
+
+/// An App, by namespace and name.
+pub type AppKey = (String, String);
+
+/// The App a hook Secret's controller ownerReference names, whatever its
+/// labels say: the App whose reconciler made (or must remake) it.
+pub fn owner_app(secret: &Secret) -> Option<AppKey> {
+    let owner = secret.owner_references().iter().find(|owner| owner.controller == Some(true))?;
+    let is_app = owner.kind == "App" && owner.api_version.split('/').next() == Some(App::group(&()).as_ref());
+    is_app.then(|| (secret.namespace().unwrap_or_default(), owner.name.clone()))
 }
 
 fn secret_key(secret: &Secret) -> SecretKey {
@@ -386,6 +433,29 @@ mod tests {
         // An App not in the cache answers nothing.
         applied(&index, [secret("team", "cart", "uid-cart", "id3", "t", 10)]);
         assert_eq!(index.authenticate("id3", "t"), None);
+    }
+
+    #[test]
+    fn a_change_wakes_the_owning_app_and_keeps_the_secret_for_its_reconciler() {
+        let index = HookIndex::default();
+        let mut buffer = None;
+        index.apply(watcher::Event::Init, &mut buffer);
+        assert!(index.apply(watcher::Event::InitApply(shop("id1", "t")), &mut buffer).is_empty());
+        assert!(index.apply(watcher::Event::InitDone, &mut buffer).is_empty(), "the first list wakes nothing");
+        let shop_app = vec![("team".to_string(), "shop".to_string())];
+        let mut rotated = shop("id1", "t2");
+        rotated.metadata.managed_fields = Some(vec![Default::default()]);
+        assert_eq!(index.apply(watcher::Event::Apply(rotated), &mut None), shop_app);
+        let kept = index.secret("team", "shop-hook");
+        assert_eq!(kept.as_ref().and_then(HookCredentials::from_secret).map(|c| c.token), Some("t2".into()));
+        assert_eq!(kept.and_then(|s| s.metadata.managed_fields), None, "slimmed");
+        assert_eq!(index.apply(watcher::Event::Delete(shop("id1", "t2")), &mut None), shop_app);
+        assert!(index.secret("team", "shop-hook").is_none());
+        // A relist wakes the owner of a Secret it no longer lists.
+        applied(&index, [shop("id1", "t")]);
+        index.apply(watcher::Event::Init, &mut buffer);
+        assert_eq!(index.apply(watcher::Event::InitDone, &mut buffer), shop_app);
+        assert!(index.secret("team", "shop-hook").is_none());
     }
 
     #[test]

@@ -43,27 +43,39 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
     let secrets = Api::<Secret>::namespaced(context.client.clone(), &namespace);
     let secret_name = credentials::secret_name(app);
 
-    let existing = secrets.get_opt(&secret_name).await?;
-    let hook = match existing.as_ref().filter(|secret| !owned_by(secret, app)) {
-        Some(_) => Err(format!(
+    // The watched copy, which spares an API call per reconciliation; a watch
+    // that has not yet seen a Secret just made, or one made without the hook
+    // label, makes the create below fail with 409, and then it is read.
+    let mut existing = context.caches.hooks.secret(&namespace, &secret_name);
+    if existing.is_none() {
+        let desired = credentials::desired_secret(app, None, &context.settings.public_url);
+        let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+        existing = match secrets.create(&params, &desired).await {
+            Ok(created) => Some(created),
+            Err(kube::Error::Api(status)) if status.code == 409 => secrets.get_opt(&secret_name).await?,
+            Err(error) => return Err(error.into()),
+        };
+    }
+    let hook = match existing {
+        Some(existing) if !owned_by(&existing, app) => Err(format!(
             "Secret {secret_name} exists and is not owned by this App: delete it, or set spec.hook.secretName to another name"
         )),
-        None => {
-            let desired = credentials::desired_secret(app, existing.as_ref(), &context.settings.public_url);
-            match existing {
-                None => {
-                    secrets
-                        .create(
-                            &PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() },
-                            &desired,
-                        )
-                        .await?;
+        // Deleted between the create's 409 and the read: the next reconciliation makes it.
+        None => return Ok(Action::requeue(std::time::Duration::from_secs(1))),
+        Some(mut existing) => {
+            let public_url = &context.settings.public_url;
+            let mut desired = credentials::desired_secret(app, Some(&existing), public_url);
+            if differs(&existing, &desired) {
+                // The watched copy may trail a change just made (a rotation
+                // answered): decide on the stored Secret, not twice.
+                if let Some(stored) = secrets.get_opt(&secret_name).await? {
+                    existing = stored;
+                    desired = credentials::desired_secret(app, Some(&existing), public_url);
                 }
-                Some(existing) if differs(&existing, &desired) => {
+                if differs(&existing, &desired) {
                     let params = PatchParams::apply(FIELD_MANAGER).force();
                     secrets.patch(&secret_name, &params, &Patch::Apply(&desired)).await?;
                 }
-                Some(_) => {}
             }
             HookCredentials::from_secret(&desired).ok_or_else(|| format!("Secret {secret_name} has no credentials"))
         }
@@ -86,7 +98,8 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
     let previous = app.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
     let generation = app.metadata.generation;
     let namespace = app.namespace().unwrap_or_default();
-    let services = context.caches.services_of(&namespace, &app.name_any()).iter().map(|s| s.name_any()).collect();
+    // Names only: the index holds every valid Service by App, no copy needed.
+    let services = context.caches.service_index.services_of(&namespace, &app.name_any());
     let (hook, ready) = match hook {
         Ok(credentials) => (
             Some(HookStatus {
