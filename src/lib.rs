@@ -20,4 +20,5 @@ pub mod reconcile;
 pub mod registry;
 pub mod repo;
 pub mod server;
+pub mod text;
 pub mod workload;

@@ -762,9 +762,9 @@ fn error_excerpt(body: &[u8], html: bool) -> Option<String> {
     let line = from_json.unwrap_or_else(|| text.lines().next().unwrap_or_default().to_owned());
     let clean: String = line.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
     let clean = crate::repo::redact_credentials(clean.trim()).into_owned();
-    match clean.char_indices().nth(MAX_DETAIL_CHARS) {
-        Some((cut, _)) => Some(format!("{}…", &clean[..cut])),
-        None => Some(clean).filter(|c| !c.is_empty()),
+    match crate::text::bounded(&clean, MAX_DETAIL_CHARS) {
+        cut if cut.len() < clean.len() => Some(format!("{cut}…")),
+        _ => Some(clean).filter(|c| !c.is_empty()),
     }
 }
 

@@ -285,7 +285,7 @@ pub fn label_value(name: &str) -> String {
     let suffix = short_hash(name);
     let cleaned: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
-    let prefix: String = cleaned.chars().take(63 - 1 - suffix.len()).collect();
+    let prefix = crate::text::bounded(&cleaned, 63 - 1 - suffix.len());
     let prefix = prefix.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if prefix.is_empty() { suffix } else { format!("{prefix}-{suffix}") }
 }
@@ -729,7 +729,7 @@ pub fn parse_termination_message(message: &str) -> Result<BuildOutcome, BuildErr
 
 /// At most 120 characters of `text`, for messages.
 fn excerpt(text: &str) -> String {
-    let mut out: String = text.chars().take(120).collect();
+    let mut out = crate::text::bounded(text, 120).to_owned();
     if out.len() < text.len() {
         out.push_str("...");
     }

@@ -101,7 +101,7 @@ impl Deployments {
     /// Posts a status of Deployment `id`.
     pub async fn status(&self, id: i64, state: &str, description: &str) -> Result<(), GitHubError> {
         // GitHub caps descriptions at 140 characters.
-        let description: String = description.chars().take(140).collect();
+        let description = crate::text::bounded(description, 140);
         let body = json!({ "state": state, "description": description });
         let _: serde_json::Value = self.post(&format!("{}/deployments/{id}/statuses", self.repository), &body).await?;
         Ok(())

@@ -970,7 +970,7 @@ async fn publish(world: &World<'_>, type_: EventType, reason: &str, note: String
     let event = Event {
         type_,
         reason: reason.to_string(),
-        note: Some(redact_credentials(&note).chars().take(1000).collect()),
+        note: Some(crate::text::bounded(&redact_credentials(&note), 1000).to_owned()),
         action: "Redeploy".into(),
         secondary: Some(world.redeployment.object_ref(&())),
     };
