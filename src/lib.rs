@@ -9,6 +9,7 @@ pub mod context;
 pub mod git;
 pub mod github;
 pub mod hook;
+pub mod http;
 pub mod image;
 pub mod install;
 pub mod leader;

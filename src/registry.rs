@@ -44,10 +44,6 @@ const MAX_ERROR_BODY_BYTES: usize = 8 * 1024;
 /// Longest excerpt of an error answer kept in a message (and so in a status).
 const MAX_DETAIL_CHARS: usize = 120;
 
-/// Redirects followed per request. Registries rarely redirect a manifest
-/// request; a chain longer than this is refused.
-const MAX_REDIRECTS: usize = 3;
-
 /// What went wrong while resolving a digest; every message says what to fix.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RegistryError {
@@ -358,32 +354,14 @@ impl Default for RegistryClient {
 }
 
 impl RegistryClient {
-    /// A client with [`DEFAULT_TIMEOUT`] per request.
+    /// A client with [`DEFAULT_TIMEOUT`] per request, on the operator's one
+    /// HTTP client ([`crate::http::client`], whose redirect policy keeps
+    /// credentials off plain http).
     ///
     /// # Panics
     /// When the TLS backend cannot be initialised, as `reqwest::Client::new` does.
     pub fn new() -> Self {
-        // reqwest drops the Authorization header on a redirect to another
-        // host or port; the policy bounds the chain and refuses a downgrade
-        // from https to plain http.
-        let redirects = reqwest::redirect::Policy::custom(|attempt| {
-            let downgrade = attempt.previous().last().is_some_and(|previous| previous.scheme() == "https")
-                && !may_carry_credentials(attempt.url());
-            if attempt.previous().len() > MAX_REDIRECTS {
-                attempt.error(format!("more than {MAX_REDIRECTS} redirects"))
-            } else if downgrade {
-                attempt.error("a redirect from https to plain http")
-            } else {
-                attempt.follow()
-            }
-        });
-        let http = reqwest::Client::builder()
-            .user_agent(concat!("redeploy-operator/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(DEFAULT_TIMEOUT)
-            .redirect(redirects)
-            .build()
-            .expect("the TLS backend initialises");
-        RegistryClient { http, timeout: DEFAULT_TIMEOUT, insecure_http_hosts: Vec::new() }
+        RegistryClient { http: crate::http::client(), timeout: DEFAULT_TIMEOUT, insecure_http_hosts: Vec::new() }
     }
 
     /// Speaks plain HTTP to these registries (`host` or `host:port`, as in
@@ -691,7 +669,8 @@ fn describe(error: &reqwest::Error, timeout: Duration) -> String {
 }
 
 /// Whether credentials may travel to `url`: over https, or to loopback.
-fn may_carry_credentials(url: &reqwest::Url) -> bool {
+/// Whether a request to `url` may carry credentials: https, or loopback.
+pub(crate) fn may_carry_credentials(url: &reqwest::Url) -> bool {
     url.scheme() == "https" || url.host_str().is_some_and(|host| is_loopback(host.trim_matches(['[', ']'])))
 }
 
