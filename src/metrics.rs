@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use prometheus_client::{
-    encoding::{EncodeLabelSet, EncodeLabelValue, text::encode},
+    encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, text::encode},
     metrics::{
         counter::Counter,
         family::Family,
@@ -46,42 +46,22 @@ pub struct ReconcileErrorLabels {
     pub error: &'static str,
 }
 
-/// The provider, or `unknown` before the payload was parsed.
-#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq, EncodeLabelValue)]
-#[allow(non_camel_case_types)]
-pub enum ProviderLabel {
-    github,
-    bitbucket_cloud,
-    bitbucket_server,
-    gitlab,
-    gitea,
-    forgejo,
-    gogs,
-    azure_devops,
-    dockerhub,
-    generic,
-    empty,
-    manual,
-    unknown,
-}
+/// The provider, or `unknown` before the payload was parsed; its value is
+/// the provider definition's `metrics_label`.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub struct ProviderLabel(Option<Provider>);
 
 impl From<Option<Provider>> for ProviderLabel {
     fn from(provider: Option<Provider>) -> Self {
-        match provider {
-            Some(Provider::GitHub) => Self::github,
-            Some(Provider::BitbucketCloud) => Self::bitbucket_cloud,
-            Some(Provider::BitbucketServer) => Self::bitbucket_server,
-            Some(Provider::GitLab) => Self::gitlab,
-            Some(Provider::Gitea) => Self::gitea,
-            Some(Provider::Forgejo) => Self::forgejo,
-            Some(Provider::Gogs) => Self::gogs,
-            Some(Provider::AzureDevOps) => Self::azure_devops,
-            Some(Provider::DockerHub) => Self::dockerhub,
-            Some(Provider::Generic) => Self::generic,
-            Some(Provider::Empty) => Self::empty,
-            Some(Provider::Manual) => Self::manual,
-            None => Self::unknown,
-        }
+        Self(provider)
+    }
+}
+
+impl EncodeLabelValue for ProviderLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> std::fmt::Result {
+        use std::fmt::Write as _;
+        encoder
+            .write_str(self.0.map_or("unknown", |provider| crate::hook::providers::definition(provider).metrics_label))
     }
 }
 

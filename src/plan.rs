@@ -6,14 +6,13 @@
 //! [`PlannedService`]s a Redeployment records, or says why there are none.
 //! Nothing here talks to Kubernetes.
 
-use std::fmt;
-
 use kube::ResourceExt;
 use percent_encoding::percent_decode_str;
 
 use crate::api::{App, DeploymentProfile, GitSource, ImageSource, PlanAction, PlannedService, Service};
 use crate::git::{GitRef, is_zero_sha};
-use crate::hook::event::{EventKind, HookEvent, PushedImage};
+use crate::hook::event::{EventKind, HookEvent};
+use crate::image::ImageReference;
 use crate::repo::{RepoId, redact_credentials};
 
 /// The hook's modifiers: `services=`, `deployment_profile=`, `git_ref=`.
@@ -469,14 +468,16 @@ fn select_image(event: &HookEvent, app: &str, own: &[&Service]) -> Result<Select
     let Some(pushed) = &event.image else {
         return Err("the registry event names no image: nothing is deployed".into());
     };
-    let Some(image) = ImageName::pushed(pushed) else {
+    let Ok(image) = ImageReference::pushed(&pushed.repository, pushed.tag.as_deref()) else {
         return Err(format!("the registry event names no valid image (`{}`): nothing is deployed", pushed.repository));
     };
     let images: Vec<(&Service, &ImageSource)> =
         own.iter().filter(|s| s.spec.git.is_none()).filter_map(|s| Some((*s, s.spec.image.as_ref()?))).collect();
     let planned: Vec<PlannedService> = images
         .iter()
-        .filter(|(_, source)| ImageName::parse(&source.reference).as_ref() == Some(&image))
+        .filter(|(_, source)| {
+            ImageReference::parse(&source.reference).is_ok_and(|deployed| image.same_tag_as(&deployed))
+        })
         .map(|(s, source)| image_action(s, Some(source)))
         .collect();
     if planned.is_empty() {
@@ -487,9 +488,9 @@ fn select_image(event: &HookEvent, app: &str, own: &[&Service]) -> Result<Select
                 images.iter().map(|(s, i)| format!("{} deploys {}", s.name_any(), i.reference)).collect();
             format!("its image-based Services: {}", list.join(", "))
         };
-        return Err(format!("no image-based Service of App `{app}` deploys {image} ({theirs})"));
+        return Err(format!("no image-based Service of App `{app}` deploys {} ({theirs})", image.canonical()));
     }
-    Ok(Selection { trigger: format!("the push of image {image}"), planned })
+    Ok(Selection { trigger: format!("the push of image {}", image.canonical()), planned })
 }
 
 /// Rule 4: a call with Git information builds the Git-built Services of that repository and branch.
@@ -577,68 +578,6 @@ fn image_action(service: &Service, image: Option<&ImageSource>) -> PlannedServic
 
 fn names(planned: &[PlannedService]) -> String {
     planned.iter().map(|p| p.service.as_str()).collect::<Vec<_>>().join(", ")
-}
-
-/// An image reference reduced for comparison: registry, repository path and tag (digest dropped).
-/// Docker Hub's spellings (`docker.io/`, `index.docker.io/`, `registry.hub.docker.com/`, no
-/// registry at all, `library/` for official images) all become `docker.io/<namespace>/<name>`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ImageName {
-    registry: String,
-    path: String,
-    tag: String,
-}
-
-impl ImageName {
-    fn parse(reference: &str) -> Option<ImageName> {
-        let reference = reference.trim();
-        let reference = reference.split_once('@').map_or(reference, |(name, _digest)| name);
-        let (name, tag) = match reference.rsplit_once(':') {
-            Some((name, tag)) if !tag.contains('/') => (name, tag),
-            _ => (reference, ""),
-        };
-        let (registry, path) = match name.split_once('/') {
-            Some((first, rest)) if first.contains('.') || first.contains(':') || first == "localhost" => {
-                (first.to_lowercase(), rest)
-            }
-            _ => ("docker.io".to_owned(), name),
-        };
-        let path = path.trim_matches('/').to_lowercase();
-        if path.is_empty() || path.contains(char::is_whitespace) || registry.is_empty() {
-            return None;
-        }
-        let registry = match registry.as_str() {
-            "index.docker.io" | "registry.hub.docker.com" | "registry-1.docker.io" => "docker.io".to_owned(),
-            _ => registry,
-        };
-        let path = if registry == "docker.io" {
-            // Docker Hub web paths: `u/<namespace>/<name>`, `_/<name>` for official images.
-            let path = match path.split('/').collect::<Vec<_>>().as_slice() {
-                ["u", namespace, name] => format!("{namespace}/{name}"),
-                ["_", name] => format!("library/{name}"),
-                _ => path,
-            };
-            if path.contains('/') { path } else { format!("library/{path}") }
-        } else {
-            path
-        };
-        let tag = if tag.is_empty() { "latest" } else { tag };
-        Some(ImageName { registry, path, tag: tag.to_owned() })
-    }
-
-    fn pushed(image: &PushedImage) -> Option<ImageName> {
-        let mut name = ImageName::parse(&image.repository)?;
-        if let Some(tag) = image.tag.as_deref().map(str::trim).filter(|t| !t.is_empty()) {
-            name.tag = tag.to_owned();
-        }
-        Some(name)
-    }
-}
-
-impl fmt::Display for ImageName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}", self.registry, self.path, self.tag)
-    }
 }
 
 #[cfg(test)]

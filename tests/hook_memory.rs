@@ -43,27 +43,15 @@ fn chart_memory_limit_kib() -> anyhow::Result<u64> {
     Ok(number.parse::<u64>()? * factor)
 }
 
-const OBJECTS: &str = r#"
-apiVersion: redeploy.dev/v1alpha1
-kind: App
-metadata: {name: shop}
-spec: {}
----
-apiVersion: redeploy.dev/v1alpha1
-kind: Service
-metadata: {name: worker}
-spec: {app: shop, target: {name: worker}, image: {reference: "registry.example.com/worker:initial"}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: worker}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: worker}}
-  template:
-    metadata: {labels: {app: worker}}
-    spec: {containers: [{name: worker, image: "registry.example.com/worker:initial"}]}
-"#;
+/// App `shop`, its image-based Service `worker` and the Deployment it targets.
+fn objects() -> Vec<serde_json::Value> {
+    const IMAGE: &str = "registry.example.com/worker:initial";
+    vec![
+        support::object(support::app("shop")),
+        support::object(support::image_service("worker", "shop", IMAGE)),
+        support::object(support::deployment("worker", IMAGE)),
+    ]
+}
 
 /// What one call of the burst got.
 #[derive(Debug)]
@@ -76,7 +64,7 @@ enum Answer {
 async fn a_burst_of_large_bodies_stays_well_under_the_memory_limit() -> anyhow::Result<()> {
     let (control_plane, client, namespace) = support::setup("memory").await?;
     let log = control_plane.dir().join("operator-memory.log");
-    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+    support::apply(&client, &namespace, objects()).await?;
     // Every call of the burst gets past the per-App limit: what holds memory
     // down must be the global one.
     let operator = OperatorProcess::start(control_plane, &log, &["--concurrency-per-app", &CALLS.to_string()]).await?;

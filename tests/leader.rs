@@ -57,27 +57,15 @@ async fn redeploy(client: &Client, namespace: &str, name: &str) -> anyhow::Resul
     .await
 }
 
-const OBJECTS: &str = r#"
-apiVersion: redeploy.dev/v1alpha1
-kind: App
-metadata: {name: shop}
-spec: {}
----
-apiVersion: redeploy.dev/v1alpha1
-kind: Service
-metadata: {name: worker}
-spec: {app: shop, target: {name: worker}, image: {reference: "registry.example.com/worker:1"}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: worker}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: worker}}
-  template:
-    metadata: {labels: {app: worker}}
-    spec: {containers: [{name: worker, image: "registry.example.com/worker:1"}]}
-"#;
+/// App `shop`, its image-based Service `worker` and the Deployment it targets.
+fn objects() -> Vec<serde_json::Value> {
+    const IMAGE: &str = "registry.example.com/worker:1";
+    vec![
+        support::object(support::app("shop")),
+        support::object(support::image_service("worker", "shop", IMAGE)),
+        support::object(support::deployment("worker", IMAGE)),
+    ]
+}
 
 fn reconciled_anything(operator: &Running) -> bool {
     operator.context.metrics.render().contains("redeploy_reconciliations_total{")
@@ -99,7 +87,7 @@ async fn only_the_lease_holder_reconciles_and_the_lease_moves_on() -> anyhow::Re
     Api::<Lease>::namespaced(client.clone(), &namespace).create(&PostParams::default(), &ghost).await?;
     let ghost_renewed = std::time::Instant::now();
     let first = start(&client, &namespace, "first").await?;
-    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+    support::apply(&client, &namespace, objects()).await?;
     eventually("first to take the expired Lease", || async { Ok(first.is_leading().then_some(())) }).await?;
     assert!(ghost_renewed.elapsed() >= Duration::from_secs(3), "not before the ghost's Lease expired");
     assert_eq!(holder(&client, &namespace).await?.as_deref(), Some("first"));

@@ -9,7 +9,10 @@ use kube::Api;
 use redeploy_operator::api::App;
 use support::{eventually, operator};
 
-const OBJECTS: &str = "apiVersion: redeploy.dev/v1alpha1\nkind: App\nmetadata:\n  name: shop\nspec: {}\n---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: web\nspec:\n  app: shop\n  target:\n    name: web\n  image:\n    reference: nginx\n";
+/// App `shop` and its image-based Service `web`.
+fn objects() -> Vec<serde_json::Value> {
+    vec![support::object(support::app("shop")), support::object(support::image_service("web", "shop", "nginx"))]
+}
 
 const ACCEPTED: &str = r#"redeploy_hook_requests_total{provider="empty",event="no_git_info",outcome="accepted"}"#;
 const NOT_FOUND: &str = r#"redeploy_hook_requests_total{provider="unknown",event="unknown",outcome="not_found"}"#;
@@ -38,7 +41,7 @@ async fn health_readiness_and_the_metrics_of_this_tests_calls() -> anyhow::Resul
         let response = reqwest::get(format!("{}/{path}", operator.admin)).await?;
         assert_eq!(response.status(), 200, "/{path}");
     }
-    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+    support::apply(&client, &namespace, objects()).await?;
     let apps = Api::<App>::namespaced(client.clone(), &namespace);
     eventually("the App's hook and its Service `web`", || async {
         let status = apps.get("shop").await?.status.unwrap_or_default();

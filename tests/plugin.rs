@@ -10,47 +10,26 @@ use kube::Api;
 use redeploy_operator::api::{App, Provider, Redeployment};
 use support::{eventually, operator};
 
-const OBJECTS: &str = r#"
-apiVersion: redeploy.dev/v1alpha1
-kind: App
-metadata: {name: shop}
-spec: {}
----
-apiVersion: redeploy.dev/v1alpha1
-kind: Service
-metadata: {name: worker}
-spec: {app: shop, target: {name: worker}, image: {reference: "registry.example.com/worker:1"}}
----
-apiVersion: redeploy.dev/v1alpha1
-kind: Service
-metadata: {name: stuck}
-spec: {app: shop, target: {name: stuck}, image: {reference: "registry.example.com/stuck:1"}}
----
-apiVersion: redeploy.dev/v1alpha1
-kind: DeploymentProfile
-metadata: {name: quick}
-spec: {app: shop, displayName: Quick Fix, services: [stuck], rollout: {timeoutSeconds: 3}}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: worker}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: worker}}
-  template:
-    metadata: {labels: {app: worker}}
-    spec: {containers: [{name: worker, image: "registry.example.com/worker:1"}]}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: stuck}
-spec:
-  replicas: 1
-  selector: {matchLabels: {app: stuck}}
-  template:
-    metadata: {labels: {app: stuck}, annotations: {testenv.redeploy.dev/never-ready: "true"}}
-    spec: {containers: [{name: stuck, image: "registry.example.com/stuck:1"}]}
-"#;
+/// App `shop` with Services `worker` and `stuck` (whose pods never get
+/// ready), their Deployments, and profile `Quick Fix` deploying `stuck` with a
+/// 3 s rollout timeout.
+fn objects() -> Vec<serde_json::Value> {
+    let mut quick = support::profile("quick", "shop", &["stuck"]);
+    quick.spec.display_name = Some("Quick Fix".into());
+    quick.spec.rollout.timeout_seconds = 3;
+    let mut stuck = support::deployment("stuck", "registry.example.com/stuck:1");
+    if let Some(template) = stuck.spec.template.metadata.as_mut() {
+        template.annotations = Some([("testenv.redeploy.dev/never-ready".to_string(), "true".to_string())].into());
+    }
+    vec![
+        support::object(support::app("shop")),
+        support::object(support::image_service("worker", "shop", "registry.example.com/worker:1")),
+        support::object(support::image_service("stuck", "shop", "registry.example.com/stuck:1")),
+        support::object(quick),
+        support::object(support::deployment("worker", "registry.example.com/worker:1")),
+        support::object(stuck),
+    ]
+}
 
 fn kubectl_redeploy(namespace: &str, args: &[&str]) -> anyhow::Result<Output> {
     let control_plane = redeploy_testenv::ControlPlane::shared();
@@ -69,7 +48,7 @@ fn text(output: &Output) -> String {
 async fn kubectl_redeploy_triggers_follows_rotates_and_lists() -> anyhow::Result<()> {
     let (_, client, namespace) = support::setup("plugin").await?;
     let operator = operator();
-    support::apply_yaml(&client, &namespace, OBJECTS).await?;
+    support::apply(&client, &namespace, objects()).await?;
     let apps = Api::<App>::namespaced(client.clone(), &namespace);
     eventually("the App's hook and Services", || async {
         let status = apps.get("shop").await?.status.unwrap_or_default();

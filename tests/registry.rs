@@ -29,9 +29,8 @@ use axum::{
     routing::get,
 };
 use base64::Engine as _;
-use redeploy_operator::registry::{
-    Credentials, ImageReference, RegistryClient, RegistryError, credentials_from_docker_config,
-};
+use redeploy_operator::image::ImageReference;
+use redeploy_operator::registry::{Credentials, RegistryClient, RegistryError, credentials_from_docker_config};
 use reqwest::Method;
 
 mod support;

@@ -110,7 +110,7 @@ use crate::{
     api::{App, Redeployment, Service},
     git::GitRef,
     hook::credentials::APP_LABEL,
-    registry::ImageReference,
+    image::ImageReference,
     repo::redact_credentials,
 };
 
@@ -285,7 +285,7 @@ pub fn label_value(name: &str) -> String {
     let suffix = short_hash(name);
     let cleaned: String =
         name.chars().map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '-' }).collect();
-    let prefix: String = cleaned.chars().take(63 - 1 - suffix.len()).collect();
+    let prefix = crate::text::bounded(&cleaned, 63 - 1 - suffix.len());
     let prefix = prefix.trim_matches(|c: char| !c.is_ascii_alphanumeric());
     if prefix.is_empty() { suffix } else { format!("{prefix}-{suffix}") }
 }
@@ -433,10 +433,11 @@ pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     let git = service.spec.git.as_ref().ok_or_else(|| BuildError::NotGitBuilt { service: service_name.clone() })?;
     let build =
         service.spec.build.as_ref().ok_or_else(|| BuildError::MissingBuild { service: service_name.clone() })?;
-    let image_repository = validate_image_repository(&build.image).map_err(|reason| BuildError::InvalidImage {
+    let image_repository = build.image.trim();
+    ImageReference::parse_repository(image_repository).map_err(|error| BuildError::InvalidImage {
         service: service_name.clone(),
         image: build.image.clone(),
-        reason,
+        reason: error.reason,
     })?;
 
     let namespace = service
@@ -691,85 +692,6 @@ fn relative_parts(path: &str) -> Result<Vec<&str>, String> {
     Ok(parts)
 }
 
-/// Checks an image repository (no tag, no digest) against the distribution
-/// reference grammar; returns it trimmed, or why it is not one.
-fn validate_image_repository(image: &str) -> Result<&str, String> {
-    let image = image.trim();
-    if image.is_empty() {
-        return Err("it is empty".into());
-    }
-    if image.contains('@') {
-        return Err("it has a digest: give the repository only, e.g. registry.example.com/team/web".into());
-    }
-    if image.len() > 255 {
-        return Err("it is longer than 255 characters".into());
-    }
-    let (domain, path) = match image.split_once('/') {
-        Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => (Some(first), rest),
-        _ => (None, image),
-    };
-    if let Some(domain) = domain {
-        let (host, port) = match domain.rsplit_once(':') {
-            Some((host, port)) if !host.ends_with(':') && !domain.ends_with(']') => (host, Some(port)),
-            _ => (domain, None),
-        };
-        let host_ok = !host.is_empty()
-            && host.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.[]:".contains(&b))
-            && !host.starts_with(['-', '.'])
-            && !host.ends_with(['-', '.']);
-        if !host_ok || port.is_some_and(|p| p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit())) {
-            return Err(format!("{domain:?} is not a registry host[:port]"));
-        }
-    }
-    if path.rsplit('/').next().is_some_and(|last| last.contains(':')) {
-        return Err(
-            "it has a tag: give the repository only (e.g. registry.example.com/team/web); each build is tagged \
-             with its commit SHA"
-                .into(),
-        );
-    }
-    for component in path.split('/') {
-        if component.bytes().any(|b| b.is_ascii_uppercase()) {
-            return Err(format!("{component:?} has upper-case letters: repository names are lower-case"));
-        }
-        if !is_path_component(component) {
-            return Err(format!(
-                "{component:?} is not a repository path component (lower-case letters and digits, \
-                 separated by ., _, __ or dashes)"
-            ));
-        }
-    }
-    Ok(image)
-}
-
-/// `[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*`
-fn is_path_component(component: &str) -> bool {
-    let bytes = component.as_bytes();
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let mut i = 0;
-    loop {
-        let start = i;
-        while i < bytes.len() && alnum(bytes[i]) {
-            i += 1;
-        }
-        if i == start {
-            return false;
-        }
-        if i == bytes.len() {
-            return true;
-        }
-        let start = i;
-        while i < bytes.len() && !alnum(bytes[i]) {
-            i += 1;
-        }
-        match &component[start..i] {
-            "." | "_" | "__" => {}
-            dashes if dashes.bytes().all(|b| b == b'-') => {}
-            _ => return false,
-        }
-    }
-}
-
 #[derive(Deserialize)]
 struct RawOutcome {
     commit: Option<String>,
@@ -799,22 +721,15 @@ pub fn parse_termination_message(message: &str) -> Result<BuildOutcome, BuildErr
     }
     let digest = raw.digest.map(|d| d.trim().to_string()).filter(|d| !d.is_empty());
     if let Some(digest) = &digest {
-        let valid = digest.split_once(':').is_some_and(|(algorithm, hex)| {
-            !algorithm.is_empty()
-                && algorithm.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+._-".contains(&b))
-                && hex.len() >= 32
-                && hex.bytes().all(|b| b.is_ascii_hexdigit())
-        });
-        if !valid {
-            return Err(invalid(format!("\"digest\" {:?} is not a digest such as sha256:<hex>", excerpt(digest))));
-        }
+        crate::image::validate_digest(digest)
+            .map_err(|reason| invalid(format!("\"digest\" {:?} is not a digest ({reason})", excerpt(digest))))?;
     }
     Ok(BuildOutcome { commit: commit.to_ascii_lowercase(), image, digest })
 }
 
 /// At most 120 characters of `text`, for messages.
 fn excerpt(text: &str) -> String {
-    let mut out: String = text.chars().take(120).collect();
+    let mut out = crate::text::bounded(text, 120).to_owned();
     if out.len() < text.len() {
         out.push_str("...");
     }

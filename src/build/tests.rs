@@ -549,9 +549,9 @@ fn unbuildable_requests_are_refused_with_a_reason() {
         ("web:1.0", "has a tag"),
         ("registry.example.com/acme/web@sha256:abc", "digest"),
         ("registry.example.com/Acme/web", "lower-case"),
-        ("registry.example.com/acme/web/", "not a repository path component"),
-        ("registry.example.com/acme/-web", "not a repository path component"),
-        ("registry.example.com/acme/we..b", "not a repository path component"),
+        ("registry.example.com/acme/web/", "empty path component"),
+        ("registry.example.com/acme/-web", "repository path component `-web`"),
+        ("registry.example.com/acme/we..b", "repository path component `we..b`"),
         ("", "empty"),
     ] {
         let mut svc = service(None, None);

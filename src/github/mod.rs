@@ -18,6 +18,9 @@ use crate::{
 /// The public GitHub's API.
 pub const DEFAULT_API_URL: &str = "https://api.github.com";
 
+/// Timeout of each GitHub API request.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
 #[derive(Debug, thiserror::Error)]
 pub enum GitHubError {
     #[error("spec.github.repository `{0}` does not name a GitHub repository (owner/name)")]
@@ -75,12 +78,11 @@ impl Deployments {
 
     /// `path` is `owner/name`.
     pub fn new(api_url: &str, path: &str, token: String) -> Deployments {
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(10))
-            .user_agent(concat!("redeploy-operator/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .unwrap_or_default();
-        Deployments { http, repository: format!("{}/repos/{path}", api_url.trim_end_matches('/')), token }
+        Deployments {
+            http: crate::http::client(),
+            repository: format!("{}/repos/{path}", api_url.trim_end_matches('/')),
+            token,
+        }
     }
 
     /// Creates a Deployment of `git_ref` (a commit, branch or tag) to
@@ -101,7 +103,7 @@ impl Deployments {
     /// Posts a status of Deployment `id`.
     pub async fn status(&self, id: i64, state: &str, description: &str) -> Result<(), GitHubError> {
         // GitHub caps descriptions at 140 characters.
-        let description: String = description.chars().take(140).collect();
+        let description = crate::text::bounded(description, 140);
         let body = json!({ "state": state, "description": description });
         let _: serde_json::Value = self.post(&format!("{}/deployments/{id}/statuses", self.repository), &body).await?;
         Ok(())
@@ -115,6 +117,7 @@ impl Deployments {
         let response = self
             .http
             .post(url)
+            .timeout(REQUEST_TIMEOUT)
             .bearer_auth(&self.token)
             .header("Accept", "application/vnd.github+json")
             .header("X-GitHub-Api-Version", "2022-11-28")

@@ -645,7 +645,7 @@ fn publish_app_event(state: &HookState, app: &App, reason: &'static str, note: S
         let event = Event {
             type_: EventType::Warning,
             reason: reason.to_string(),
-            note: Some(note.chars().take(1000).collect()),
+            note: Some(crate::text::bounded(&note, 1000).to_owned()),
             action: "HandleHook".into(),
             secondary: None,
         };

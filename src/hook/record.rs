@@ -10,6 +10,7 @@ use super::{credentials::APP_LABEL, event::HookEvent};
 use crate::{
     api::{App, CANCEL_FINALIZER, Provider, Redeployment, RedeploymentSpec, Trigger},
     plan::{Modifiers, Plan},
+    text::bounded,
 };
 
 /// Label naming the provider that triggered a Redeployment.
@@ -46,7 +47,7 @@ pub fn redeployment_name(app: &str, idempotency_key: Option<&str>) -> String {
         None => hex::encode(rand::random::<[u8; 6]>()),
     };
     // Keep the whole name a valid label value (63 characters) for selectors.
-    let prefix: String = app.chars().take(63 - suffix.len() - 1).collect();
+    let prefix = bounded(app, 63 - suffix.len() - 1);
     format!("{}-{suffix}", prefix.trim_end_matches(['-', '.']))
 }
 
@@ -74,7 +75,7 @@ pub fn redeployment(
     }
     let mut annotations = BTreeMap::new();
     if let Some(id) = &event.delivery_id {
-        annotations.insert(DELIVERY_ANNOTATION.to_string(), bounded(id, 256));
+        annotations.insert(DELIVERY_ANNOTATION.to_string(), bounded(id, 256).to_owned());
     }
     if let Some(key) = key {
         annotations.insert(IDEMPOTENCY_ANNOTATION.to_string(), key);
@@ -84,9 +85,9 @@ pub fn redeployment(
         app: app_name,
         trigger: Trigger {
             provider: event.provider,
-            event: bounded(&event.event, 128),
-            delivery_id: event.delivery_id.as_deref().map(|id| bounded(id, 256)),
-            sender: event.sender.as_deref().map(|s| bounded(s, 256)),
+            event: bounded(&event.event, 128).to_owned(),
+            delivery_id: event.delivery_id.as_deref().map(|id| bounded(id, 256).to_owned()),
+            sender: event.sender.as_deref().map(|s| bounded(s, 256).to_owned()),
             received_at: Some(MicroTime(received_at)),
         },
         git: event.git_info(),
@@ -132,11 +133,6 @@ pub fn same_delivery(existing: &Redeployment, candidate: &Redeployment) -> bool 
         (Some(_), None) => false,
     };
     same_key && existing.meta().namespace == candidate.meta().namespace && existing.name_any() == candidate.name_any()
-}
-
-/// `value` cut to at most `max` characters (the schema's bound).
-fn bounded(value: &str, max: usize) -> String {
-    value.chars().take(max).collect()
 }
 
 #[cfg(test)]

@@ -103,18 +103,10 @@ impl SignatureCheck {
         SignatureCheck::Generic,
     ];
 
-    /// The provider's own signature, for the providers that sign their calls.
+    /// The provider's own signature, for the providers that sign their calls
+    /// (declared with the provider's parser).
     pub fn of_provider(provider: Provider) -> Option<SignatureCheck> {
-        match provider {
-            Provider::GitHub => Some(SignatureCheck::GitHubSha256),
-            Provider::BitbucketCloud | Provider::BitbucketServer => Some(SignatureCheck::BitbucketSha256),
-            Provider::GitLab => Some(SignatureCheck::GitLabToken),
-            Provider::Gitea | Provider::Forgejo => Some(SignatureCheck::Gitea),
-            Provider::Gogs => Some(SignatureCheck::Gogs),
-            Provider::AzureDevOps | Provider::DockerHub | Provider::Generic | Provider::Empty | Provider::Manual => {
-                None
-            }
-        }
+        super::providers::definition(provider).signature
     }
 
     /// The App's secret for this check, if it configures one.

@@ -12,6 +12,7 @@ use proptest::sample::select;
 
 use super::*;
 use crate::api::{AppSpec, BuildSpec, DeploymentProfileSpec, Provider, ServiceSpec, WorkloadTarget};
+use crate::hook::event::PushedImage;
 
 const APP: &str = "shop";
 const NAMESPACE: &str = "prod";

@@ -6,7 +6,8 @@ use kube::{Api, Client};
 
 use crate::{
     api::ImageSource,
-    registry::{ImageReference, RegistryClient, credentials_from_docker_config},
+    image::ImageReference,
+    registry::{RegistryClient, credentials_from_docker_config},
 };
 
 /// A tag resolved to a digest.

@@ -11,12 +11,15 @@ use std::{
     time::Duration,
 };
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
     core::GroupVersionKind,
     discovery::{self, Scope},
+};
+use redeploy_operator::api::{
+    App, DeploymentProfile, DeploymentProfileSpec, ImageSource, Service, ServiceSpec, WorkloadTarget,
 };
 use redeploy_operator::install::{FIELD_MANAGER, apply_crds};
 use redeploy_testenv::ControlPlane;
@@ -37,8 +40,18 @@ pub async fn setup(prefix: &str) -> anyhow::Result<(&'static ControlPlane, Clien
 /// Applies every document of a YAML stream into `namespace` with server-side
 /// apply, as `kubectl apply --server-side` would.
 pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> Result<Vec<DynamicObject>, anyhow::Error> {
+    apply(client, namespace, serde_saphyr::from_multiple::<serde_json::Value>(yaml)?).await
+}
+
+/// Applies objects (typed ones through [`object`]) into `namespace` with
+/// server-side apply.
+pub async fn apply(
+    client: &Client,
+    namespace: &str,
+    objects: impl IntoIterator<Item = serde_json::Value>,
+) -> Result<Vec<DynamicObject>, anyhow::Error> {
     let mut applied = Vec::new();
-    for document in serde_saphyr::from_multiple::<serde_json::Value>(yaml)? {
+    for document in objects {
         if document.is_null() {
             continue;
         }
@@ -55,6 +68,58 @@ pub async fn apply_yaml(client: &Client, namespace: &str, yaml: &str) -> Result<
         applied.push(api.patch(&name, &params, &Patch::Apply(&object)).await?);
     }
     Ok(applied)
+}
+
+// ---- typed test objects ----
+
+/// A typed object as [`apply`] takes it.
+pub fn object(typed: impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(typed).expect("test objects serialize")
+}
+
+/// An App with every setting at its default.
+pub fn app(name: &str) -> App {
+    App::new(name, serde_json::from_value(serde_json::json!({})).expect("an empty AppSpec is valid"))
+}
+
+/// An image-based Service of `app` deploying `reference` into Deployment `name`.
+pub fn image_service(name: &str, app: &str, reference: &str) -> Service {
+    Service::new(
+        name,
+        ServiceSpec {
+            app: app.into(),
+            target: WorkloadTarget { name: name.into(), ..Default::default() },
+            image: Some(ImageSource { reference: reference.into(), resolve_digest: false, pull_secret_ref: None }),
+            ..Default::default()
+        },
+    )
+}
+
+/// A DeploymentProfile of `app` for `services`.
+pub fn profile(name: &str, app: &str, services: &[&str]) -> DeploymentProfile {
+    DeploymentProfile::new(
+        name,
+        DeploymentProfileSpec {
+            app: app.into(),
+            services: services.iter().map(|s| s.to_string()).collect(),
+            ..serde_json::from_value(serde_json::json!({"app": app})).expect("a minimal profile spec is valid")
+        },
+    )
+}
+
+/// A one-replica Deployment `name` whose container `name` runs `image`.
+pub fn deployment(name: &str, image: &str) -> Deployment {
+    serde_json::from_value(serde_json::json!({
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": image}]}},
+        },
+    }))
+    .expect("a valid Deployment")
 }
 
 /// An operator (hook server, admin server, reconcilers) running against the

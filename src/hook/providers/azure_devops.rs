@@ -4,11 +4,20 @@
 
 use serde::Deserialize;
 
+use super::{Definition, ignored, never_by_headers};
 use super::{Json, ParseError, Push, RefName, Shape, deserialize, event, first, is_zero_sha, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
 const PROVIDER: Provider = Provider::AzureDevOps;
+
+pub(super) const DEFINITION: Definition = Definition {
+    provider: PROVIDER,
+    metrics_label: "azure_devops",
+    signature: None,
+    handling: never_by_headers,
+    parse: ignored,
+};
 const PUSH: &str = "git.push";
 
 pub(super) fn matches(shape: &Shape) -> bool {

@@ -2,11 +2,21 @@
 
 use serde::Deserialize;
 
+use super::Definition;
 use super::{Handling, Json, ParseError, Push, RefName, Shape, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::signature::SignatureCheck;
 
 const PROVIDER: Provider = Provider::BitbucketCloud;
+
+pub(super) const DEFINITION: Definition = Definition {
+    provider: PROVIDER,
+    metrics_label: "bitbucket_cloud",
+    signature: Some(SignatureCheck::BitbucketSha256),
+    handling,
+    parse: |_, event, payload| parse(event, payload),
+};
 pub(super) const PUSH: &str = "repo:push";
 
 pub(super) fn handling(event: &str) -> Handling {

@@ -4,11 +4,20 @@
 
 use serde::Deserialize;
 
+use super::{Definition, ignored, never_by_headers};
 use super::{Json, ParseError, Shape, deserialize, event, first, missing};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent, PushedImage};
 
 const PROVIDER: Provider = Provider::DockerHub;
+
+pub(super) const DEFINITION: Definition = Definition {
+    provider: PROVIDER,
+    metrics_label: "dockerhub",
+    signature: None,
+    handling: never_by_headers,
+    parse: ignored,
+};
 const PUSH: &str = "push";
 
 pub(super) fn matches(shape: &Shape) -> bool {

@@ -6,11 +6,29 @@ use serde::Deserialize;
 
 use super::github::PushPayload;
 use super::shape::Kind;
+use super::{Definition, ignored, never_by_headers};
 use super::{Json, ParseError, RefName, Shape, commit_sha, deserialize, event, first, is_commit_sha, is_zero_sha};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
 
 const PROVIDER: Provider = Provider::Generic;
+
+pub(super) const GENERIC: Definition = Definition {
+    provider: PROVIDER,
+    metrics_label: "generic",
+    signature: None,
+    handling: never_by_headers,
+    parse: ignored,
+};
+
+/// A call without a payload (`curl -X POST`, a form of modifiers).
+pub(super) const EMPTY: Definition = Definition {
+    provider: Provider::Empty,
+    metrics_label: "empty",
+    signature: None,
+    handling: never_by_headers,
+    parse: ignored,
+};
 const PUSH: &str = "push";
 
 /// JSON of no shape this operator knows: it carries no Git information.

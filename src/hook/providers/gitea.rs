@@ -1,10 +1,37 @@
 //! Gitea, Forgejo and Gogs `push` (`X-Gitea-Event`, `X-Forgejo-Event`,
 //! `X-Gogs-Event`): the GitHub-like push shape with their own fields.
 
+use super::Definition;
 use super::github::PushPayload;
 use super::{Handling, Json, ParseError, deserialize, event, first};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::signature::SignatureCheck;
+
+pub(super) const GITEA: Definition = Definition {
+    provider: Provider::Gitea,
+    metrics_label: "gitea",
+    signature: Some(SignatureCheck::Gitea),
+    handling,
+    parse,
+};
+
+/// Forgejo signs as Gitea does (`X-Gitea-Signature`, also sent as `X-Forgejo-Signature`).
+pub(super) const FORGEJO: Definition = Definition {
+    provider: Provider::Forgejo,
+    metrics_label: "forgejo",
+    signature: Some(SignatureCheck::Gitea),
+    handling,
+    parse,
+};
+
+pub(super) const GOGS: Definition = Definition {
+    provider: Provider::Gogs,
+    metrics_label: "gogs",
+    signature: Some(SignatureCheck::Gogs),
+    handling,
+    parse,
+};
 
 pub(super) fn handling(event: &str) -> Handling {
     match event {

@@ -3,13 +3,23 @@
 
 use serde::Deserialize;
 
+use super::Definition;
 use super::{
     Handling, Json, ParseError, Push, RefName, commit_sha, deserialize, event, first, is_commit_sha, missing, urls,
 };
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::signature::SignatureCheck;
 
 const PROVIDER: Provider = Provider::GitHub;
+
+pub(super) const DEFINITION: Definition = Definition {
+    provider: PROVIDER,
+    metrics_label: "github",
+    signature: Some(SignatureCheck::GitHubSha256),
+    handling,
+    parse: |_, event, payload| parse(event, payload),
+};
 
 pub(super) fn handling(event: &str) -> Handling {
     match event {

@@ -2,11 +2,21 @@
 
 use serde::Deserialize;
 
+use super::Definition;
 use super::{Handling, Json, ParseError, Push, RefName, Shape, commit_sha, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::signature::SignatureCheck;
 
 const PROVIDER: Provider = Provider::GitLab;
+
+pub(super) const DEFINITION: Definition = Definition {
+    provider: PROVIDER,
+    metrics_label: "gitlab",
+    signature: Some(SignatureCheck::GitLabToken),
+    handling,
+    parse: |_, event, payload| parse(event, payload),
+};
 
 pub(super) fn handling(event: &str) -> Handling {
     match event {

@@ -26,6 +26,7 @@ use serde::de::DeserializeOwned;
 
 use self::shape::{Json, Shape};
 use super::event::{EventKind, HookEvent};
+use super::signature::SignatureCheck;
 use crate::api::Provider;
 // The parsers share the operator's one commit-id checks.
 use crate::git::{is_commit_sha, is_zero_sha};
@@ -84,6 +85,62 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<HookEvent, ParseError> 
     Ok(bounded(event))
 }
 
+/// Everything about one provider beyond its CRD enum value and its payload
+/// parsing: declared once, next to its parser (`DEFINITION`), and registered
+/// in [`DEFINITIONS`]. Metrics labels, signature schemes and header dispatch
+/// all read it.
+pub struct Definition {
+    pub provider: Provider,
+    /// The `provider` label value of the hook metrics.
+    pub metrics_label: &'static str,
+    /// The provider's own signature, for the providers that sign their calls.
+    pub signature: Option<SignatureCheck>,
+    /// What to do with an event its headers name.
+    handling: fn(&str) -> Handling,
+    /// Reads the payload of an event its headers name.
+    parse: fn(Provider, &str, Json<'_>) -> Result<HookEvent, ParseError>,
+}
+
+/// Every provider, once.
+pub const DEFINITIONS: &[Definition] = &[
+    github::DEFINITION,
+    bitbucket_cloud::DEFINITION,
+    bitbucket_server::DEFINITION,
+    gitlab::DEFINITION,
+    gitea::GITEA,
+    gitea::FORGEJO,
+    gitea::GOGS,
+    azure_devops::DEFINITION,
+    dockerhub::DEFINITION,
+    generic::GENERIC,
+    generic::EMPTY,
+    MANUAL,
+];
+
+/// Redeployments a person created (`kubectl redeploy`): no hook call at all.
+const MANUAL: Definition = Definition {
+    provider: Provider::Manual,
+    metrics_label: "manual",
+    signature: None,
+    handling: never_by_headers,
+    parse: ignored,
+};
+
+/// The definition of `provider` (every provider has one: see the tests).
+pub fn definition(provider: Provider) -> &'static Definition {
+    DEFINITIONS.iter().find(|definition| definition.provider == provider).unwrap_or(&MANUAL)
+}
+
+/// The `handling` of a provider no header names.
+fn never_by_headers(_event: &str) -> Handling {
+    Handling::Ignore
+}
+
+/// The `parse` of a provider whose events are not read when headers name them.
+fn ignored(provider: Provider, event_name: &str, _payload: Json<'_>) -> Result<HookEvent, ParseError> {
+    Ok(event(provider, event_name, EventKind::Ignored))
+}
+
 /// What a parser does with an event its provider names.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Handling {
@@ -105,26 +162,12 @@ struct Detected {
 
 impl Detected {
     fn handling(&self) -> Handling {
-        match self.provider {
-            Provider::GitHub => github::handling(&self.event),
-            Provider::BitbucketCloud => bitbucket_cloud::handling(&self.event),
-            Provider::BitbucketServer => bitbucket_server::handling(&self.event),
-            Provider::GitLab => gitlab::handling(&self.event),
-            Provider::Gitea | Provider::Forgejo | Provider::Gogs => gitea::handling(&self.event),
-            _ => Handling::Ignore,
-        }
+        (definition(self.provider).handling)(&self.event)
     }
 
     fn parse(&self, payload: Json<'_>) -> Result<HookEvent, ParseError> {
         let event = &self.event;
-        let mut parsed = match self.provider {
-            Provider::GitHub => github::parse(event, payload)?,
-            Provider::BitbucketCloud => bitbucket_cloud::parse(event, payload)?,
-            Provider::BitbucketServer => bitbucket_server::parse(event, payload)?,
-            Provider::GitLab => gitlab::parse(event, payload)?,
-            Provider::Gitea | Provider::Forgejo | Provider::Gogs => gitea::parse(self.provider, event, payload)?,
-            _ => self.ignored(),
-        };
+        let mut parsed = (definition(self.provider).parse)(self.provider, event, payload)?;
         if parsed.delivery_id.is_none() {
             parsed.delivery_id.clone_from(&self.delivery_id);
         }
@@ -240,6 +283,7 @@ fn header(headers: &HeaderMap, name: &str) -> Option<String> {
 
 /// Keeps the strings a Redeployment records within the lengths its schema allows.
 fn bounded(mut event: HookEvent) -> HookEvent {
+    use crate::text::truncate;
     truncate(&mut event.event, 128);
     if let Some(sender) = &mut event.sender {
         truncate(sender, 256);
@@ -249,12 +293,6 @@ fn bounded(mut event: HookEvent) -> HookEvent {
         event.delivery_id = None;
     }
     event
-}
-
-fn truncate(value: &mut String, max_chars: usize) {
-    if let Some((index, _)) = value.char_indices().nth(max_chars) {
-        value.truncate(index);
-    }
 }
 
 // ---- helpers shared by the parsers ----

@@ -243,3 +243,42 @@ fn a_ref_name_starting_with_white_space_is_no_branch_or_tag() {
     let event = parse_ok(&json(), br#"{"repository":"https://github.com/o/r","ref":"refs/heads/main","sha":""}"#);
     assert_eq!(event.branch.as_deref(), Some("main"));
 }
+
+/// Every value of the CRD's `Provider` enum (read from its schema, so a new
+/// variant is seen without being listed here) has exactly one definition,
+/// and metrics labels are distinct and stay `snake_case`.
+#[test]
+fn every_provider_has_one_definition() {
+    let schema = serde_json::to_value(schemars::schema_for!(Provider)).expect("schema");
+    // The schema lists the values under `enum` (or `const`, for documented variants under `oneOf`).
+    fn collect(schema: &serde_json::Value, values: &mut Vec<serde_json::Value>) {
+        match schema {
+            serde_json::Value::Object(map) => {
+                for (key, value) in map {
+                    match (key.as_str(), value) {
+                        ("enum", serde_json::Value::Array(items)) => values.extend(items.iter().cloned()),
+                        ("const", item) => values.push(item.clone()),
+                        _ => collect(value, values),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter().for_each(|item| collect(item, values)),
+            _ => {}
+        }
+    }
+    let mut values = Vec::new();
+    collect(&schema, &mut values);
+    assert!(values.len() >= 12, "{schema}");
+    for value in &values {
+        let provider: Provider = serde_json::from_value(value.clone()).expect("a Provider value");
+        let found: Vec<_> = super::DEFINITIONS.iter().filter(|d| d.provider == provider).collect();
+        assert_eq!(found.len(), 1, "{provider:?} has {} definitions", found.len());
+        assert_eq!(super::definition(provider).provider, provider);
+    }
+    assert_eq!(super::DEFINITIONS.len(), values.len(), "a definition of no Provider value");
+    let mut labels: Vec<&str> = super::DEFINITIONS.iter().map(|d| d.metrics_label).collect();
+    assert!(labels.iter().all(|l| l.bytes().all(|b| b.is_ascii_lowercase() || b == b'_')), "{labels:?}");
+    labels.sort_unstable();
+    labels.dedup();
+    assert_eq!(labels.len(), values.len(), "two providers share a metrics label");
+}

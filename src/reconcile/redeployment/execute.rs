@@ -189,7 +189,7 @@ async fn publish(context: &Context, observed: &Observed, type_: EventType, reaso
     let event = Event {
         type_,
         reason,
-        note: Some(redact_credentials(&note).chars().take(1000).collect()),
+        note: Some(crate::text::bounded(&redact_credentials(&note), 1000).to_owned()),
         action: "Redeploy".into(),
         secondary: Some(observed.redeployment.object_ref(&())),
     };
