@@ -2,7 +2,9 @@
 //! Git-built Services, generic-signed calls restarting image-based ones) at a
 //! bounded rate against the `redeploy-operator` binary, while
 //!
-//! 1. the operator is SIGKILLed at random moments (seeded) and restarted;
+//! 1. the operator is SIGKILLed at a random moment (seeded), right after a
+//!    new build Job appears and right after a workload is patched (before
+//!    it can record either), and restarted each time;
 //! 2. kube-apiserver is stopped and started again;
 //! 3. etcd is stopped and started again;
 //! 4. of two replicas with leader election, the leader is SIGKILLed.
@@ -269,7 +271,21 @@ struct Seen {
     rollouts: BTreeMap<(String, String), u32>,
 }
 
-fn watch(client: &Client, namespace: &str, seen: Arc<Mutex<Seen>>) -> Vec<tokio::task::JoinHandle<()>> {
+/// Wakes whoever waits for the next new build Job or the next rollout: the
+/// moments a SIGKILL lands between an action and the status that records it.
+#[derive(Default)]
+struct Moments {
+    job_created: tokio::sync::Notify,
+    rolled_out: tokio::sync::Notify,
+}
+
+fn watch(
+    client: &Client,
+    namespace: &str,
+    seen: Arc<Mutex<Seen>>,
+    moments: Arc<Moments>,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let moments_of_jobs = moments.clone();
     let jobs = Api::<Job>::namespaced(client.clone(), namespace);
     let seen_jobs = seen.clone();
     let jobs = tokio::spawn(async move {
@@ -278,7 +294,9 @@ fn watch(client: &Client, namespace: &str, seen: Arc<Mutex<Seen>>) -> Vec<tokio:
             let Ok(job) = event else { continue };
             let owner = job.owner_references().iter().find(|o| o.kind == "Redeployment").map(|o| o.name.clone());
             let mut seen = seen_jobs.lock().unwrap_or_else(|e| e.into_inner());
-            seen.jobs.entry(owner.unwrap_or_default()).or_default().insert(job.uid().unwrap_or_default());
+            if seen.jobs.entry(owner.unwrap_or_default()).or_default().insert(job.uid().unwrap_or_default()) {
+                moments_of_jobs.job_created.notify_waiters();
+            }
         }
     });
     let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
@@ -301,6 +319,7 @@ fn watch(client: &Client, namespace: &str, seen: Arc<Mutex<Seen>>) -> Vec<tokio:
                 && generation > before
             {
                 *seen.rollouts.entry((annotation.unwrap_or_default(), name)).or_default() += 1;
+                moments.rolled_out.notify_waiters();
             }
         }
     });
@@ -369,7 +388,8 @@ impl Stand {
             hooks.push(Hook { app, path });
         }
         let seen = Arc::new(Mutex::new(Seen::default()));
-        let watches = watch(&self.client, &namespace, seen.clone());
+        let moments = Arc::new(Moments::default());
+        let watches = watch(&self.client, &namespace, seen.clone(), moments.clone());
         let replicas = Arc::new(Replicas::new(operators.iter().map(|o| o.hook.clone()).collect()));
         let caller = Arc::new(Caller {
             http: reqwest::Client::builder().timeout(ANSWER_TIMEOUT).pool_max_idle_per_host(0).build()?,
@@ -402,13 +422,29 @@ impl Stand {
         let mut outage_503 = 0;
         match fault {
             Fault::KillOperator => {
-                let mut moments: Vec<f64> = (0..3).map(|_| rng.random_range(0.1..0.8)).collect();
-                moments.sort_by(f64::total_cmp);
-                for moment in moments {
-                    tokio::time::sleep_until(at(moment).into()).await;
+                // At a random moment, then as soon as the watch sees a new
+                // build Job (before the operator records it in the status),
+                // then as soon as it sees a rollout (likewise).
+                for kill in 0..3 {
+                    let what = match kill {
+                        0 => {
+                            tokio::time::sleep_until(at(rng.random_range(0.1..0.4)).into()).await;
+                            "at random"
+                        }
+                        1 => {
+                            let next = moments.job_created.notified();
+                            let _ = tokio::time::timeout_at(at(1.0).into(), next).await;
+                            "on a new build Job"
+                        }
+                        _ => {
+                            let next = moments.rolled_out.notified();
+                            let _ = tokio::time::timeout_at(at(1.0).into(), next).await;
+                            "on a new rollout"
+                        }
+                    };
                     replicas.set_up(0, false);
                     operators.remove(0).kill();
-                    println!("faults: {name}: SIGKILL at {:.2} s", started.elapsed().as_secs_f64());
+                    println!("faults: {name}: SIGKILL {what} at {:.2} s", started.elapsed().as_secs_f64());
                     operators.insert(0, self.operator(&namespace, 1, 0, ports[0]).await?);
                     replicas.set_up(0, true);
                 }
