@@ -527,11 +527,14 @@ impl Stand {
             .collect();
         // Stored although no caller heard 202 for it (a 503 says nothing was done).
         let unanswered: Vec<&String> = stored_names.iter().filter(|n| !accepted.contains(*n)).collect();
-        let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+        let (jobs, rollouts) = {
+            let seen = seen.lock().unwrap_or_else(|e| e.into_inner());
+            (seen.jobs.clone(), seen.rollouts.clone())
+        };
         let doubled_builds: Vec<&String> =
-            seen.jobs.iter().filter(|(_, uids)| uids.len() > 1).map(|(name, _)| name).collect();
+            jobs.iter().filter(|(_, uids)| uids.len() > 1).map(|(name, _)| name).collect();
         let doubled_rollouts: Vec<&(String, String)> =
-            seen.rollouts.iter().filter(|(_, count)| **count > 1).map(|(key, _)| key).collect();
+            rollouts.iter().filter(|(_, count)| **count > 1).map(|(key, _)| key).collect();
 
         let count = |code: u16| {
             answers.iter().filter(|(a, _)| matches!(a, Answer::Status { code: c, .. } if *c == code)).count()
@@ -566,8 +569,8 @@ impl Stand {
             doubled_builds.len() + doubled_rollouts.len(),
             unanswered.len(),
             max_answer.as_millis(),
-            seen.jobs.values().map(BTreeSet::len).sum::<usize>(),
-            seen.rollouts.values().sum::<u32>(),
+            jobs.values().map(BTreeSet::len).sum::<usize>(),
+            rollouts.values().sum::<u32>(),
             finished(Phase::Succeeded),
             finished(Phase::Failed),
             finished(Phase::Superseded),
@@ -579,6 +582,23 @@ impl Stand {
             .collect();
         if !failed.is_empty() {
             println!("faults: {name}: failed Redeployments: {failed:?}");
+        }
+        if !stuck.is_empty() {
+            for r in stored.iter().filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(|p| p.is_finished()))
+            {
+                println!("faults: {name}: unfinished {}: {}", r.name_any(), serde_json::to_string(&r.status)?);
+            }
+            let deployments = Api::<Deployment>::namespaced(self.client.clone(), &namespace);
+            for d in deployments.list(&ListParams::default()).await?.items {
+                let template = d.spec.template.metadata.as_ref().and_then(|m| m.annotations.clone());
+                println!(
+                    "faults: {name}: Deployment {} generation {:?} template {:?} status {}",
+                    d.name_any(),
+                    d.metadata.generation,
+                    template,
+                    serde_json::to_string(&d.status)?
+                );
+            }
         }
         anyhow::ensure!(count(500) == 0 && hung == 0 && other.is_empty(), "{name}: calls hung or failed: {other:?}");
         anyhow::ensure!(lost.is_empty(), "{name}: accepted but never stored: {lost:?}");
