@@ -1,6 +1,8 @@
 //! When the API server cannot store a Redeployment, the hook answers 503 and
-//! nothing is half-done; once it is back, calls are accepted again. This
-//! test stops the API server, so it has a control plane of its own.
+//! nothing is half-done; once it is back, calls are accepted again. The same
+//! holds when etcd is away and the API server holds requests instead of
+//! failing them. This test stops the API server and etcd, so it has a
+//! control plane of its own.
 
 mod support;
 
@@ -63,6 +65,22 @@ async fn a_stopped_api_server_gets_503_and_nothing_is_stored() -> anyhow::Result
     .await;
     accepted?;
     assert_eq!(redeployments.list(&ListParams::default()).await?.items.len(), 1);
+
+    // Without etcd the API server still takes the request, and holds it: the
+    // hook answers 503 within its own timeout instead of hanging the caller.
+    control_plane.stop_etcd();
+    let started = std::time::Instant::now();
+    let response = http.post(&hook).timeout(Duration::from_secs(30)).send().await?;
+    let waited = started.elapsed();
+    assert_eq!(response.status(), 503, "{:?}", response.text().await);
+    let limit = redeploy_operator::hook::handler::API_TIMEOUT + Duration::from_secs(3);
+    assert!(waited < limit, "answered after {waited:?}");
+    control_plane.start_etcd()?;
+    control_plane.wait_ready(&client, Duration::from_secs(60)).await?;
+    eventually("a retry to be accepted once etcd is back", || async {
+        Ok((http.post(&hook).send().await?.status() == 202).then_some(()))
+    })
+    .await?;
     running.shutdown().await;
     Ok(())
 }

@@ -63,6 +63,17 @@ pub struct Limits {
 /// 256 MiB memory limit.
 pub const DEFAULT_BODIES_IN_FLIGHT_BYTES: usize = 48 * 1024 * 1024;
 
+/// Longest wait for one API-server request within a hook call. An API
+/// server that cannot reach etcd still accepts requests and holds them for up
+/// to a minute; Git hosts give up on a webhook after about 10 s (GitHub). So a
+/// call gets its `503` in time instead of hanging (tests/faults.rs).
+pub const API_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// `call`, failed with a timeout error once [`API_TIMEOUT`] has passed.
+async fn within_api_timeout<T>(call: impl Future<Output = kube::Result<T>>) -> kube::Result<T> {
+    tokio::time::timeout(API_TIMEOUT, call).await.unwrap_or_else(|elapsed| Err(kube::Error::Service(Box::new(elapsed))))
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Self {
@@ -381,7 +392,7 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
     let namespace = redeployment.namespace().unwrap_or_default();
     let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    match api.create(&params, &redeployment).await {
+    match within_api_timeout(api.create(&params, &redeployment)).await {
         Ok(created) => Ok(Reply::stored(
             StatusCode::ACCEPTED,
             Outcome::accepted,
@@ -393,7 +404,7 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
             &created,
         )),
         Err(kube::Error::Api(status)) if status.code == 409 => {
-            let existing = api.get(&redeployment.name_any()).await.map_err(unavailable)?;
+            let existing = within_api_timeout(api.get(&redeployment.name_any())).await.map_err(unavailable)?;
             if !same_delivery(&existing, &redeployment) {
                 return Err(unavailable(kube::Error::Api(status)));
             }
@@ -597,19 +608,17 @@ async fn signature_key(
     reference: &SecretKeyRef,
 ) -> Result<Vec<u8>, Reply> {
     let namespace = app.namespace().unwrap_or_default();
-    let secret = Api::<Secret>::namespaced(state.context.client.clone(), &namespace)
-        .get_opt(&reference.name)
-        .await
-        .map_err(|error| {
-            tracing::warn!(app = %app.name_any(), %namespace, %error, "reading a signature key failed");
-            Reply::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                Outcome::unavailable,
-                "the operator could not read this App's signature configuration from the Kubernetes API server; \
+    let secrets = Api::<Secret>::namespaced(state.context.client.clone(), &namespace);
+    let secret = within_api_timeout(secrets.get_opt(&reference.name)).await.map_err(|error| {
+        tracing::warn!(app = %app.name_any(), %namespace, %error, "reading a signature key failed");
+        Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::unavailable,
+            "the operator could not read this App's signature configuration from the Kubernetes API server; \
                  nothing was deployed: retry",
-            )
-            .retry_after(5)
-        })?;
+        )
+        .retry_after(5)
+    })?;
     let problem = match secret.map(|s| s.data.unwrap_or_default()) {
         None => "does not exist",
         Some(mut data) => match data.remove(&reference.key) {
@@ -663,6 +672,20 @@ fn unprocessable(error: plan::PlanError) -> Reply {
 /// and that it may retry; the error itself goes to the log.
 fn unavailable(error: kube::Error) -> Reply {
     tracing::warn!(%error, "the API server did not store a Redeployment");
+    if matches!(&error, kube::Error::Service(e) if e.is::<tokio::time::error::Elapsed>()) {
+        // The API server may still store it: a redelivery (same delivery id,
+        // or same signed body) then finds it instead of deploying twice.
+        return Reply::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Outcome::unavailable,
+            format!(
+                "the Kubernetes API server did not answer within {} s: retry (a redelivery of this call is \
+                 deployed at most once)",
+                API_TIMEOUT.as_secs()
+            ),
+        )
+        .retry_after(5);
+    }
     Reply::new(
         StatusCode::SERVICE_UNAVAILABLE,
         Outcome::unavailable,

@@ -51,6 +51,7 @@ pub struct ControlPlane {
     kubeconfig: PathBuf,
     api_port: u16,
     etcd_port: u16,
+    etcd_peer_port: u16,
     processes: Mutex<Vec<Process>>,
     /// Started on first use by [`real_node`](Self::real_node); an error is kept as its message.
     real_node: OnceLock<Result<Option<RealNode>, String>>,
@@ -105,6 +106,7 @@ impl ControlPlane {
             bin,
             api_port: free_port()?,
             etcd_port: free_port()?,
+            etcd_peer_port: free_port()?,
             processes: Mutex::new(Vec::new()),
             real_node: OnceLock::new(),
         };
@@ -192,10 +194,11 @@ impl ControlPlane {
         Ok(())
     }
 
-    fn start_etcd(&self) -> anyhow::Result<()> {
-        let peer = free_port()?;
+    /// Starts etcd (again, after [`stop_etcd`](Self::stop_etcd)) with the
+    /// same flags, ports and data directory.
+    pub fn start_etcd(&self) -> anyhow::Result<()> {
         let client_url = format!("http://127.0.0.1:{}", self.etcd_port);
-        let peer_url = format!("http://127.0.0.1:{peer}");
+        let peer_url = format!("http://127.0.0.1:{}", self.etcd_peer_port);
         self.spawn(
             "etcd",
             &[
@@ -210,7 +213,19 @@ impl ControlPlane {
                 "--log-level=warn",
                 "--quota-backend-bytes=8589934592",
             ],
-        )
+        )?;
+        // [`stop`](Self::stop) stops processes last-started first: etcd stays last.
+        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(process) = processes.pop() {
+            processes.insert(0, process);
+        }
+        Ok(())
+    }
+
+    /// Stops etcd only (the API server and the rest keep running), for tests
+    /// of what clients do while the API server cannot reach its storage.
+    pub fn stop_etcd(&self) {
+        self.stop_process("etcd");
     }
 
     /// Starts kube-apiserver (again, after [`stop_apiserver`](Self::stop_apiserver)).
@@ -247,9 +262,17 @@ impl ControlPlane {
     /// Stops kube-apiserver only (etcd and the rest keep running), for tests
     /// of what clients do while the API server is down.
     pub fn stop_apiserver(&self) {
-        let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(at) = processes.iter().position(|p| p.name == "kube-apiserver") {
-            processes.remove(at).stop();
+        self.stop_process("kube-apiserver");
+    }
+
+    /// SIGTERM (then SIGKILL after a grace period) to the process `name`.
+    fn stop_process(&self, name: &str) {
+        let stopping = {
+            let mut processes = self.processes.lock().unwrap_or_else(|e| e.into_inner());
+            processes.iter().position(|p| p.name == name).map(|at| processes.remove(at))
+        };
+        if let Some(process) = stopping {
+            process.stop();
         }
     }
 

@@ -309,6 +309,18 @@ impl OperatorProcess {
     pub async fn start(control_plane: &ControlPlane, log: &Path, args: &[&str]) -> anyhow::Result<Self> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let admin = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        Self::start_at(control_plane, log, args, port, admin).await
+    }
+
+    /// As [`start`](Self::start), with the hook on `port` and the admin server
+    /// on `admin`: a restarted operator keeps the URL its callers know.
+    pub async fn start_at(
+        control_plane: &ControlPlane,
+        log: &Path,
+        args: &[&str],
+        port: u16,
+        admin: u16,
+    ) -> anyhow::Result<Self> {
         let out = std::fs::File::options().create(true).append(true).open(log)?;
         let child = Command::new(env!("CARGO_BIN_EXE_redeploy-operator"))
             .args(["run", "--public-url", &format!("http://127.0.0.1:{port}")])
@@ -331,6 +343,11 @@ impl OperatorProcess {
 
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process is still running (it has not exited by itself).
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
     }
 
     pub fn kill(mut self) {

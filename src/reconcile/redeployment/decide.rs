@@ -706,16 +706,17 @@ fn gate(observed: &Observed) -> Gate {
     if let Some(newer) = newest_covering {
         return Gate::Superseded(newer);
     }
+    // Any older unfinished Redeployment sharing a Service blocks, even one
+    // whose cached status still says Pending: it may be starting right now
+    // (its Deploying status not yet in the cache), or it may have patched
+    // the workload before a SIGKILL and be about to patch it again. Letting
+    // this one start then rolled the workload out twice at once, and the
+    // older one, no longer named by the workload, was never woken again
+    // (tests/faults.rs, killoperator). A pending older one that this one
+    // covers supersedes itself on its next reconcile, which ends the wait.
     let busy = others.iter().filter(|o| o.order_key() < key).find_map(|o| {
-        let results = o.status.as_ref().map(|s| s.services.clone()).unwrap_or_default();
-        let started = results.iter().any(|r| r.phase != ServicePhase::Pending);
-        let shared = o.spec.plan.iter().find(|p| mine.contains(&p.service.as_str()));
-        match (started || results.is_empty(), shared) {
-            (true, Some(p)) => {
-                Some(format!("waiting for Redeployment {} to finish with Service {}", o.name_any(), p.service))
-            }
-            _ => None,
-        }
+        let shared = o.spec.plan.iter().find(|p| mine.contains(&p.service.as_str()))?;
+        Some(format!("waiting for Redeployment {} to finish with Service {}", o.name_any(), shared.service))
     });
     busy.map_or(Gate::Go, Gate::Wait)
 }
