@@ -168,9 +168,22 @@ async fn a_record_from_a_stale_copy_never_drops_a_build() -> anyhow::Result<()> 
         digest: None,
     };
     let other = "1111111111111111111111111111111111111111";
-    let version = stale.resource_version();
+    // The Service reconciler may still be settling its conditions: the first
+    // record is applied on whichever version it last read, and that version is
+    // the stale copy the second record is computed from.
     let first = ServiceRecord { builds: vec![built(SHA)], ..Default::default() };
-    apply_record(&client, &namespace, "web", version.as_deref(), &first).await?;
+    let mut version = stale.resource_version();
+    for attempt in 0.. {
+        match apply_record(&client, &namespace, "web", version.as_deref(), &first).await {
+            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 20 => {
+                version = services.get("web").await?.resource_version();
+            }
+            done => {
+                done?;
+                break;
+            }
+        }
+    }
     let second = ServiceRecord { builds: vec![built(other)], ..Default::default() };
     let refused = apply_record(&client, &namespace, "web", version.as_deref(), &second).await;
     assert!(matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409), "{refused:?}");
