@@ -7,7 +7,7 @@ use super::{
     Handling, Json, ParseError, Push, RefName, commit_sha, deserialize, event, first, is_commit_sha, missing, urls,
 };
 use crate::api::Provider;
-use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::event::{ChangedFiles, EventKind, HookEvent};
 
 const PROVIDER: Provider = Provider::GitHub;
 
@@ -77,6 +77,54 @@ pub(super) struct PushPayload {
     repository: Option<Repository>,
     pub(super) pusher: Option<Account>,
     pub(super) sender: Option<Account>,
+    commits: Option<Vec<Commit>>,
+    head_commit: Option<Commit>,
+    /// Timeline events (not webhooks) carry these: the push's real number of commits.
+    size: Option<u64>,
+    distinct_size: Option<u64>,
+    /// Gitea and Forgejo: the push's real number of commits, of which `commits` may hold fewer.
+    total_commits: Option<u64>,
+}
+
+/// A pushed commit as GitHub, Gitea, Forgejo, Gogs and GitLab describe it.
+#[derive(Debug, Deserialize)]
+pub(super) struct Commit {
+    id: Option<String>,
+    message: Option<String>,
+    added: Option<Vec<String>>,
+    modified: Option<Vec<String>>,
+    removed: Option<Vec<String>>,
+}
+
+/// GitHub lists at most 3,000 files per commit; a list this long may have been cut.
+const MOST_FILES_PER_COMMIT: usize = 3_000;
+/// GitHub's timeline events carry at most 20 commits, and GitLab's payloads too: a push
+/// listing this many may have had more, whose files are then missing.
+pub(super) const MOST_COMMITS_LISTED: usize = 20;
+
+impl Commit {
+    fn file_lists(&self) -> [Option<&[String]>; 3] {
+        [self.added.as_deref(), self.modified.as_deref(), self.removed.as_deref()]
+    }
+
+    fn maybe_cut(&self) -> bool {
+        self.file_lists().iter().flatten().any(|files| files.len() >= MOST_FILES_PER_COMMIT)
+    }
+}
+
+/// The files `commits` changed; `total` is the push's real number of commits when the payload says it.
+pub(super) fn changed_files(commits: &[Commit], total: Option<u64>) -> ChangedFiles {
+    let listed = commits.len() as u64;
+    let complete = commits.len() < MOST_COMMITS_LISTED
+        && total.is_none_or(|total| total <= listed)
+        && !commits.iter().any(Commit::maybe_cut);
+    ChangedFiles::from_commits(complete, commits.iter().flat_map(Commit::file_lists))
+}
+
+/// The message of the commit `head` names (else the last one listed; GitLab and GitHub list oldest first).
+pub(super) fn head_message(commits: &[Commit], head: Option<&Commit>, head_sha: Option<&str>) -> Option<String> {
+    let by_id = || commits.iter().find(|c| c.id.is_some() && c.id.as_deref().map(str::trim) == head_sha);
+    head.or_else(by_id).or_else(|| commits.last()).and_then(|c| c.message.clone())
 }
 
 impl PushPayload {
@@ -91,7 +139,11 @@ impl PushPayload {
             .as_deref()
             .filter(|git_ref| !git_ref.trim().is_empty())
             .ok_or_else(|| missing(provider, event_name, "ref"))?;
-        Ok(Push {
+        let total = [self.size, self.distinct_size, self.total_commits].into_iter().flatten().max();
+        let commits = self.commits.as_deref().unwrap_or_default();
+        let changed_files = changed_files(commits, total);
+        let head_commit_message = head_message(commits, self.head_commit.as_ref(), self.after.as_deref());
+        let event = Push {
             provider,
             event: event_name,
             ref_name: RefName::parse(git_ref),
@@ -100,7 +152,8 @@ impl PushPayload {
             repository_urls: self.repository.as_ref().map(Repository::urls).unwrap_or_default(),
             sender,
         }
-        .into_event())
+        .into_event();
+        Ok(HookEvent { changed_files, head_commit_message, ..event })
     }
 }
 

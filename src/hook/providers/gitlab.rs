@@ -2,6 +2,7 @@
 
 use serde::Deserialize;
 
+use super::github::{Commit, changed_files, head_message};
 use super::{Handling, Json, ParseError, Push, RefName, Shape, commit_sha, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
@@ -39,6 +40,9 @@ struct Payload {
     user_name: Option<String>,
     project: Option<Project>,
     repository: Option<Repository>,
+    commits: Option<Vec<Commit>>,
+    /// The push's real number of commits; `commits` holds at most 20 of them.
+    total_commits_count: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,7 +75,10 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
     };
     let project = payload.project.as_ref();
     let repository = payload.repository.as_ref();
-    Ok(Push {
+    let commits = payload.commits.as_deref().unwrap_or_default();
+    let changed_files = changed_files(commits, payload.total_commits_count);
+    let head_commit_message = head_message(commits, None, sha.map(str::trim));
+    let event = Push {
         provider: PROVIDER,
         event: event_name,
         ref_name: RefName::parse(&git_ref),
@@ -88,7 +95,8 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
         ]),
         sender: first([payload.user_username.as_deref(), payload.user_name.as_deref()]),
     }
-    .into_event())
+    .into_event();
+    Ok(HookEvent { changed_files, head_commit_message, ..event })
 }
 
 #[cfg(test)]
