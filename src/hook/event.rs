@@ -50,32 +50,6 @@ pub enum ChangedFiles {
 impl ChangedFiles {
     /// More files than this in one push are not kept: the push counts as [`ChangedFiles::Truncated`].
     pub const MAX_FILES: usize = 10_000;
-
-    /// The files of `commits` (each a list of added, modified and removed paths),
-    /// [`ChangedFiles::Truncated`] when `complete` is false, [`ChangedFiles::Unknown`]
-    /// when no commit lists any file.
-    pub fn from_commits<'a>(complete: bool, commits: impl IntoIterator<Item = Option<&'a [String]>>) -> ChangedFiles {
-        let mut files = BTreeSet::new();
-        let mut listed = false;
-        for paths in commits {
-            let Some(paths) = paths else { continue };
-            listed = true;
-            for path in paths {
-                let path = path.trim().trim_start_matches('/');
-                if !path.is_empty() && !files.contains(path) {
-                    files.insert(path.to_owned());
-                }
-            }
-            if files.len() > Self::MAX_FILES {
-                return ChangedFiles::Truncated;
-            }
-        }
-        match (listed, complete) {
-            (false, _) => ChangedFiles::Unknown,
-            (true, false) => ChangedFiles::Truncated,
-            (true, true) => ChangedFiles::Listed(files),
-        }
-    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

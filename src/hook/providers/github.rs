@@ -1,6 +1,8 @@
 //! GitHub: `push`, `ping` and `deployment` (`X-GitHub-Event`). The push shape
 //! is shared by Gitea, Forgejo, Gogs and header-less GitHub-like payloads.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 
 use super::{
@@ -77,7 +79,7 @@ pub(super) struct PushPayload {
     repository: Option<Repository>,
     pub(super) pusher: Option<Account>,
     pub(super) sender: Option<Account>,
-    commits: Option<Vec<Commit>>,
+    commits: Option<Commits>,
     head_commit: Option<Commit>,
     /// Timeline events (not webhooks) carry these: the push's real number of commits.
     size: Option<u64>,
@@ -102,29 +104,85 @@ const MOST_FILES_PER_COMMIT: usize = 3_000;
 /// listing this many may have had more, whose files are then missing.
 pub(super) const MOST_COMMITS_LISTED: usize = 20;
 
-impl Commit {
-    fn file_lists(&self) -> [Option<&[String]>; 3] {
-        [self.added.as_deref(), self.modified.as_deref(), self.removed.as_deref()]
+/// A payload's `commits`, read one at a time and kept only as far as planning needs
+/// them: the files of the first [`MOST_COMMITS_LISTED`] commits (a push listing more
+/// counts as truncated anyway), their ids and messages, and the last one's message.
+/// A push of thousands of commits then costs no more heap than one of twenty.
+#[derive(Debug, Default)]
+pub(super) struct Commits {
+    count: usize,
+    files: BTreeSet<String>,
+    /// Some commit listed its files.
+    listed: bool,
+    /// Some file list may have been cut, or there were too many files to keep.
+    cut: bool,
+    /// `(id, message)` of the first commits.
+    heads: Vec<(Option<String>, Option<String>)>,
+    last_message: Option<String>,
+}
+
+impl Commits {
+    fn add(&mut self, commit: Commit) {
+        self.count += 1;
+        let lists = [commit.added, commit.modified, commit.removed];
+        if self.count < MOST_COMMITS_LISTED {
+            for list in lists.into_iter().flatten() {
+                self.listed = true;
+                self.cut |= list.len() >= MOST_FILES_PER_COMMIT;
+                for path in list {
+                    let path = path.trim().trim_start_matches('/');
+                    if !path.is_empty() && !self.files.contains(path) && self.files.len() < ChangedFiles::MAX_FILES {
+                        self.files.insert(path.to_owned());
+                    } else if self.files.len() >= ChangedFiles::MAX_FILES {
+                        self.cut = true;
+                    }
+                }
+            }
+            self.heads.push((commit.id, commit.message.clone()));
+        }
+        self.last_message = commit.message;
     }
 
-    fn maybe_cut(&self) -> bool {
-        self.file_lists().iter().flatten().any(|files| files.len() >= MOST_FILES_PER_COMMIT)
+    /// The files these commits changed; `total` is the push's real number of commits when the payload says it.
+    pub(super) fn changed_files(&mut self, total: Option<u64>) -> ChangedFiles {
+        let complete = self.count < MOST_COMMITS_LISTED && total.is_none_or(|t| t <= self.count as u64) && !self.cut;
+        match (self.listed, complete) {
+            (false, _) => ChangedFiles::Unknown,
+            (true, false) => ChangedFiles::Truncated,
+            (true, true) => ChangedFiles::Listed(std::mem::take(&mut self.files)),
+        }
+    }
+
+    /// The message of `head` (GitHub's `head_commit`), else of the commit `head_sha`
+    /// names, else of the last one listed (the payloads list the oldest first).
+    pub(super) fn head_message(&self, head: Option<&Commit>, head_sha: Option<&str>) -> Option<String> {
+        if let Some(message) = head.and_then(|c| c.message.clone()) {
+            return Some(message);
+        }
+        let head_sha = head_sha.map(str::trim).filter(|s| !s.is_empty());
+        let by_id = self.heads.iter().find(|(id, _)| id.is_some() && id.as_deref().map(str::trim) == head_sha);
+        by_id.map(|(_, message)| message.clone()).unwrap_or_else(|| self.last_message.clone())
     }
 }
 
-/// The files `commits` changed; `total` is the push's real number of commits when the payload says it.
-pub(super) fn changed_files(commits: &[Commit], total: Option<u64>) -> ChangedFiles {
-    let listed = commits.len() as u64;
-    let complete = commits.len() < MOST_COMMITS_LISTED
-        && total.is_none_or(|total| total <= listed)
-        && !commits.iter().any(Commit::maybe_cut);
-    ChangedFiles::from_commits(complete, commits.iter().flat_map(Commit::file_lists))
-}
-
-/// The message of the commit `head` names (else the last one listed; GitLab and GitHub list oldest first).
-pub(super) fn head_message(commits: &[Commit], head: Option<&Commit>, head_sha: Option<&str>) -> Option<String> {
-    let by_id = || commits.iter().find(|c| c.id.is_some() && c.id.as_deref().map(str::trim) == head_sha);
-    head.or_else(by_id).or_else(|| commits.last()).and_then(|c| c.message.clone())
+impl<'de> Deserialize<'de> for Commits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> serde::de::Visitor<'de> for Each {
+            type Value = Commits;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of commits")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Commits, A::Error> {
+                let mut commits = Commits::default();
+                while let Some(commit) = seq.next_element::<Commit>()? {
+                    commits.add(commit);
+                }
+                Ok(commits)
+            }
+        }
+        deserializer.deserialize_seq(Each)
+    }
 }
 
 impl PushPayload {
@@ -140,9 +198,9 @@ impl PushPayload {
             .filter(|git_ref| !git_ref.trim().is_empty())
             .ok_or_else(|| missing(provider, event_name, "ref"))?;
         let total = [self.size, self.distinct_size, self.total_commits].into_iter().flatten().max();
-        let commits = self.commits.as_deref().unwrap_or_default();
-        let changed_files = changed_files(commits, total);
-        let head_commit_message = head_message(commits, self.head_commit.as_ref(), self.after.as_deref());
+        let mut commits = self.commits.unwrap_or_default();
+        let changed_files = commits.changed_files(total);
+        let head_commit_message = commits.head_message(self.head_commit.as_ref(), self.after.as_deref());
         let event = Push {
             provider,
             event: event_name,

@@ -2,7 +2,7 @@
 
 use serde::Deserialize;
 
-use super::github::{Commit, changed_files, head_message};
+use super::github::Commits;
 use super::{Handling, Json, ParseError, Push, RefName, Shape, commit_sha, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
@@ -40,7 +40,7 @@ struct Payload {
     user_name: Option<String>,
     project: Option<Project>,
     repository: Option<Repository>,
-    commits: Option<Vec<Commit>>,
+    commits: Option<Commits>,
     /// The push's real number of commits; `commits` holds at most 20 of them.
     total_commits_count: Option<u64>,
 }
@@ -75,9 +75,9 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
     };
     let project = payload.project.as_ref();
     let repository = payload.repository.as_ref();
-    let commits = payload.commits.as_deref().unwrap_or_default();
-    let changed_files = changed_files(commits, payload.total_commits_count);
-    let head_commit_message = head_message(commits, None, sha.map(str::trim));
+    let mut commits = payload.commits.unwrap_or_default();
+    let changed_files = commits.changed_files(payload.total_commits_count);
+    let head_commit_message = commits.head_message(None, sha);
     let event = Push {
         provider: PROVIDER,
         event: event_name,
