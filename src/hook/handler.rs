@@ -896,6 +896,26 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn signed_git_calls_refuse_per_service_refs_as_they_refuse_git_ref() {
+        let push = HookEvent { kind: EventKind::Push, ..HookEvent::default() };
+        let refusal = |query: &str, event: &HookEvent| {
+            let modifiers = Modifiers::parse(Some(query), None).map_err(|e| e.to_string())?;
+            check_signed_modifiers(event, Some(query), &modifiers)
+                .map_err(|reply| format!("{} {}", reply.status, reply.body["message"]))
+        };
+        let by_git_ref = refusal("git_ref=v1", &push).err().unwrap_or_default();
+        let by_service_ref = refusal("services=web:v1,worker", &push).err().unwrap_or_default();
+        assert!(by_git_ref.starts_with("422") && by_service_ref.starts_with("422"), "{by_git_ref} / {by_service_ref}");
+        let reason = |message: &str| message.split_once(" cannot be used").map(|(_, r)| r.to_owned());
+        assert_eq!(reason(&by_git_ref), reason(&by_service_ref), "the same reason");
+        assert!(reason(&by_service_ref).is_some(), "{by_service_ref}");
+        assert!(refusal("services=web,worker", &push).is_ok(), "plain services= may still narrow");
+        // A signed call without Git information cannot take one from the unsigned query either.
+        let bare = HookEvent::default();
+        assert!(refusal("services=web:v1", &bare).err().unwrap_or_default().contains("signature covers only the body"));
+    }
+
     #[tokio::test]
     async fn once_the_caches_are_loaded_an_unknown_hook_is_404() -> anyhow::Result<()> {
         let (router, _) = router(true)?;
