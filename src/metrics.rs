@@ -113,6 +113,8 @@ pub enum Outcome {
     unavailable,
     /// Not served yet: the hook index has not loaded every hook Secret.
     starting,
+    /// `dry_run=1`: planned and answered, nothing stored.
+    dry_run,
 }
 
 pub struct Metrics {
@@ -124,6 +126,8 @@ pub struct Metrics {
     pub reconcile_duration: Family<ReconcileLabels, Histogram>,
     pub redeployments: Family<PhaseLabels, Counter>,
     pub redeployment_duration: Family<PhaseLabels, Histogram>,
+    /// Hook calls left out of an App's `status.recentDeliveries` (the batcher's queue was full, or its write failed).
+    pub deliveries_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -168,8 +172,15 @@ impl Default for Metrics {
             prometheus_client::registry::Unit::Seconds,
             redeployment_duration.clone(),
         );
+        let deliveries_dropped = Counter::default();
+        registry.register(
+            "hook_deliveries_dropped",
+            "Hook calls left out of status.recentDeliveries (queue full or write failed)",
+            deliveries_dropped.clone(),
+        );
         Self {
             registry,
+            deliveries_dropped,
             hooks,
             hook_duration,
             reconciles,

@@ -385,7 +385,8 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let hook_listener = TcpListener::bind(config.hook_addr).await?;
     let admin_listener = TcpListener::bind(config.admin_addr).await?;
     let (hook_addr, admin_addr) = (hook_listener.local_addr()?, admin_listener.local_addr()?);
-    let hook_state = Arc::new(HookState::new(context.clone(), config.limits.clone()));
+    let deliveries = crate::hook::deliveries::DeliveryLog::start(context.clone());
+    let hook_state = Arc::new(HookState::new(context.clone(), config.limits.clone()).with_deliveries(deliveries));
     tasks.spawn(serve(hook_listener, hook_router(hook_state), config.connections.clone(), stopped(&stop)));
     let admin = AdminState { metrics, ready: ready.clone() };
     tasks.spawn(serve(admin_listener, admin_router(admin), config.connections.clone(), stopped(&stop)));

@@ -6,12 +6,18 @@
 //! [`PlannedService`]s a Redeployment records, or says why there are none.
 //! Nothing here talks to Kubernetes.
 
+use std::collections::BTreeMap;
+
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
+
 use kube::ResourceExt;
 use percent_encoding::percent_decode_str;
 
-use crate::api::{App, DeploymentProfile, GitSource, ImageSource, PlanAction, PlannedService, Service};
+use crate::api::{
+    App, Decision, DeploymentProfile, GitSource, ImageSource, PlanAction, PlannedService, Service, ServiceDecision,
+};
 use crate::git::{GitRef, is_zero_sha};
-use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::event::{ChangedFiles, EventKind, HookEvent};
 use crate::image::ImageReference;
 use crate::repo::{RepoId, redact_credentials};
 
@@ -24,10 +30,67 @@ pub struct Modifiers {
     pub profile: Option<String>,
     /// `git_ref=`: deploy this ref instead of the payload's.
     pub git_ref: Option<String>,
+    /// `services=web:v1.2.3`: build this Service at this ref (it is also in `services`).
+    pub service_refs: BTreeMap<String, String>,
+    /// `dry_run=1`: plan exactly as a real call, store and deploy nothing.
+    pub dry_run: bool,
+}
+
+impl Modifiers {
+    /// One item of `services=`: `name`, or `name:ref` (a Git ref has no `:`).
+    fn add_service(&mut self, item: &str) -> Result<(), PlanError> {
+        let (name, git_ref) = match item.split_once(':') {
+            Some((name, git_ref)) => (name.trim(), Some(git_ref.trim())),
+            None => (item, None),
+        };
+        if name.is_empty() || git_ref.is_some_and(str::is_empty) {
+            return Err(PlanError::InvalidModifier {
+                name: "services".into(),
+                reason: format!("`{}` is not `name` or `name:ref`", shown(item)),
+            });
+        }
+        if let Some(git_ref) = git_ref {
+            set_once_in(&mut self.service_refs, name, git_ref)?;
+        }
+        if !self.services.iter().any(|s| s == name) {
+            self.services.push(name.to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// `dry_run=1` (or `true`, `yes`, or no value) asks for a dry run; `0`, `false`, `no` do not.
+fn dry_run(value: &str) -> Result<bool, PlanError> {
+    match value.trim().to_ascii_lowercase().as_str() {
+        "" | "1" | "true" | "yes" => Ok(true),
+        "0" | "false" | "no" => Ok(false),
+        _ => Err(PlanError::InvalidModifier {
+            name: "dry_run".into(),
+            reason: format!("`{}` is not 1/true/yes or 0/false/no", shown(value)),
+        }),
+    }
+}
+
+fn set_once_in(refs: &mut BTreeMap<String, String>, name: &str, git_ref: &str) -> Result<(), PlanError> {
+    match refs.get(name) {
+        Some(previous) if previous != git_ref => Err(PlanError::InvalidModifier {
+            name: "services".into(),
+            reason: format!(
+                "Service `{}` is given two refs, `{}` and `{}`: give it one",
+                shown(name),
+                shown(previous),
+                shown(git_ref)
+            ),
+        }),
+        _ => {
+            refs.insert(name.to_owned(), git_ref.to_owned());
+            Ok(())
+        }
+    }
 }
 
 /// Query keys that are modifiers; any other key is ignored.
-const MODIFIER_KEYS: &[&str] = &["services", "deployment_profile", "git_ref"];
+const MODIFIER_KEYS: &[&str] = &["services", "deployment_profile", "git_ref", "dry_run"];
 
 impl Modifiers {
     /// From a query string and/or an application/x-www-form-urlencoded body (git_ref may come from either; query wins).
@@ -42,13 +105,12 @@ impl Modifiers {
             for (key, value) in modifier_pairs(query, "query string")? {
                 match key.as_str() {
                     "services" => {
-                        for name in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
-                            if !modifiers.services.iter().any(|s| s == name) {
-                                modifiers.services.push(name.to_owned());
-                            }
+                        for item in value.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+                            modifiers.add_service(item)?;
                         }
                     }
                     "deployment_profile" => set_once(&mut modifiers.profile, "deployment_profile", &value)?,
+                    "dry_run" => modifiers.dry_run |= dry_run(&value)?,
                     _ => set_once(&mut modifiers.git_ref, "git_ref", &value)?,
                 }
             }
@@ -136,11 +198,13 @@ pub struct Plan {
     pub reason: Option<String>,
     /// The DeploymentProfile applied, by name.
     pub profile: Option<String>,
+    /// Every Service of the App, in name order: deployed, or why not.
+    pub decisions: Vec<ServiceDecision>,
 }
 
 impl Plan {
     fn nothing(reason: String) -> Plan {
-        Plan { services: Vec::new(), reason: Some(reason), profile: None }
+        Plan { services: Vec::new(), reason: Some(reason), profile: None, decisions: Vec::new() }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -170,6 +234,12 @@ pub enum PlanError {
     },
     #[error("invalid git_ref `{}`: {reason}; give a branch, tag or commit SHA", shown(.git_ref))]
     InvalidGitRef { git_ref: String, reason: String },
+    /// A per-Service ref of `services=name:ref` the build cannot take.
+    #[error(
+        "invalid ref `{}` for Service `{service}` in services=: {reason}; give a branch, tag or commit SHA",
+        shown(.git_ref)
+    )]
+    InvalidServiceRef { service: String, git_ref: String, reason: String },
     /// The ref a Service would build (from the payload or its `spec.git.branch`)
     /// is not one the build can take: refused now rather than failing later.
     #[error(
@@ -306,6 +376,50 @@ pub fn plan(
         })
         .collect();
     own.sort_by_key(|s| s.name_any());
+    let mut decisions = BTreeMap::new();
+    let mut plan = plan_own(event, app, &own, profile, modifiers, &mut decisions)?;
+    plan.decisions = own
+        .iter()
+        .map(|s| {
+            let service = s.name_any();
+            let deployed = plan.services.iter().any(|p| p.service == service);
+            match decisions.remove(&service) {
+                Some(decided) if deployed == (decided.decision == Decision::Deployed) => decided,
+                _ if deployed => ServiceDecision { service, decision: Decision::Deployed, reason: String::new() },
+                _ => ServiceDecision {
+                    service,
+                    decision: Decision::NothingDeployed,
+                    reason: bounded_reason(plan.reason.as_deref().unwrap_or("nothing is deployed")),
+                },
+            }
+        })
+        .collect();
+    Ok(plan)
+}
+
+/// What [`plan`] decided about each Service, by name, where a rule says more than the call's reason.
+type Decided = BTreeMap<String, ServiceDecision>;
+
+fn decide(decided: &mut Decided, service: &Service, decision: Decision, reason: impl Into<String>) {
+    let service = service.name_any();
+    let reason = bounded_reason(&reason.into());
+    decided.insert(service.clone(), ServiceDecision { service, decision, reason });
+}
+
+/// A reason as a Redeployment's schema bounds it (1024 characters).
+fn bounded_reason(reason: &str) -> String {
+    reason.chars().take(1024).collect()
+}
+
+fn plan_own(
+    event: &HookEvent,
+    app: &App,
+    own: &[&Service],
+    profile: Option<&DeploymentProfile>,
+    modifiers: &Modifiers,
+    decided: &mut Decided,
+) -> Result<Plan, PlanError> {
+    let app_name = app.name_any();
 
     // Rule 1: refuse before anything is decided.
     let known: Vec<String> = own.iter().map(|s| s.name_any()).collect();
@@ -315,6 +429,23 @@ pub fn plan(
     }
     if let Some(git_ref) = &modifiers.git_ref {
         validate_git_ref(git_ref)?;
+    }
+    for (service, git_ref) in &modifiers.service_refs {
+        GitRef::parse(git_ref).map_err(|error| PlanError::InvalidServiceRef {
+            service: service.clone(),
+            git_ref: git_ref.clone(),
+            reason: error.reason,
+        })?;
+        if own.iter().any(|s| s.name_any() == *service && s.spec.git.is_none()) {
+            return Err(PlanError::InvalidModifier {
+                name: "services".into(),
+                reason: format!(
+                    "Service `{service}` deploys a registry image: a ref (`{service}:{}`) applies only to Git-built \
+                     Services",
+                    shown(git_ref)
+                ),
+            });
+        }
     }
     if let Some(p) = profile
         && p.spec.app != app_name
@@ -329,9 +460,16 @@ pub fn plan(
     if let Some(reason) = environment_mismatch(event, app) {
         return Ok(Plan::nothing(reason));
     }
+    if let Some(marker) = skip_marker(event, app) {
+        let reason = format!("the head commit's message says `{marker}`: nothing is deployed");
+        for service in own {
+            decide(decided, service, Decision::SkipMarker, &reason);
+        }
+        return Ok(Plan::nothing(reason));
+    }
 
     // Rules 2 to 5: what the call itself selects.
-    let Selection { trigger, mut planned } = match select(event, &app_name, &own, modifiers) {
+    let Selection { trigger, mut planned } = match select(event, &app_name, own, modifiers, decided) {
         Ok(selection) => selection,
         Err(reason) => return Ok(Plan::nothing(reason)),
     };
@@ -339,6 +477,12 @@ pub fn plan(
     // Rule 6: the modifiers restrict the selection.
     if !modifiers.services.is_empty() {
         let matched = names(&planned);
+        for left_out in planned.iter().filter(|p| !modifiers.services.contains(&p.service)) {
+            let reason = format!("services={} does not name it", modifiers.services.join(","));
+            if let Some(service) = own.iter().find(|s| s.name_any() == left_out.service) {
+                decide(decided, service, Decision::NotInServices, reason);
+            }
+        }
         planned.retain(|p| modifiers.services.contains(&p.service));
         if planned.is_empty() {
             return Ok(Plan::nothing(format!(
@@ -352,6 +496,12 @@ pub fn plan(
         && !profile_services.is_empty()
     {
         let matched = names(&planned);
+        for left_out in planned.iter().filter(|s| !profile_services.contains(&s.service)) {
+            let reason = format!("DeploymentProfile `{}` does not deploy it", p.name_any());
+            if let Some(service) = own.iter().find(|s| s.name_any() == left_out.service) {
+                decide(decided, service, Decision::NotInProfile, reason);
+            }
+        }
         planned.retain(|s| profile_services.contains(&s.service));
         if planned.is_empty() {
             let restricted = if modifiers.services.is_empty() { "" } else { " (restricted by services=)" };
@@ -381,7 +531,21 @@ pub fn plan(
     if !order.is_empty() {
         planned.sort_by_key(|p| order.iter().position(|n| *n == p.service));
     }
-    Ok(Plan { services: planned, reason: None, profile: profile.map(|p| p.name_any()) })
+    Ok(Plan { services: planned, reason: None, profile: profile.map(|p| p.name_any()), decisions: Vec::new() })
+}
+
+/// The skip marker in the pushed head commit's message, if any: `[skip deploy]` and
+/// `[deploy skip]` always, `[skip ci]` and `[ci skip]` when the App honours them.
+fn skip_marker(event: &HookEvent, app: &App) -> Option<&'static str> {
+    if event.kind != EventKind::Push {
+        return None;
+    }
+    let message = event.head_commit_message.as_deref()?.to_lowercase();
+    let ci = app.spec.hook.honor_skip_ci;
+    [("[skip deploy]", true), ("[deploy skip]", true), ("[skip ci]", ci), ("[ci skip]", ci)]
+        .into_iter()
+        .find(|(marker, honoured)| *honoured && message.contains(marker))
+        .map(|(marker, _)| marker)
 }
 
 /// Why a GitHub `deployment` event is not for `app`: its environment is not
@@ -418,7 +582,13 @@ struct Selection {
 }
 
 /// Rules 2 to 5; `Err` is the reason nothing is selected.
-fn select(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifiers) -> Result<Selection, String> {
+fn select(
+    event: &HookEvent,
+    app: &str,
+    own: &[&Service],
+    modifiers: &Modifiers,
+    decided: &mut Decided,
+) -> Result<Selection, String> {
     let event_name =
         if event.event.is_empty() { format!("{:?}", event.kind).to_lowercase() } else { event.event.clone() };
     match event.kind {
@@ -439,10 +609,10 @@ fn select(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifiers)
         return Err(format!("the push deleted {what}: nothing is deployed"));
     }
     if event.kind == EventKind::ImagePush {
-        return select_image(event, app, own);
+        return select_image(event, app, own, decided);
     }
     if event.has_git_info() {
-        return select_git(event, app, own, modifiers);
+        return select_git(event, app, own, modifiers, decided);
     }
     if own.is_empty() {
         return Err(format!(
@@ -455,7 +625,7 @@ fn select(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifiers)
             Some(git) => PlannedService {
                 service: s.name_any(),
                 action: PlanAction::Build,
-                git_ref: modifiers.git_ref.clone().or_else(|| git.branch.clone()),
+                git_ref: service_ref(modifiers, s).or_else(|| modifiers.git_ref.clone()).or_else(|| git.branch.clone()),
             },
             None => image_action(s, s.spec.image.as_ref()),
         })
@@ -464,7 +634,7 @@ fn select(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifiers)
 }
 
 /// Rule 3: a registry push redeploys the image-based Services that deploy that image and tag.
-fn select_image(event: &HookEvent, app: &str, own: &[&Service]) -> Result<Selection, String> {
+fn select_image(event: &HookEvent, app: &str, own: &[&Service], decided: &mut Decided) -> Result<Selection, String> {
     let Some(pushed) = &event.image else {
         return Err("the registry event names no image: nothing is deployed".into());
     };
@@ -473,6 +643,15 @@ fn select_image(event: &HookEvent, app: &str, own: &[&Service]) -> Result<Select
     };
     let images: Vec<(&Service, &ImageSource)> =
         own.iter().filter(|s| s.spec.git.is_none()).filter_map(|s| Some((*s, s.spec.image.as_ref()?))).collect();
+    for service in own.iter().filter(|s| s.spec.git.is_some()) {
+        decide(decided, service, Decision::GitBuiltOnImagePush, "a registry push redeploys only image-based Services");
+    }
+    for (service, source) in &images {
+        if !ImageReference::parse(&source.reference).is_ok_and(|deployed| image.same_tag_as(&deployed)) {
+            let reason = format!("it deploys {}, not {}", source.reference, image.canonical());
+            decide(decided, service, Decision::OtherImage, reason);
+        }
+    }
     let planned: Vec<PlannedService> = images
         .iter()
         .filter(|(_, source)| {
@@ -493,39 +672,89 @@ fn select_image(event: &HookEvent, app: &str, own: &[&Service]) -> Result<Select
     Ok(Selection { trigger: format!("the push of image {}", image.canonical()), planned })
 }
 
-/// Rule 4: a call with Git information builds the Git-built Services of that repository and branch.
-fn select_git(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifiers) -> Result<Selection, String> {
+/// Rule 4: a call with Git information builds the Git-built Services of that repository and
+/// branch that the push touched (`spec.git.paths`, `ignorePaths`).
+fn select_git(
+    event: &HookEvent,
+    app: &str,
+    own: &[&Service],
+    modifiers: &Modifiers,
+    decided: &mut Decided,
+) -> Result<Selection, String> {
     let gits: Vec<(&Service, &GitSource)> = own.iter().filter_map(|s| Some((*s, s.spec.git.as_ref()?))).collect();
     let event_branch = event.branch.as_deref().map(short_branch);
     // Parsed once per call, not once per Service: URL parsing dominates planning.
     let pushed: Vec<RepoId> = event.repository_urls.iter().filter_map(|url| RepoId::parse(url)).collect();
-    let planned: Vec<PlannedService> = gits
-        .iter()
-        .filter(|(_, git)| match (event_branch, git.branch.as_deref()) {
-            (Some(pushed), Some(wanted)) => pushed == short_branch(wanted),
-            _ => true,
-        })
-        .filter(|(_, git)| {
-            event.repository_urls.is_empty() || RepoId::parse(&git.repository).is_some_and(|id| pushed.contains(&id))
-        })
-        .map(|(s, git)| PlannedService {
-            service: s.name_any(),
+    let what = describe_git(event);
+    for service in own.iter().filter(|s| s.spec.git.is_none()) {
+        decide(decided, service, Decision::ImageBasedOnGitPush, "a Git push redeploys only Git-built Services");
+    }
+    let mut watched = Vec::new();
+    let mut planned = Vec::new();
+    for (service, git) in &gits {
+        let same_repository =
+            event.repository_urls.is_empty() || RepoId::parse(&git.repository).is_some_and(|id| pushed.contains(&id));
+        if !same_repository {
+            let reason = format!("it builds {}", redact_credentials(&git.repository));
+            decide(decided, service, Decision::OtherRepository, reason);
+            continue;
+        }
+        if let (Some(pushed), Some(wanted)) = (event_branch, git.branch.as_deref())
+            && pushed != short_branch(wanted)
+        {
+            decide(decided, service, Decision::OtherBranch, format!("it deploys branch `{wanted}`"));
+            continue;
+        }
+        watched.push(service.name_any());
+        let note = match PathFilter::of(git).map(|filter| filter.check(&event.changed_files)) {
+            Err(error) => {
+                decide(decided, service, Decision::InvalidPaths, error);
+                continue;
+            }
+            Ok(PathCheck::Unfiltered) => String::new(),
+            Ok(PathCheck::Unchecked(why)) => {
+                format!("{why}, so spec.git.paths/ignorePaths could not be checked: deployed")
+            }
+            Ok(PathCheck::Matched(file)) => format!("`{}` changed", shown(&file)),
+            Ok(PathCheck::NotMatched) => {
+                decide(decided, service, Decision::PathsNotMatched, "no changed file matched spec.git.paths");
+                continue;
+            }
+            Ok(PathCheck::OnlyIgnored) => {
+                let reason = "every changed file it watches matched spec.git.ignorePaths";
+                decide(decided, service, Decision::OnlyIgnoredPaths, reason);
+                continue;
+            }
+        };
+        decide(decided, service, Decision::Deployed, note);
+        planned.push(PlannedService {
+            service: service.name_any(),
             action: PlanAction::Build,
-            git_ref: modifiers
-                .git_ref
-                .clone()
+            git_ref: service_ref(modifiers, service)
+                .or_else(|| modifiers.git_ref.clone())
                 .or_else(|| event.sha.clone())
                 .or_else(|| event.tag.clone())
                 .or_else(|| event.branch.clone())
                 .or_else(|| git.branch.clone()),
-        })
-        .collect();
-    let what = describe_git(event);
+        });
+    }
     if planned.is_empty() {
         if gits.is_empty() {
             return Err(format!(
                 "App `{app}` has no Git-built Service to build {what}: a call with Git information redeploys only \
                  Git-built Services (a call without Git information redeploys the image-based ones)"
+            ));
+        }
+        if !watched.is_empty() {
+            let why: Vec<String> = watched
+                .iter()
+                .filter_map(|name| decided.get(name))
+                .map(|d| format!("{}: {}", d.service, d.reason))
+                .collect();
+            return Err(format!(
+                "the push of {what} changed no file that a Service of App `{app}` building it watches ({}): \
+                 nothing is deployed",
+                why.join("; ")
             ));
         }
         let list: Vec<String> = gits
@@ -544,6 +773,79 @@ fn select_git(event: &HookEvent, app: &str, own: &[&Service], modifiers: &Modifi
     }
     let verb = if event.kind == EventKind::Deployment { "deployment" } else { "push" };
     Ok(Selection { trigger: format!("the {verb} of {what}"), planned })
+}
+
+/// The ref `services=name:ref` gives `service`.
+fn service_ref(modifiers: &Modifiers, service: &Service) -> Option<String> {
+    modifiers.service_refs.get(&service.name_any()).cloned()
+}
+
+/// A Git-built Service's `paths` and `ignorePaths`, compiled.
+pub struct PathFilter {
+    paths: Option<GlobSet>,
+    ignore: Option<GlobSet>,
+}
+
+/// What a push's changed files mean for one Service.
+#[derive(Debug, PartialEq, Eq)]
+enum PathCheck {
+    /// The Service sets no `paths` or `ignorePaths`.
+    Unfiltered,
+    /// Filters are set but the payload does not list every changed file: deployed anyway.
+    Unchecked(&'static str),
+    /// This file (the first in path order) is one it watches.
+    Matched(String),
+    NotMatched,
+    OnlyIgnored,
+}
+
+impl PathFilter {
+    /// Compiles the patterns; the error names the bad one and says why.
+    pub fn of(git: &GitSource) -> Result<PathFilter, String> {
+        Ok(PathFilter { paths: globs(&git.paths, "paths")?, ignore: globs(&git.ignore_paths, "ignorePaths")? })
+    }
+
+    fn check(&self, files: &ChangedFiles) -> PathCheck {
+        if self.paths.is_none() && self.ignore.is_none() {
+            return PathCheck::Unfiltered;
+        }
+        let files = match files {
+            ChangedFiles::Listed(files) => files,
+            ChangedFiles::Unknown => return PathCheck::Unchecked("the payload lists no changed files"),
+            ChangedFiles::Truncated => {
+                return PathCheck::Unchecked("the payload lists the changed files of only some of the pushed commits");
+            }
+        };
+        let mut watched = files.iter().filter(|f| self.paths.as_ref().is_none_or(|paths| paths.is_match(f.as_str())));
+        let Some(first) = watched.next() else { return PathCheck::NotMatched };
+        let ignored = |f: &String| self.ignore.as_ref().is_some_and(|ignore| ignore.is_match(f.as_str()));
+        match std::iter::once(first).chain(watched).find(|f| !ignored(f)) {
+            Some(file) => PathCheck::Matched(file.clone()),
+            None => PathCheck::OnlyIgnored,
+        }
+    }
+}
+
+/// `None` for no patterns. `*` stays within a directory, `**` crosses them; a leading `/`
+/// is dropped (paths are relative to the repository's root) and a trailing `/` means
+/// everything below.
+fn globs(patterns: &[String], field: &str) -> Result<Option<GlobSet>, String> {
+    if patterns.is_empty() {
+        return Ok(None);
+    }
+    let mut set = GlobSetBuilder::new();
+    for pattern in patterns {
+        let trimmed = pattern.trim().trim_start_matches('/');
+        let expanded = if trimmed.ends_with('/') { format!("{trimmed}**") } else { trimmed.to_owned() };
+        if expanded.is_empty() {
+            return Err(format!("spec.git.{field} has an empty pattern"));
+        }
+        let glob = GlobBuilder::new(&expanded).literal_separator(true).build().map_err(|error| {
+            format!("spec.git.{field} pattern `{}` is not a valid glob: {}", shown(pattern), error.kind())
+        })?;
+        set.add(glob);
+    }
+    set.build().map(Some).map_err(|error| format!("spec.git.{field} cannot be compiled: {error}"))
 }
 
 /// E.g. "https://github.com/o/r on branch `main`", "https://github.com/o/r at tag `v1`", "branch `main`".

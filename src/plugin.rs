@@ -39,6 +39,48 @@ pub struct TriggerRequest {
 /// Plans and stores a Redeployment as the hook would for a call without Git
 /// information; an error says why nothing could be planned.
 pub async fn trigger(client: &Client, namespace: &str, request: &TriggerRequest) -> anyhow::Result<Redeployment> {
+    let Planned { app, event, modifiers, plan } = plan_trigger(client, namespace, request).await?;
+    if plan.is_empty() {
+        anyhow::bail!("nothing to deploy: {}", plan.reason.unwrap_or_else(|| "no Service matched".into()));
+    }
+    let redeployment = record::redeployment(&app, &event, None, &modifiers, &plan, Timestamp::now());
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    Ok(Api::<Redeployment>::namespaced(client.clone(), namespace).create(&params, &redeployment).await?)
+}
+
+/// `trigger --dry-run`: the plan [`trigger`] would store, and per Service why, as text; nothing is stored.
+pub async fn dry_run(client: &Client, namespace: &str, request: &TriggerRequest) -> anyhow::Result<String> {
+    let Planned { plan, .. } = plan_trigger(client, namespace, request).await?;
+    let mut out = match &plan.reason {
+        Some(reason) => format!("dry run: nothing to deploy: {reason}\n"),
+        None => {
+            let planned: Vec<String> = plan
+                .services
+                .iter()
+                .map(|p| match &p.git_ref {
+                    Some(git_ref) => format!("{} at {git_ref}", p.service),
+                    None => p.service.clone(),
+                })
+                .collect();
+            format!("dry run: would deploy {} (nothing stored)\n", planned.join(", "))
+        }
+    };
+    let _ = writeln!(out, "{:<24} {:<20} REASON", "SERVICE", "DECISION");
+    for decision in &plan.decisions {
+        let name = serde_json::to_value(decision.decision)?.as_str().unwrap_or_default().to_owned();
+        let _ = writeln!(out, "{:<24} {:<20} {}", decision.service, name, decision.reason);
+    }
+    Ok(out)
+}
+
+struct Planned {
+    app: App,
+    event: HookEvent,
+    modifiers: Modifiers,
+    plan: plan::Plan,
+}
+
+async fn plan_trigger(client: &Client, namespace: &str, request: &TriggerRequest) -> anyhow::Result<Planned> {
     let app = Api::<App>::namespaced(client.clone(), namespace)
         .get_opt(&request.app)
         .await?
@@ -63,12 +105,7 @@ pub async fn trigger(client: &Client, namespace: &str, request: &TriggerRequest)
         ..Default::default()
     };
     let plan = plan::plan_with_profiles(&event, &app, &services, &profiles, &modifiers)?;
-    if plan.is_empty() {
-        anyhow::bail!("nothing to deploy: {}", plan.reason.unwrap_or_else(|| "no Service matched".into()));
-    }
-    let redeployment = record::redeployment(&app, &event, None, &modifiers, &plan, Timestamp::now());
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    Ok(Api::<Redeployment>::namespaced(client.clone(), namespace).create(&params, &redeployment).await?)
+    Ok(Planned { app, event, modifiers, plan })
 }
 
 async fn list_of_app<K>(
@@ -172,6 +209,37 @@ pub async fn history(client: &Client, namespace: &str, app: &str) -> anyhow::Res
             redeployment.spec.trigger.provider.display_name(),
             created,
             services.join(",")
+        );
+    }
+    Ok(table)
+}
+
+/// The App's `status.recentDeliveries`, newest first, as a table.
+pub async fn deliveries(client: &Client, namespace: &str, app: &str) -> anyhow::Result<String> {
+    let app = Api::<App>::namespaced(client.clone(), namespace)
+        .get_opt(app)
+        .await?
+        .ok_or_else(|| anyhow::anyhow!("App `{app}` does not exist in namespace {namespace}"))?;
+    let deliveries = app.status.map(|s| s.recent_deliveries).unwrap_or_default();
+    let mut table = format!(
+        "{:<28} {:<16} {:<14} {:<38} {:<5} {:<32} {}\n",
+        "TIME", "PROVIDER", "EVENT", "DELIVERY", "CODE", "REDEPLOYMENT", "REASON"
+    );
+    for d in &deliveries {
+        let provider = d.provider.map(Provider::display_name).unwrap_or("-");
+        let dry = if d.dry_run { "dry run: " } else { "" };
+        let reason =
+            d.reason.as_deref().map(|r| format!("{dry}{r}")).unwrap_or_else(|| dry.trim_end_matches(": ").to_owned());
+        let _ = writeln!(
+            table,
+            "{:<28} {:<16} {:<14} {:<38} {:<5} {:<32} {}",
+            d.time.0.to_string(),
+            provider,
+            if d.event.is_empty() { "-" } else { &d.event },
+            d.delivery_id.as_deref().unwrap_or("-"),
+            d.code,
+            d.redeployment.as_deref().unwrap_or("-"),
+            reason
         );
     }
     Ok(table)

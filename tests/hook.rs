@@ -730,3 +730,138 @@ async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
     assert!(redeployments(&client, &namespace).await?.is_empty());
     Ok(())
 }
+
+/// App `multi` of a monorepo: `readme` watches README.md, `api` watches services/api/**,
+/// `develop` builds another branch, `cache` is image-based.
+fn monorepo() -> String {
+    let filtered = |name: &str, branch: &str, paths: &str| {
+        format!(
+            "---\napiVersion: redeploy.dev/v1alpha1\nkind: Service\nmetadata:\n  name: {name}\nspec:\n  app: multi\n  target:\n    name: {name}\n  git:\n    repository: https://github.com/Codertocat/Hello-World\n    branch: {branch}\n    paths: [{paths}]\n  build:\n    image: registry.example.com/{name}\n"
+        )
+    };
+    format!(
+        "{APP_MULTI}{}{}{}{}",
+        filtered("readme", "master", "README.md"),
+        filtered("api", "master", "\"services/api/**\""),
+        filtered("develop", "develop", "\"**\""),
+        image_service("cache", "multi", "redis:7")
+    )
+}
+
+const MONOREPO: [&str; 4] = ["api", "cache", "develop", "readme"];
+
+fn github_push(delivery: &str) -> [(&str, &str); 3] {
+    [JSON, ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", delivery)]
+}
+
+fn decisions(answer: &Value) -> BTreeMap<String, String> {
+    let list = answer["decisions"].as_array().cloned().unwrap_or_default();
+    list.iter()
+        .map(|d| {
+            (
+                d["service"].as_str().unwrap_or_default().to_owned(),
+                d["decision"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_github_push_with_paths_says_why_for_every_service() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-paths").await?;
+    let hook = app_with_hook(&client, &namespace, "multi", &MONOREPO, &monorepo()).await?;
+    // The fixture's one commit adds README.md.
+    let (status, answer) = post(&hook, &github_push("paths-1"), fixture("github/push-new-branch.json")).await?;
+    assert_eq!(status, 202, "{answer}");
+    assert_eq!(answer["services"], json!(["readme"]));
+    let expected = BTreeMap::from(
+        [
+            ("api", "pathsNotMatched"),
+            ("cache", "imageBasedOnGitPush"),
+            ("develop", "otherBranch"),
+            ("readme", "deployed"),
+        ]
+        .map(|(s, d)| (s.to_owned(), d.to_owned())),
+    );
+    assert_eq!(decisions(&answer), expected, "{answer}");
+    let stored = redeployments(&client, &namespace).await?;
+    assert_eq!(stored.len(), 1);
+    let recorded = serde_json::to_value(&stored[0].spec)?;
+    assert_eq!(decisions(&recorded), expected, "the Redeployment's spec carries the same decisions");
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_dry_run_plans_exactly_and_stores_nothing() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-dry-run").await?;
+    let hook = app_with_hook(&client, &namespace, "multi", &MONOREPO, &monorepo()).await?;
+    let dry = format!("{hook}?dry_run=1");
+    let (status, answer) = post(&dry, &github_push("dry-1"), fixture("github/push-new-branch.json")).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["dryRun"], json!(true));
+    assert_eq!(answer["services"], json!(["readme"]));
+    assert_eq!(answer["plan"][0]["ref"], json!(PUSH_SHA));
+    assert_eq!(decisions(&answer)["api"], "pathsNotMatched");
+    assert!(answer["message"].as_str().unwrap_or_default().starts_with("dry run:"), "{answer}");
+    // Refusals are the real call's.
+    let (status, answer) =
+        post(&format!("{dry}&services=nope"), &github_push("dry-2"), fixture("github/push-new-branch.json")).await?;
+    assert_eq!(status, 422, "{answer}");
+    assert!(redeployments(&client, &namespace).await?.is_empty(), "a dry run stores nothing");
+    // The same call without dry_run stores one.
+    let (status, _) = post(&hook, &github_push("dry-3"), fixture("github/push-new-branch.json")).await?;
+    assert_eq!(status, 202);
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 1);
+    Ok(())
+}
+
+#[tokio::test]
+async fn recent_deliveries_record_pushes_that_deployed_and_pushes_that_did_not() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("hook-deliveries").await?;
+    let hook = app_with_hook(&client, &namespace, "multi", &MONOREPO, &monorepo()).await?;
+    let push: Value = serde_json::from_slice(&fixture("github/push-new-branch.json"))?;
+    let mut skipped = push.clone();
+    skipped["head_commit"]["message"] = json!("Initial commit [skip deploy]");
+    let mut elsewhere = push.clone();
+    elsewhere["ref"] = json!("refs/heads/elsewhere");
+    let (deployed, answer) = post(&hook, &github_push("delivery-deployed"), serde_json::to_vec(&push)?).await?;
+    assert_eq!(deployed, 202, "{answer}");
+    let redeployment = answer["redeployment"].as_str().unwrap_or_default().to_owned();
+    let (status, answer) = post(&hook, &github_push("delivery-skipped"), serde_json::to_vec(&skipped)?).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert!(answer["message"].as_str().unwrap_or_default().contains("[skip deploy]"), "{answer}");
+    assert_eq!(decisions(&answer)["readme"], "skipMarker");
+    let (status, answer) = post(&hook, &github_push("delivery-elsewhere"), serde_json::to_vec(&elsewhere)?).await?;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(redeployments(&client, &namespace).await?.len(), 1);
+
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    let deliveries = eventually("the App's status to list the three calls", || async {
+        let status = apps.get("multi").await?.status.unwrap_or_default();
+        let ids: Vec<String> = status
+            .recent_deliveries
+            .iter()
+            .filter_map(|d| d.delivery_id.clone())
+            .filter(|id| id.starts_with("delivery-"))
+            .collect();
+        Ok((ids.len() == 3).then_some(status.recent_deliveries))
+    })
+    .await?;
+    let by_id = |id: &str| deliveries.iter().find(|d| d.delivery_id.as_deref() == Some(id)).cloned();
+    let first = by_id("delivery-deployed").ok_or_else(|| anyhow::anyhow!("no deployed delivery"))?;
+    assert_eq!((first.code, first.redeployment.as_deref(), first.reason.as_deref()), (202, Some(&*redeployment), None));
+    assert_eq!((first.event.as_str(), first.provider), ("push", Some(redeploy_operator::api::Provider::GitHub)));
+    let skip = by_id("delivery-skipped").ok_or_else(|| anyhow::anyhow!("no skipped delivery"))?;
+    assert_eq!((skip.code, skip.redeployment.as_deref()), (200, None));
+    assert!(skip.reason.as_deref().unwrap_or_default().contains("[skip deploy]"), "{skip:?}");
+    let other = by_id("delivery-elsewhere").ok_or_else(|| anyhow::anyhow!("no other-branch delivery"))?;
+    assert!(other.reason.as_deref().unwrap_or_default().contains("elsewhere"), "{other:?}");
+    // Newest first.
+    let times: Vec<_> = deliveries.iter().map(|d| d.time.0).collect();
+    assert!(times.windows(2).all(|w| w[0] >= w[1]), "{times:?}");
+    // Never the token.
+    let rendered = serde_json::to_string(&deliveries)?;
+    let token = hook.rsplit('/').next().unwrap_or_default();
+    assert!(!rendered.contains(token), "{rendered}");
+    Ok(())
+}

@@ -109,3 +109,72 @@ async fn kubectl_redeploy_triggers_follows_rotates_and_lists() -> anyhow::Result
     assert_eq!(accepted, 202);
     Ok(())
 }
+
+#[tokio::test]
+async fn kubectl_redeploy_dry_runs_per_service_refs_and_lists_deliveries() -> anyhow::Result<()> {
+    let (_, client, namespace) = support::setup("plugin-dry").await?;
+    let mut objects = objects();
+    objects.push(serde_json::json!({
+        "apiVersion": "redeploy.dev/v1alpha1",
+        "kind": "Service",
+        "metadata": {"name": "web"},
+        "spec": {
+            "app": "shop",
+            "target": {"name": "web"},
+            "git": {"repository": "https://github.com/o/web", "branch": "main"},
+            "build": {"image": "registry.example.com/web"},
+        },
+    }));
+    let _ = operator();
+    support::apply(&client, &namespace, objects).await?;
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    eventually("the App's hook and Services", || async {
+        let status = apps.get("shop").await?.status.unwrap_or_default();
+        Ok((status.hook.is_some() && status.services.len() == 3).then_some(()))
+    })
+    .await?;
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+
+    let dry = kubectl_redeploy(&namespace, &["trigger", "shop", "--services", "web:v1.2.3,worker", "--dry-run"])?;
+    let output = text(&dry);
+    assert!(dry.status.success(), "{output}");
+    assert!(
+        output.contains("would deploy web at v1.2.3, worker at")
+            || output.contains("would deploy web at v1.2.3, worker"),
+        "{output}"
+    );
+    let stuck = output.lines().find(|l| l.starts_with("stuck")).unwrap_or_default();
+    assert!(stuck.contains("notInServices"), "{output}");
+    assert!(redeployments.list(&Default::default()).await?.items.is_empty(), "a dry run stores nothing");
+
+    // The per-Service ref is stored in the plan of a real trigger.
+    let real = kubectl_redeploy(&namespace, &["trigger", "shop", "--services", "web:v1.2.3"])?;
+    assert!(real.status.success(), "{}", text(&real));
+    let stored = redeployments.list(&Default::default()).await?.items;
+    assert_eq!(stored.len(), 1);
+    assert_eq!(stored[0].spec.plan[0].git_ref.as_deref(), Some("v1.2.3"));
+    let refused = kubectl_redeploy(&namespace, &["trigger", "shop", "--services", "worker:v1", "--dry-run"])?;
+    assert!(
+        !refused.status.success() && text(&refused).contains("applies only to Git-built Services"),
+        "{}",
+        text(&refused)
+    );
+
+    // Two hook calls: one deployed, one refused.
+    let url = String::from_utf8(kubectl_redeploy(&namespace, &["url", "shop"])?.stdout)?.trim().to_string();
+    let http = reqwest::Client::new();
+    let deployed = http.post(format!("{url}?services=worker")).header("X-Request-Id", "x").send().await?.status();
+    assert_eq!(deployed, 202);
+    let refused = http.post(format!("{url}?services=nope")).send().await?.status();
+    assert_eq!(refused, 422);
+    let listed = eventually("kubectl redeploy deliveries to list both calls", || async {
+        let listed = text(&kubectl_redeploy(&namespace, &["deliveries", "shop"])?);
+        Ok((listed.lines().count() == 3).then_some(listed))
+    })
+    .await?;
+    let lines: Vec<&str> = listed.lines().collect();
+    assert!(lines[0].starts_with("TIME") && lines[0].contains("REASON"), "{listed}");
+    assert!(lines[1].contains(" 422 ") && lines[1].contains("nope"), "newest first: {listed}");
+    assert!(lines[2].contains(" 202 ") && lines[2].contains("shop-"), "{listed}");
+    Ok(())
+}

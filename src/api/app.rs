@@ -1,4 +1,4 @@
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, MicroTime};
 use kube::CustomResource;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -76,6 +76,10 @@ pub struct HookSpec {
     /// neither are refused.
     #[serde(default, skip_serializing_if = "SignatureSecrets::is_empty")]
     pub signature_secrets: SignatureSecrets,
+    /// Also skip pushes whose head commit message says `[skip ci]` or `[ci skip]`
+    /// (`[skip deploy]` and `[deploy skip]` always skip).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub honor_skip_ci: bool,
 }
 
 /// Secrets for signatures beyond the URL token: HMAC keys, or GitLab's shared token.
@@ -159,6 +163,42 @@ pub struct AppStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "schema::conditions")]
     pub conditions: Vec<Condition>,
+    /// The last hook calls (at most 20, newest first) and how each was answered.
+    /// Written by the hook in batches, best effort, under a field manager of its own.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 20))]
+    pub recent_deliveries: Vec<Delivery>,
+}
+
+/// One hook call, as `status.recentDeliveries` keeps it: never a token, a signature or a body.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Delivery {
+    /// When the call was answered.
+    pub time: MicroTime,
+    /// The provider it was read as; absent when its body was never read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provider: Option<Provider>,
+    /// The provider's event name, e.g. `push`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 128))]
+    pub event: String,
+    /// The provider's delivery id, when it sent one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub delivery_id: Option<String>,
+    /// The HTTP status the call was answered with.
+    pub code: u16,
+    /// The Redeployment the call created (or, for a redelivery, found).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redeployment: Option<String>,
+    /// Why nothing was deployed, when nothing was.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub reason: Option<String>,
+    /// The call asked for a dry run (`dry_run=1`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

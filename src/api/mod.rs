@@ -9,13 +9,15 @@ mod redeployment;
 mod schema;
 mod service;
 
-pub use app::{App, AppBuildSpec, AppSpec, AppStatus, GitHubSpec, HistorySpec, HookSpec, HookStatus, SignatureSecrets};
+pub use app::{
+    App, AppBuildSpec, AppSpec, AppStatus, Delivery, GitHubSpec, HistorySpec, HookSpec, HookStatus, SignatureSecrets,
+};
 pub use profile::{
     BuildPolicy, DeploymentProfile, DeploymentProfileSpec, DeploymentProfileStatus, RolloutSpec, Strategy,
 };
 pub use redeployment::{
-    CANCEL_FINALIZER, GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment,
-    RedeploymentSpec, RedeploymentStatus, ServicePhase, ServiceResult, Trigger,
+    CANCEL_FINALIZER, Decision, GitInfo, Phase, PlanAction, PlannedService, PreviousTemplate, Provider, Redeployment,
+    RedeploymentSpec, RedeploymentStatus, ServiceDecision, ServicePhase, ServiceResult, Trigger,
 };
 pub use service::{
     BuildSpec, BuiltImage, GitSource, ImageSource, SecretKeyRef, Service, ServiceSpec, ServiceStatus, SourceType,

@@ -64,6 +64,9 @@ pub struct RedeploymentSpec {
     /// What was resolved to happen when the request was accepted.
     #[serde(default)]
     pub plan: Vec<PlannedService>,
+    /// Every Service of the App when the request was accepted: deployed, or why not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decisions: Vec<ServiceDecision>,
     /// The GitHub Deployment this Redeployment carries out (continuous
     /// deploy): its progress is posted to it as deployment statuses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -157,6 +160,52 @@ pub struct PlannedService {
     /// Git ref to build (commit, branch or tag); absent for image-based Services.
     #[serde(default, rename = "ref", skip_serializing_if = "Option::is_none")]
     pub git_ref: Option<String>,
+}
+
+/// What a hook call did with one Service of the App, and why.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ServiceDecision {
+    /// Name of the Service.
+    pub service: String,
+    pub decision: Decision,
+    /// Why, in words; for a deployed Service, anything worth knowing (e.g. the
+    /// payload listed no files, so `paths` could not be checked).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    #[schemars(length(max = 1024))]
+    pub reason: String,
+}
+
+/// `deployed`, or the rule that left a Service out.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum Decision {
+    #[default]
+    Deployed,
+    /// The call deploys nothing at all (a ping, a deleted branch, another environment...).
+    NothingDeployed,
+    /// The push's head commit message carries a skip marker.
+    SkipMarker,
+    /// The Service builds another repository.
+    OtherRepository,
+    /// The Service deploys another branch.
+    OtherBranch,
+    /// No changed file matched `spec.git.paths`.
+    PathsNotMatched,
+    /// Every changed file that matched is in `spec.git.ignorePaths`.
+    OnlyIgnoredPaths,
+    /// A pattern of `spec.git.paths` or `ignorePaths` is not a valid glob.
+    InvalidPaths,
+    /// An image-based Service, and the call is a Git push.
+    ImageBasedOnGitPush,
+    /// A Git-built Service, and the call is a registry push.
+    GitBuiltOnImagePush,
+    /// An image-based Service deploying another image than the one pushed.
+    OtherImage,
+    /// `services=` does not name it.
+    NotInServices,
+    /// The DeploymentProfile does not deploy it.
+    NotInProfile,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

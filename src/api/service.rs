@@ -112,6 +112,18 @@ pub struct GitSource {
     /// Secret with Git credentials (`username`/`password` or `ssh-privatekey`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_ref: Option<LocalObjectReference>,
+    /// Glob patterns over repository paths (`*` within a directory, `**` across
+    /// directories, e.g. `services/api/**`): a push redeploys this Service only if
+    /// it changed a file matching one of them. Empty: any file. When the push's
+    /// payload lists no files, or only some, the Service is redeployed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 1024)))]
+    pub paths: Vec<String>,
+    /// Glob patterns over repository paths whose changes alone do not redeploy
+    /// this Service (e.g. `**/*.md`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 100), inner(length(min = 1, max = 1024)))]
+    pub ignore_paths: Vec<String>,
 }
 
 fn default_dockerfile() -> String {

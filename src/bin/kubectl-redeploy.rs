@@ -23,7 +23,7 @@ enum Command {
     /// Redeploy an App, planned as a hook call without Git information would be.
     Trigger {
         app: String,
-        /// Only these Services (comma-separated or repeated).
+        /// Only these Services (comma-separated or repeated); `name:ref` builds that Service at that ref.
         #[arg(long, value_delimiter = ',')]
         services: Vec<String>,
         /// A DeploymentProfile, by name or display name.
@@ -35,6 +35,9 @@ enum Command {
         /// Follow the Redeployment until it finishes; exit 1 unless it Succeeded.
         #[arg(long)]
         wait: bool,
+        /// Print what would be deployed and why, per Service; store nothing.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
     },
     /// Print the App's hook URL (a secret: treat it as a password).
     Url { app: String },
@@ -42,6 +45,8 @@ enum Command {
     Rotate { app: String },
     /// List the App's Redeployments, newest first.
     History { app: String },
+    /// List the App's last hook calls (status.recentDeliveries), newest first.
+    Deliveries { app: String },
 }
 
 #[tokio::main]
@@ -59,9 +64,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let client = kube::Client::try_default().await?;
     let namespace = cli.namespace.unwrap_or_else(|| client.default_namespace().to_string());
     match cli.command {
-        Command::Trigger { app, services, profile, git_ref, wait } => {
+        Command::Trigger { app, services, profile, git_ref, wait, dry_run } => {
             let sender = std::env::var("USER").ok();
             let request = TriggerRequest { app, services, profile, git_ref, sender };
+            if dry_run {
+                print!("{}", plugin::dry_run(&client, &namespace, &request).await?);
+                return Ok(ExitCode::SUCCESS);
+            }
             let created = plugin::trigger(&client, &namespace, &request).await?;
             let name = created.metadata.name.clone().unwrap_or_default();
             let services: Vec<&str> = created.spec.plan.iter().map(|p| p.service.as_str()).collect();
@@ -82,6 +91,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::History { app } => {
             print!("{}", plugin::history(&client, &namespace, &app).await?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Deliveries { app } => {
+            print!("{}", plugin::deliveries(&client, &namespace, &app).await?);
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -33,6 +33,7 @@ fn service(git_secret: Option<&str>, push_secret: Option<&str>) -> Service {
                 dockerfile: "docker/Dockerfile".into(),
                 context: "./services/web/".into(),
                 secret_ref: git_secret.map(|name| LocalObjectReference { name: name.into() }),
+                ..Default::default()
             }),
             build: Some(BuildSpec {
                 image: "registry.example.com/acme/web".into(),

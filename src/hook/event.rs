@@ -1,5 +1,7 @@
 //! What a hook call is about, whatever Git host or registry sent it.
 
+use std::collections::BTreeSet;
+
 use crate::api::{GitInfo, Provider};
 
 /// A hook payload reduced to what planning needs. Every provider parser
@@ -27,6 +29,27 @@ pub struct HookEvent {
     pub github_deployment: Option<i64>,
     /// For a GitHub `deployment` event: the environment it deploys to.
     pub environment: Option<String>,
+    /// The files the push changed, where the payload lists them (path filters).
+    pub changed_files: ChangedFiles,
+    /// The message of the pushed head commit, where the payload carries it (skip markers).
+    pub head_commit_message: Option<String>,
+}
+
+/// The files a push changed, as far as its payload tells.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum ChangedFiles {
+    /// Every file added, modified or removed by the pushed commits, as repository paths.
+    Listed(BTreeSet<String>),
+    /// The payload lists no files (Bitbucket, Azure DevOps, a generic call, a push of no new commits).
+    #[default]
+    Unknown,
+    /// The payload lists the files of only some of the pushed commits.
+    Truncated,
+}
+
+impl ChangedFiles {
+    /// More files than this in one push are not kept: the push counts as [`ChangedFiles::Truncated`].
+    pub const MAX_FILES: usize = 10_000;
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

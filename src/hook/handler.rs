@@ -26,13 +26,14 @@ use serde_json::json;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::{
+    deliveries::{self, DeliveryLog},
     event::{EventKind, HookEvent},
     providers,
     record::{self, planned_services, same_delivery},
     signature::{self, Requirement, SignatureCheck, SignatureError},
 };
 use crate::{
-    api::{App, Provider, Redeployment, SecretKeyRef},
+    api::{App, Decision, Delivery, Provider, Redeployment, SecretKeyRef, Service, ServiceDecision},
     context::Context,
     github::Deployments,
     install::FIELD_MANAGER,
@@ -117,12 +118,19 @@ pub struct HookState {
     in_flight: Mutex<HashMap<(String, String), Arc<Semaphore>>>,
     /// One permit per byte of [`Limits::bodies_in_flight_bytes`].
     body_budget: Arc<Semaphore>,
+    /// Where answered calls go, for `status.recentDeliveries`.
+    deliveries: DeliveryLog,
 }
 
 impl HookState {
     pub fn new(context: Arc<Context>, limits: Limits) -> Self {
         let body_budget = Arc::new(Semaphore::new(limits.bodies_in_flight_bytes.min(Semaphore::MAX_PERMITS)));
-        Self { context, limits, in_flight: Mutex::default(), body_budget }
+        Self { context, limits, in_flight: Mutex::default(), body_budget, deliveries: DeliveryLog::default() }
+    }
+
+    /// Records every answered call of a known App in `log` ([`DeliveryLog::start`]).
+    pub fn with_deliveries(self, log: DeliveryLog) -> Self {
+        Self { deliveries: log, ..self }
     }
 
     fn permit(&self, namespace: &str, app: &str) -> Option<OwnedSemaphorePermit> {
@@ -156,8 +164,15 @@ impl Reply {
             "message": message,
             "redeployment": redeployment.name_any(),
             "services": planned_services(redeployment),
+            "decisions": redeployment.spec.decisions,
         });
         Self { status, outcome, body, retry_after: None }
+    }
+
+    /// Adds, per Service of the App, whether it is deployed or why not.
+    fn with_decisions(mut self, decisions: &[ServiceDecision]) -> Self {
+        self.body["decisions"] = serde_json::to_value(decisions).unwrap_or_default();
+        self
     }
 
     fn retry_after(mut self, seconds: u64) -> Self {
@@ -196,11 +211,34 @@ impl IntoResponse for Reply {
     }
 }
 
-/// What was learnt about the call, for the metrics.
+/// What was learnt about the call, for the metrics and the App's delivery history.
 #[derive(Default)]
 struct Seen {
     provider: Option<Provider>,
     kind: Option<EventKind>,
+    /// Namespace and name of the App, once the URL's token named one.
+    app: Option<(String, String)>,
+    event: String,
+    delivery_id: Option<String>,
+    dry_run: bool,
+}
+
+impl Seen {
+    /// The call as the App's `status.recentDeliveries` keeps it.
+    fn delivery(&self, reply: &Reply) -> Delivery {
+        let redeployment = reply.body["redeployment"].as_str().map(str::to_owned);
+        let message = reply.body["message"].as_str().unwrap_or_default();
+        Delivery {
+            time: deliveries::now(),
+            provider: self.provider,
+            event: self.event.clone(),
+            delivery_id: self.delivery_id.clone(),
+            code: reply.status.as_u16(),
+            reason: redeployment.is_none().then(|| message.chars().take(1024).collect()),
+            redeployment,
+            dry_run: self.dry_run,
+        }
+    }
 }
 
 pub async fn redeploy(
@@ -221,6 +259,9 @@ pub async fn redeploy(
         reply.outcome,
         started.elapsed(),
     );
+    if let Some((namespace, app)) = &seen.app {
+        state.deliveries.record(namespace, app, seen.delivery(&reply));
+    }
     if reply.status.is_server_error() {
         tracing::warn!(status = %reply.status, body = %reply.body, "hook call not accepted");
     } else {
@@ -244,6 +285,7 @@ async fn accept(
     }
     let target = context.caches.hooks.authenticate(id, token).ok_or_else(Reply::not_found)?;
     let app = context.caches.app(&target.namespace, &target.app).ok_or_else(Reply::not_found)?;
+    seen.app = Some((target.namespace.clone(), target.app.clone()));
     let _permit = state.permit(&target.namespace, &target.app).ok_or_else(|| {
         Reply::new(
             StatusCode::TOO_MANY_REQUESTS,
@@ -263,6 +305,8 @@ async fn accept(
     };
     seen.provider = Some(event.provider);
     seen.kind = Some(event.kind);
+    seen.event.clone_from(&event.event);
+    seen.delivery_id.clone_from(&event.delivery_id);
     // Authentication first: an unsigned call to an App that requires
     // signatures learns nothing more than that (401), whatever it claims to be.
     let signed = verify_signature(state, &app, &event, headers, &body).await?;
@@ -270,33 +314,71 @@ async fn accept(
 
     let form_body = providers::is_form(headers).then_some(body.as_ref());
     let modifiers = Modifiers::parse(query, form_body).map_err(unprocessable)?;
+    seen.dry_run = modifiers.dry_run;
     if signed == Signed::Yes {
         check_signed_modifiers(&event, query, &modifiers)?;
     }
+    let services = context.caches.services_of(&target.namespace, &target.app);
     if matches!(event.kind, EventKind::Ping | EventKind::Ignored) {
         let what = if event.kind == EventKind::Ping { "ping received" } else { "event acknowledged and ignored" };
-        return Ok(Reply::new(
-            StatusCode::OK,
-            Outcome::ignored,
-            format!("{what} ({} `{}`): nothing to deploy", event.provider.display_name(), event.event),
-        ));
+        let message = format!("{what} ({} `{}`): nothing to deploy", event.provider.display_name(), event.event);
+        let decisions = nothing_deployed(&services, &message);
+        return Ok(Reply::new(StatusCode::OK, Outcome::ignored, message).with_decisions(&decisions));
     }
     let profiles = context.caches.profiles_of(&target.namespace, &target.app);
-    let services = context.caches.services_of(&target.namespace, &target.app);
     let plan = plan::plan_with_profiles(&event, &app, &services, &profiles, &modifiers).map_err(unprocessable)?;
     if plan.is_empty() {
         let reason = plan.reason.clone().unwrap_or_else(|| "no Service matched".into());
-        return Ok(Reply::new(StatusCode::OK, Outcome::no_match, format!("nothing to deploy: {reason}")));
+        let dry = if modifiers.dry_run { "dry run: " } else { "" };
+        let reply = Reply::new(StatusCode::OK, Outcome::no_match, format!("{dry}nothing to deploy: {reason}"));
+        return Ok(reply.with_decisions(&plan.decisions));
     }
 
     let continuous = app.spec.github.as_ref().is_some_and(|g| g.continuous_deploy);
-    if continuous && event.provider == Provider::GitHub && event.kind == EventKind::Push {
-        return create_github_deployment(state, &app, &event, &modifiers).await;
+    let via_github = continuous && event.provider == Provider::GitHub && event.kind == EventKind::Push;
+    if modifiers.dry_run {
+        return Ok(dry_run(&plan, via_github));
+    }
+    if via_github {
+        return Ok(create_github_deployment(state, &app, &event, &modifiers).await?.with_decisions(&plan.decisions));
     }
 
     let signed_body = (signed == Signed::Yes).then_some(body.as_ref());
     let redeployment = record::redeployment(&app, &event, signed_body, &modifiers, &plan, Timestamp::now());
     store(context, redeployment, signed).await
+}
+
+/// The answer to `dry_run=1`: what a real call would deploy, and nothing stored.
+fn dry_run(plan: &plan::Plan, via_github: bool) -> Reply {
+    let services: Vec<&str> = plan.services.iter().map(|p| p.service.as_str()).collect();
+    let what = if via_github {
+        "a real call would create a GitHub Deployment (continuous deploy), whose event would deploy"
+    } else {
+        "a real call would store a Redeployment deploying"
+    };
+    let mut reply = Reply::new(
+        StatusCode::OK,
+        Outcome::dry_run,
+        format!("dry run: {what} {}; nothing was stored or deployed", services.join(", ")),
+    );
+    reply.body["dryRun"] = true.into();
+    reply.body["services"] = services.into();
+    reply.body["plan"] = serde_json::to_value(&plan.services).unwrap_or_default();
+    reply.with_decisions(&plan.decisions)
+}
+
+/// Every Service of the App, deploying nothing, for `reason`.
+fn nothing_deployed(services: &[Service], reason: &str) -> Vec<ServiceDecision> {
+    let mut decisions: Vec<ServiceDecision> = services
+        .iter()
+        .map(|s| ServiceDecision {
+            service: s.name_any(),
+            decision: Decision::NothingDeployed,
+            reason: reason.chars().take(1024).collect(),
+        })
+        .collect();
+    decisions.sort_by(|a, b| a.service.cmp(&b.service));
+    decisions
 }
 
 /// Whether the call's signature was verified.
@@ -314,14 +396,21 @@ enum Signed {
 /// signed call without Git information may name its ref only in the signed
 /// form body, so a captured call cannot be replayed with another ref.
 fn check_signed_modifiers(event: &HookEvent, query: Option<&str>, modifiers: &Modifiers) -> Result<(), Reply> {
-    if modifiers.git_ref.is_none() {
+    if modifiers.git_ref.is_none() && modifiers.service_refs.is_empty() {
         return Ok(());
     }
     let refuse = |message: &str| Err(Reply::new(StatusCode::UNPROCESSABLE_ENTITY, Outcome::unprocessable, message));
     if matches!(event.kind, EventKind::Push | EventKind::Deployment) {
+        let what = if modifiers.git_ref.is_some() { "git_ref" } else { "a per-Service ref (services=name:ref)" };
+        return refuse(&format!(
+            "{what} cannot be used with this call: its signed payload names the commit to build, and unsigned \
+             modifiers cannot override it (services= and deployment_profile= may still narrow what is deployed)"
+        ));
+    }
+    if !modifiers.service_refs.is_empty() {
         return refuse(
-            "git_ref cannot be used with this call: its signed payload names the commit to build, and unsigned \
-             modifiers cannot override it (services= and deployment_profile= may still narrow what is deployed)",
+            "a per-Service ref (services=name:ref) cannot be given in the query of a signed call: the signature \
+             covers only the body; send git_ref in the signed form body instead",
         );
     }
     let from_query = Modifiers::parse(query, None).map_err(unprocessable)?.git_ref.is_some();
@@ -828,6 +917,26 @@ mod tests {
             "{rendered}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn signed_git_calls_refuse_per_service_refs_as_they_refuse_git_ref() {
+        let push = HookEvent { kind: EventKind::Push, ..HookEvent::default() };
+        let refusal = |query: &str, event: &HookEvent| {
+            let modifiers = Modifiers::parse(Some(query), None).map_err(|e| e.to_string())?;
+            check_signed_modifiers(event, Some(query), &modifiers)
+                .map_err(|reply| format!("{} {}", reply.status, reply.body["message"]))
+        };
+        let by_git_ref = refusal("git_ref=v1", &push).err().unwrap_or_default();
+        let by_service_ref = refusal("services=web:v1,worker", &push).err().unwrap_or_default();
+        assert!(by_git_ref.starts_with("422") && by_service_ref.starts_with("422"), "{by_git_ref} / {by_service_ref}");
+        let reason = |message: &str| message.split_once(" cannot be used").map(|(_, r)| r.to_owned());
+        assert_eq!(reason(&by_git_ref), reason(&by_service_ref), "the same reason");
+        assert!(reason(&by_service_ref).is_some(), "{by_service_ref}");
+        assert!(refusal("services=web,worker", &push).is_ok(), "plain services= may still narrow");
+        // A signed call without Git information cannot take one from the unsigned query either.
+        let bare = HookEvent::default();
+        assert!(refusal("services=web:v1", &bare).err().unwrap_or_default().contains("signature covers only the body"));
     }
 
     #[tokio::test]

@@ -2,6 +2,7 @@
 //! Git host, and responses.
 
 pub mod credentials;
+pub mod deliveries;
 pub mod event;
 pub mod handler;
 pub mod index;

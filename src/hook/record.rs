@@ -95,6 +95,7 @@ pub fn redeployment(
         profile: plan.profile.clone(),
         git_ref: modifiers.git_ref.clone(),
         plan: plan.services.clone(),
+        decisions: plan.decisions.clone(),
         github_deployment: event.github_deployment,
     };
     Redeployment {

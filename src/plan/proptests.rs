@@ -74,6 +74,7 @@ fn service() -> impl Strategy<Value = Service> {
                         dockerfile: "Dockerfile".into(),
                         context: ".".into(),
                         secret_ref: None,
+                        ..Default::default()
                     });
                     service.spec.build =
                         Some(BuildSpec { image: format!("registry.example.com/{name}"), ..Default::default() });
@@ -175,7 +176,12 @@ fn modifiers() -> impl Strategy<Value = Modifiers> {
                     unique.push(name.into());
                 }
             }
-            Modifiers { services: unique, profile: profile.map(Into::into), git_ref: git_ref.map(Into::into) }
+            Modifiers {
+                services: unique,
+                profile: profile.map(Into::into),
+                git_ref: git_ref.map(Into::into),
+                ..Modifiers::default()
+            }
         })
 }
 

@@ -36,6 +36,7 @@ fn git_svc(name: &str, repository: &str, branch: Option<&str>) -> Service {
         dockerfile: "Dockerfile".into(),
         context: ".".into(),
         secret_ref: None,
+        ..Default::default()
     });
     s.spec.build = Some(crate::api::BuildSpec { image: format!("registry.example.com/{name}"), ..Default::default() });
     s
@@ -181,7 +182,12 @@ fn modifiers_all_combined() {
     let m = Modifiers::parse(Some("services=web&deployment_profile=fast&git_ref=v1.2.3&utm_source=x"), None).unwrap();
     assert_eq!(
         m,
-        Modifiers { services: vec!["web".into()], profile: Some("fast".into()), git_ref: Some("v1.2.3".into()) }
+        Modifiers {
+            services: vec!["web".into()],
+            profile: Some("fast".into()),
+            git_ref: Some("v1.2.3".into()),
+            ..Modifiers::default()
+        }
     );
 }
 
@@ -943,4 +949,316 @@ fn every_empty_plan_has_a_reason_and_every_plan_with_services_none() {
 fn event_without_name_is_named_by_kind() {
     let p = run(&HookEvent { kind: EventKind::Ping, ..Default::default() }, &fleet(), &Modifiers::default());
     assert!(reason(&p).starts_with("`ping`"));
+}
+
+// ---- path filters, skip markers, per-Service refs, per-Service decisions ----
+
+fn filtered(name: &str, paths: &[&str], ignore: &[&str]) -> Service {
+    let mut s = git_svc(name, REPO, Some("main"));
+    if let Some(git) = s.spec.git.as_mut() {
+        git.paths = paths.iter().map(|p| p.to_string()).collect();
+        git.ignore_paths = ignore.iter().map(|p| p.to_string()).collect();
+    }
+    s
+}
+
+fn push_changing(files: &[&str]) -> HookEvent {
+    HookEvent {
+        changed_files: ChangedFiles::Listed(files.iter().map(|f| f.to_string()).collect()),
+        ..push(&[REPO], Some("main"), Some(SHA))
+    }
+}
+
+const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
+
+fn decision_of<'a>(plan: &'a Plan, service: &str) -> &'a ServiceDecision {
+    plan.decisions
+        .iter()
+        .find(|d| d.service == service)
+        .unwrap_or_else(|| panic!("no decision for {service}: {plan:?}"))
+}
+
+fn decisions(plan: &Plan) -> Vec<(&str, Decision)> {
+    plan.decisions.iter().map(|d| (d.service.as_str(), d.decision)).collect()
+}
+
+#[test]
+fn path_filters_each_rule() {
+    // (paths, ignorePaths, changed files, decision)
+    type Case<'a> = (&'a [&'a str], &'a [&'a str], &'a [&'a str], Decision);
+    let cases: &[Case] = &[
+        (&[], &[], &["anything"], Decision::Deployed),
+        (&["services/api/**"], &[], &["services/api/src/main.rs"], Decision::Deployed),
+        (&["services/api/**"], &[], &["services/web/index.html", "README.md"], Decision::PathsNotMatched),
+        (&["services/api/"], &[], &["services/api/Dockerfile"], Decision::Deployed),
+        (&["/services/api/**"], &[], &["services/api/Dockerfile"], Decision::Deployed),
+        // `*` stays within one directory, `**` crosses them.
+        (&["services/*/Dockerfile"], &[], &["services/api/Dockerfile"], Decision::Deployed),
+        (&["services/*"], &[], &["services/api/Dockerfile"], Decision::PathsNotMatched),
+        (&["**/*.go"], &[], &["a/b/c/main.go"], Decision::Deployed),
+        (&["services/api/**"], &["**/*.md"], &["services/api/README.md"], Decision::OnlyIgnoredPaths),
+        (&["services/api/**"], &["**/*.md"], &["services/api/README.md", "services/api/x.rs"], Decision::Deployed),
+        (&[], &["docs/**"], &["docs/index.md"], Decision::OnlyIgnoredPaths),
+        (&[], &["docs/**"], &["docs/index.md", "main.rs"], Decision::Deployed),
+        // A push that changed no file (an empty commit) touches nothing a filter watches.
+        (&["services/api/**"], &[], &[], Decision::PathsNotMatched),
+        (&[], &[], &[], Decision::Deployed),
+    ];
+    for (paths, ignore, files, expected) in cases {
+        let plan = run(&push_changing(files), &[filtered("api", paths, ignore)], &Modifiers::default());
+        let decided = decision_of(&plan, "api");
+        assert_eq!(decided.decision, *expected, "paths {paths:?} ignore {ignore:?} files {files:?}: {decided:?}");
+        assert_eq!(planned(&plan) == ["api"], *expected == Decision::Deployed, "{plan:?}");
+        if *expected != Decision::Deployed {
+            assert!(reason(&plan).contains("changed no file"), "{plan:?}");
+            assert!(!decided.reason.is_empty());
+        }
+    }
+}
+
+#[test]
+fn path_filters_in_a_monorepo_deploy_only_what_the_push_touched() {
+    let services = [filtered("api", &["services/api/**"], &[]), filtered("web", &["services/web/**"], &["**/*.md"]), {
+        let mut docs = filtered("site", &[], &[]);
+        docs.spec.app = "shop".into();
+        docs
+    }];
+    let plan = run(&push_changing(&["services/api/main.go", "services/web/README.md"]), &services, &mods(&[]));
+    assert_eq!(planned(&plan), ["api", "site"]);
+    assert_eq!(
+        decisions(&plan),
+        [("api", Decision::Deployed), ("site", Decision::Deployed), ("web", Decision::OnlyIgnoredPaths)]
+    );
+    assert_eq!(decision_of(&plan, "api").reason, "`services/api/main.go` changed");
+}
+
+#[test]
+fn unknown_or_truncated_files_deploy_and_say_so() {
+    for (files, why) in [
+        (ChangedFiles::Unknown, "the payload lists no changed files"),
+        (ChangedFiles::Truncated, "only some of the pushed commits"),
+    ] {
+        let event = HookEvent { changed_files: files, ..push(&[REPO], Some("main"), Some(SHA)) };
+        let plan = run(&event, &[filtered("api", &["services/api/**"], &[])], &mods(&[]));
+        assert_eq!(planned(&plan), ["api"]);
+        let decided = decision_of(&plan, "api");
+        assert_eq!(decided.decision, Decision::Deployed);
+        assert!(decided.reason.contains(why) && decided.reason.contains("could not be checked"), "{decided:?}");
+    }
+}
+
+#[test]
+fn an_invalid_pattern_is_named_and_never_panics() {
+    let plan = run(&push_changing(&["a.rs"]), &[filtered("api", &["src/[a-"], &[])], &mods(&[]));
+    let decided = decision_of(&plan, "api");
+    assert_eq!(decided.decision, Decision::InvalidPaths);
+    assert!(decided.reason.contains("spec.git.paths pattern `src/[a-`"), "{decided:?}");
+    let plan = run(&push_changing(&["a.rs"]), &[filtered("api", &[], &["{a,b"])], &mods(&[]));
+    assert!(decision_of(&plan, "api").reason.contains("spec.git.ignorePaths pattern `{a,b`"), "{plan:?}");
+    // Patterns are not compiled when nothing is pushed with Git information.
+    assert_eq!(planned(&run(&no_git_info(), &[filtered("api", &["src/[a-"], &[])], &mods(&[]))), ["api"]);
+}
+
+/// Each host's real payload, parsed as the hook parses it, planned against a Service of its
+/// repository and branch whose `paths` match none of the files the payload lists.
+#[test]
+fn path_filters_with_every_hosts_payload_shape() {
+    use crate::hook::providers;
+    const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/webhooks/");
+    // (fixture, header, event, how the files read, what a `paths` matching none of them gives)
+    let cases: &[(&str, &str, &str, &str, Decision)] = &[
+        ("github/push-new-branch.json", "X-GitHub-Event", "push", "listed", Decision::PathsNotMatched),
+        ("gitea/push-event.json", "X-Gitea-Event", "push", "listed", Decision::PathsNotMatched),
+        // Four commits pushed, two sent.
+        ("gitlab/push-event.json", "X-Gitlab-Event", "Push Hook", "truncated", Decision::Deployed),
+        // A tag push lists no commits.
+        ("gitlab/tag-event.json", "X-Gitlab-Event", "Tag Push Hook", "unknown", Decision::Deployed),
+        // Gogs lists commits without their files.
+        ("gogs/push-event.json", "X-Gogs-Event", "push", "unknown", Decision::Deployed),
+        ("bitbucket-cloud/repo-push.json", "X-Event-Key", "repo:push", "unknown", Decision::Deployed),
+        ("azure-devops/git-push.json", "X-Unused", "", "unknown", Decision::Deployed),
+    ];
+    for (fixture, header, event_name, files, expected) in cases {
+        let body = std::fs::read(format!("{FIXTURES}{fixture}")).expect("fixture");
+        let mut headers = http::HeaderMap::new();
+        headers.insert("content-type", http::HeaderValue::from_static("application/json"));
+        if !event_name.is_empty() {
+            headers.insert(*header, http::HeaderValue::from_str(event_name).expect("header"));
+        }
+        let event = providers::parse(&headers, &body).unwrap_or_else(|e| panic!("{fixture}: {e}"));
+        let read = match &event.changed_files {
+            ChangedFiles::Listed(_) => "listed",
+            ChangedFiles::Truncated => "truncated",
+            ChangedFiles::Unknown => "unknown",
+        };
+        assert_eq!(read, *files, "{fixture}: {:?}", event.changed_files);
+        let mut service = git_svc("api", &event.repository_urls[0], event.branch.as_deref());
+        if let Some(git) = service.spec.git.as_mut() {
+            git.paths = vec!["services/api/**".into()];
+        }
+        let plan = run(&event, &[service], &mods(&[]));
+        assert_eq!(decision_of(&plan, "api").decision, *expected, "{fixture}: {plan:?}");
+        // The same Service without filters is deployed by every one of them.
+        let plain = git_svc("api", &event.repository_urls[0], event.branch.as_deref());
+        assert_eq!(planned(&run(&event, &[plain], &mods(&[]))), ["api"], "{fixture}");
+    }
+}
+
+#[test]
+fn listed_files_are_read_from_every_commit() {
+    use crate::hook::providers;
+    let headers = |name: &str, value: &str| {
+        let mut h = http::HeaderMap::new();
+        h.insert(http::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
+        h
+    };
+    let commit = |id: &str, message: &str, added: &str| {
+        format!(r#"{{"id":"{id}","message":"{message}","added":["{added}"],"modified":[],"removed":["old/{added}"]}}"#)
+    };
+    let body = format!(
+        r#"{{"ref":"refs/heads/main","after":"{SHA}","repository":{{"clone_url":"{REPO}"}},"commits":[{},{}],"head_commit":{}}}"#,
+        commit("a", "first", "a.txt"),
+        commit(SHA, "second", "b/c.txt"),
+        commit(SHA, "second", "b/c.txt"),
+    );
+    let expected: ChangedFiles =
+        ChangedFiles::Listed(["a.txt", "b/c.txt", "old/a.txt", "old/b/c.txt"].map(String::from).into());
+    let github = providers::parse(&headers("X-GitHub-Event", "push"), body.as_bytes()).expect("GitHub push");
+    assert_eq!(github.changed_files, expected);
+    assert_eq!(github.head_commit_message.as_deref(), Some("second"));
+    let gitea = providers::parse(&headers("X-Gitea-Event", "push"), body.as_bytes()).expect("Gitea push");
+    assert_eq!(gitea.changed_files, expected);
+    // Gitea's `total_commits` above the commits sent, and GitHub's 20-commit cap, mean truncated.
+    let more = body.replacen('{', r#"{"total_commits":3,"#, 1);
+    let gitea = providers::parse(&headers("X-Gitea-Event", "push"), more.as_bytes()).expect("Gitea push");
+    assert_eq!(gitea.changed_files, ChangedFiles::Truncated);
+    let twenty: Vec<String> = (0..20).map(|i| commit(&i.to_string(), "m", "f")).collect();
+    let capped = format!(r#"{{"ref":"refs/heads/main","after":"{SHA}","commits":[{}]}}"#, twenty.join(","));
+    let github = providers::parse(&headers("X-GitHub-Event", "push"), capped.as_bytes()).expect("GitHub push");
+    assert_eq!(github.changed_files, ChangedFiles::Truncated);
+    let gitlab_body = format!(
+        r#"{{"object_kind":"push","ref":"refs/heads/main","checkout_sha":"{SHA}","total_commits_count":2,"commits":[{},{}]}}"#,
+        commit(SHA, "head [skip deploy]", "b/c.txt"),
+        commit("a", "older", "a.txt"),
+    );
+    let gitlab = providers::parse(&headers("X-Gitlab-Event", "Push Hook"), gitlab_body.as_bytes()).expect("GitLab");
+    assert_eq!(gitlab.changed_files, expected);
+    assert_eq!(
+        gitlab.head_commit_message.as_deref(),
+        Some("head [skip deploy]"),
+        "the commit checked out, not the last listed"
+    );
+}
+
+#[test]
+fn skip_markers() {
+    let mut honouring = shop();
+    honouring.spec.hook.honor_skip_ci = true;
+    let cases = [
+        ("fix typo [skip deploy]", false, true),
+        ("Fix [Deploy Skip] please", false, true),
+        ("bump [skip ci]", false, false),
+        ("bump [skip ci]", true, true),
+        ("bump [ci skip]", true, true),
+        ("skip deploy, without brackets", true, false),
+    ];
+    let services = [git_svc("web", REPO, Some("main")), img_svc("cache", "redis:7", false)];
+    for (message, honour_ci, skipped) in cases {
+        let event = HookEvent { head_commit_message: Some(message.into()), ..push(&[REPO], Some("main"), Some(SHA)) };
+        let app = if honour_ci { honouring.clone() } else { shop() };
+        let plan = plan(&event, &app, &services, None, &mods(&[])).expect("a plan");
+        if skipped {
+            assert!(reason(&plan).contains("the head commit's message says `["), "{message}: {plan:?}");
+            assert_eq!(decisions(&plan), [("cache", Decision::SkipMarker), ("web", Decision::SkipMarker)]);
+        } else {
+            assert_eq!(planned(&plan), ["web"], "{message}");
+        }
+    }
+    // Only a push carries a head commit: a call without Git information is not skipped.
+    let call = HookEvent { head_commit_message: Some("[skip deploy]".into()), ..no_git_info() };
+    assert_eq!(planned(&run(&call, &services, &mods(&[]))), ["cache", "web"]);
+}
+
+#[test]
+fn per_service_refs() {
+    let m = Modifiers::parse(Some("services=web:v1.2.3,worker&services=api:feature/x"), None).unwrap();
+    assert_eq!(m.services, ["web", "worker", "api"]);
+    assert_eq!(m.service_refs, BTreeMap::from([("web".into(), "v1.2.3".into()), ("api".into(), "feature/x".into())]));
+    let services = [
+        git_svc("web", REPO, Some("main")),
+        git_svc("worker", REPO, Some("main")),
+        git_svc("api", REPO, Some("main")),
+        img_svc("cache", "redis:7", false),
+    ];
+    let plan = run(&no_git_info(), &services, &m);
+    assert_eq!(
+        plan.services,
+        [build("web", Some("v1.2.3")), build("worker", Some("main")), build("api", Some("feature/x"))]
+    );
+    assert_eq!(decision_of(&plan, "cache").decision, Decision::NotInServices);
+    // On an (unsigned) push, the per-Service ref wins over the pushed commit for that Service only.
+    let on_push = Modifiers::parse(Some("services=web:v1.2.3,worker"), None).unwrap();
+    let plan = run(&push(&[REPO], Some("main"), Some(SHA)), &services, &on_push);
+    assert_eq!(plan.services, [build("web", Some("v1.2.3")), build("worker", Some(SHA))]);
+    // The same validation as git_ref.
+    let bad = Modifiers::parse(Some("services=web:bad..ref"), None).unwrap();
+    match plan_error(&services, &bad) {
+        PlanError::InvalidServiceRef { service, git_ref, .. } => {
+            assert_eq!((service.as_str(), git_ref.as_str()), ("web", "bad..ref"))
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(validate_git_ref("bad..ref").is_err(), "git_ref= refuses it too");
+    let image = Modifiers::parse(Some("services=cache:v1"), None).unwrap();
+    assert!(plan_error(&services, &image).to_string().contains("applies only to Git-built Services"));
+    for query in ["services=web:", "services=:v1", "services=web:v1,web:v2"] {
+        assert!(matches!(Modifiers::parse(Some(query), None), Err(PlanError::InvalidModifier { .. })), "{query}");
+    }
+    assert!(Modifiers::parse(Some("services=web:v1,web:v1,web"), None).is_ok(), "the same ref twice is one ref");
+}
+
+fn plan_error(services: &[Service], modifiers: &Modifiers) -> PlanError {
+    match plan(&no_git_info(), &shop(), services, None, modifiers) {
+        Err(error) => error,
+        Ok(plan) => panic!("expected a refusal, got {plan:?}"),
+    }
+}
+
+#[test]
+fn every_service_of_the_app_gets_a_decision() {
+    // The fleet: web, api (same repository, main), staging (develop), docs (other repository),
+    // cache and proxy (image-based), and `other` of another App.
+    let git_push = run(&push(&[REPO], Some("main"), Some(SHA)), &fleet(), &mods(&[]));
+    assert_eq!(
+        decisions(&git_push),
+        [
+            ("api", Decision::Deployed),
+            ("cache", Decision::ImageBasedOnGitPush),
+            ("docs", Decision::OtherRepository),
+            ("proxy", Decision::ImageBasedOnGitPush),
+            ("staging", Decision::OtherBranch),
+            ("web", Decision::Deployed),
+        ]
+    );
+    assert_eq!(decision_of(&git_push, "staging").reason, "it deploys branch `develop`");
+    let narrowed = run(&push(&[REPO], Some("main"), Some(SHA)), &fleet(), &mods(&["web"]));
+    assert_eq!(decision_of(&narrowed, "api").decision, Decision::NotInServices);
+    assert_eq!(decision_of(&narrowed, "web").decision, Decision::Deployed);
+    let fast = profile("fast", None, &["api"]);
+    let profiled = plan(&push(&[REPO], Some("main"), Some(SHA)), &shop(), &fleet(), Some(&fast), &mods(&[])).unwrap();
+    assert_eq!(decision_of(&profiled, "web").decision, Decision::NotInProfile);
+    assert_eq!(decision_of(&profiled, "api").decision, Decision::Deployed);
+    let registry = run(&image_push("redis", Some("7")), &fleet(), &mods(&[]));
+    assert_eq!(decision_of(&registry, "cache").decision, Decision::Deployed);
+    assert_eq!(decision_of(&registry, "proxy").decision, Decision::OtherImage);
+    assert_eq!(decision_of(&registry, "web").decision, Decision::GitBuiltOnImagePush);
+    // When the call deploys nothing at all, every Service says why.
+    let deleted = HookEvent { deleted: true, ..push(&[REPO], Some("main"), None) };
+    let nothing = run(&deleted, &fleet(), &mods(&[]));
+    assert!(nothing.decisions.iter().all(|d| d.decision == Decision::NothingDeployed && d.reason.contains("deleted")));
+    assert_eq!(nothing.decisions.len(), 6, "Services of other Apps are not listed");
+    // A branch no Service deploys: each says which branch it deploys, or that it is image-based.
+    let elsewhere = run(&push(&[REPO], Some("feature"), Some(SHA)), &fleet(), &mods(&[]));
+    assert_eq!(decision_of(&elsewhere, "web").decision, Decision::OtherBranch);
+    assert!(elsewhere.services.is_empty());
 }

@@ -83,7 +83,8 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
 
     prune_history(app, &context, &namespace).await?;
     let status = desired_status(app, &context, &secret_name, hook);
-    if app.status.as_ref() != Some(&status) {
+    let current = app.status.clone().map(|s| AppStatus { recent_deliveries: Vec::new(), ..s });
+    if current.as_ref() != Some(&status) {
         let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
         Api::<App>::namespaced(context.client.clone(), &namespace)
             .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
@@ -131,6 +132,8 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
             .max_by_key(|r| r.order_key())
             .map(|r| r.name_any()),
         conditions: vec![ready],
+        // The hook's delivery batcher owns this field (its own field manager): never applied here.
+        recent_deliveries: Vec::new(),
     }
 }
 

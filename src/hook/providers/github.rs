@@ -1,6 +1,8 @@
 //! GitHub: `push`, `ping` and `deployment` (`X-GitHub-Event`). The push shape
 //! is shared by Gitea, Forgejo, Gogs and header-less GitHub-like payloads.
 
+use std::collections::BTreeSet;
+
 use serde::Deserialize;
 
 use super::Definition;
@@ -8,7 +10,7 @@ use super::{
     Handling, Json, ParseError, Push, RefName, commit_sha, deserialize, event, first, is_commit_sha, missing, urls,
 };
 use crate::api::Provider;
-use crate::hook::event::{EventKind, HookEvent};
+use crate::hook::event::{ChangedFiles, EventKind, HookEvent};
 use crate::hook::signature::SignatureCheck;
 
 const PROVIDER: Provider = Provider::GitHub;
@@ -87,6 +89,110 @@ pub(super) struct PushPayload {
     repository: Option<Repository>,
     pub(super) pusher: Option<Account>,
     pub(super) sender: Option<Account>,
+    commits: Option<Commits>,
+    head_commit: Option<Commit>,
+    /// Timeline events (not webhooks) carry these: the push's real number of commits.
+    size: Option<u64>,
+    distinct_size: Option<u64>,
+    /// Gitea and Forgejo: the push's real number of commits, of which `commits` may hold fewer.
+    total_commits: Option<u64>,
+}
+
+/// A pushed commit as GitHub, Gitea, Forgejo, Gogs and GitLab describe it.
+#[derive(Debug, Deserialize)]
+pub(super) struct Commit {
+    id: Option<String>,
+    message: Option<String>,
+    added: Option<Vec<String>>,
+    modified: Option<Vec<String>>,
+    removed: Option<Vec<String>>,
+}
+
+/// GitHub lists at most 3,000 files per commit; a list this long may have been cut.
+const MOST_FILES_PER_COMMIT: usize = 3_000;
+/// GitHub's timeline events carry at most 20 commits, and GitLab's payloads too: a push
+/// listing this many may have had more, whose files are then missing.
+pub(super) const MOST_COMMITS_LISTED: usize = 20;
+
+/// A payload's `commits`, read one at a time and kept only as far as planning needs
+/// them: the files of the first [`MOST_COMMITS_LISTED`] commits (a push listing more
+/// counts as truncated anyway), their ids and messages, and the last one's message.
+/// A push of thousands of commits then costs no more heap than one of twenty.
+#[derive(Debug, Default)]
+pub(super) struct Commits {
+    count: usize,
+    files: BTreeSet<String>,
+    /// Some commit listed its files.
+    listed: bool,
+    /// Some file list may have been cut, or there were too many files to keep.
+    cut: bool,
+    /// `(id, message)` of the first commits.
+    heads: Vec<(Option<String>, Option<String>)>,
+    last_message: Option<String>,
+}
+
+impl Commits {
+    fn add(&mut self, commit: Commit) {
+        self.count += 1;
+        let lists = [commit.added, commit.modified, commit.removed];
+        if self.count < MOST_COMMITS_LISTED {
+            for list in lists.into_iter().flatten() {
+                self.listed = true;
+                self.cut |= list.len() >= MOST_FILES_PER_COMMIT;
+                for path in list {
+                    let path = path.trim().trim_start_matches('/');
+                    if !path.is_empty() && !self.files.contains(path) && self.files.len() < ChangedFiles::MAX_FILES {
+                        self.files.insert(path.to_owned());
+                    } else if self.files.len() >= ChangedFiles::MAX_FILES {
+                        self.cut = true;
+                    }
+                }
+            }
+            self.heads.push((commit.id, commit.message.clone()));
+        }
+        self.last_message = commit.message;
+    }
+
+    /// The files these commits changed; `total` is the push's real number of commits when the payload says it.
+    pub(super) fn changed_files(&mut self, total: Option<u64>) -> ChangedFiles {
+        let complete = self.count < MOST_COMMITS_LISTED && total.is_none_or(|t| t <= self.count as u64) && !self.cut;
+        match (self.listed, complete) {
+            (false, _) => ChangedFiles::Unknown,
+            (true, false) => ChangedFiles::Truncated,
+            (true, true) => ChangedFiles::Listed(std::mem::take(&mut self.files)),
+        }
+    }
+
+    /// The message of `head` (GitHub's `head_commit`), else of the commit `head_sha`
+    /// names, else of the last one listed (the payloads list the oldest first).
+    pub(super) fn head_message(&self, head: Option<&Commit>, head_sha: Option<&str>) -> Option<String> {
+        if let Some(message) = head.and_then(|c| c.message.clone()) {
+            return Some(message);
+        }
+        let head_sha = head_sha.map(str::trim).filter(|s| !s.is_empty());
+        let by_id = self.heads.iter().find(|(id, _)| id.is_some() && id.as_deref().map(str::trim) == head_sha);
+        by_id.map(|(_, message)| message.clone()).unwrap_or_else(|| self.last_message.clone())
+    }
+}
+
+impl<'de> Deserialize<'de> for Commits {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Each;
+        impl<'de> serde::de::Visitor<'de> for Each {
+            type Value = Commits;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a list of commits")
+            }
+            fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Commits, A::Error> {
+                let mut commits = Commits::default();
+                while let Some(commit) = seq.next_element::<Commit>()? {
+                    commits.add(commit);
+                }
+                Ok(commits)
+            }
+        }
+        deserializer.deserialize_seq(Each)
+    }
 }
 
 impl PushPayload {
@@ -101,7 +207,11 @@ impl PushPayload {
             .as_deref()
             .filter(|git_ref| !git_ref.trim().is_empty())
             .ok_or_else(|| missing(provider, event_name, "ref"))?;
-        Ok(Push {
+        let total = [self.size, self.distinct_size, self.total_commits].into_iter().flatten().max();
+        let mut commits = self.commits.unwrap_or_default();
+        let changed_files = commits.changed_files(total);
+        let head_commit_message = commits.head_message(self.head_commit.as_ref(), self.after.as_deref());
+        let event = Push {
             provider,
             event: event_name,
             ref_name: RefName::parse(git_ref),
@@ -110,7 +220,8 @@ impl PushPayload {
             repository_urls: self.repository.as_ref().map(Repository::urls).unwrap_or_default(),
             sender,
         }
-        .into_event())
+        .into_event();
+        Ok(HookEvent { changed_files, head_commit_message, ..event })
     }
 }
 

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 
 use super::Definition;
+use super::github::Commits;
 use super::{Handling, Json, ParseError, Push, RefName, Shape, commit_sha, deserialize, event, first, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
@@ -49,6 +50,9 @@ struct Payload {
     user_name: Option<String>,
     project: Option<Project>,
     repository: Option<Repository>,
+    commits: Option<Commits>,
+    /// The push's real number of commits; `commits` holds at most 20 of them.
+    total_commits_count: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,7 +85,10 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
     };
     let project = payload.project.as_ref();
     let repository = payload.repository.as_ref();
-    Ok(Push {
+    let mut commits = payload.commits.unwrap_or_default();
+    let changed_files = commits.changed_files(payload.total_commits_count);
+    let head_commit_message = commits.head_message(None, sha);
+    let event = Push {
         provider: PROVIDER,
         event: event_name,
         ref_name: RefName::parse(&git_ref),
@@ -98,7 +105,8 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
         ]),
         sender: first([payload.user_username.as_deref(), payload.user_name.as_deref()]),
     }
-    .into_event())
+    .into_event();
+    Ok(HookEvent { changed_files, head_commit_message, ..event })
 }
 
 #[cfg(test)]
