@@ -1,6 +1,7 @@
 # redeploy-operator: build, test and try it out locally.
 #
 #   make test          builds the control plane and node binaries when missing, then runs every test
+#   make image         builds the operator's image without a container daemon (target/image/redeploy-operator.tar; IMAGE=<ref> pushes it)
 #   make lint          cargo fmt --check and clippy with warnings as errors
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
@@ -25,7 +26,7 @@ NODE_IMAGES = $(shell bash hack/build-images.sh "$(NODE_BIN)")
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build test lint fuzz bench load scale crds control-plane node cluster cluster-down demo
+.PHONY: all build test lint fuzz bench load scale crds control-plane node image cluster cluster-down demo
 
 all: build
 
@@ -37,6 +38,10 @@ control-plane:
 
 node:
 	@bash hack/build-images.sh "$$(bash hack/build-node.sh)"
+
+# The users' route is the Dockerfile; this builds the same layout from a host build (see the script).
+image: node
+	@bash hack/build-operator-image.sh "$(NODE_BIN)"
 
 test: control-plane node
 	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" REDEPLOY_NODE_BIN="$(NODE_BIN)" REDEPLOY_NODE_IMAGES="$(NODE_IMAGES)" \
