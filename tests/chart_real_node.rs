@@ -90,7 +90,7 @@ fn web_objects(base: &str, url: &str, image_repository: &str) -> String {
                 "spec": {
                     "containers": [{
                         "name": "web", "image": base,
-                        "command": ["sh", "-c", "mkdir -p /www && echo initial > /www/version && touch /www/ready && exec httpd -f -p 8080 -h /www"],
+                        "command": ["sh", "-c", "test -f /www/version || { mkdir -p /www && echo initial > /www/version && touch /www/ready; }; exec httpd -f -p 8080 -h /www"],
                         "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 1},
                     }],
                     "terminationGracePeriodSeconds": 1,
