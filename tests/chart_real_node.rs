@@ -562,7 +562,8 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
                 let (kind, ns, name) =
                     (parts.next().unwrap_or(""), parts.next().unwrap_or(""), parts.next().unwrap_or(""));
                 // The Apps' own objects, and Events (they expire).
-                let stays = ns == namespace || kind == "Event"
+                // The nodes' heartbeats are not the release's.
+                let stays = ns == namespace || kind == "Event" || ns == "kube-node-lease"
                     // The release's namespace (helm never deletes one) with
                     // what Kubernetes puts in every namespace, and the
                     // operator's leader Lease in it.
