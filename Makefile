@@ -1,6 +1,7 @@
 # redeploy-operator: build, test and try it out locally.
 #
 #   make test          builds the control plane, node and Gitea binaries when missing, then runs every test
+#   make image         builds the operator's image without a container daemon (target/image/redeploy-operator.tar; IMAGE=<ref> pushes it)
 #   make lint          cargo fmt --check and clippy with warnings as errors
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
@@ -27,7 +28,7 @@ GITEA_BIN = $(shell bash hack/build-gitea.sh)
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build test lint fuzz bench load scale crds control-plane node gitea cluster cluster-down demo
+.PHONY: all build test lint fuzz bench load scale crds control-plane node gitea image cluster cluster-down demo
 
 all: build
 
@@ -42,6 +43,10 @@ node:
 
 gitea:
 	@bash hack/build-gitea.sh
+
+# The users' route is the Dockerfile; this builds the same layout from a host build (see the script).
+image: node
+	@bash hack/build-operator-image.sh "$(NODE_BIN)"
 
 test: control-plane node gitea
 	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" REDEPLOY_NODE_BIN="$(NODE_BIN)" REDEPLOY_NODE_IMAGES="$(NODE_IMAGES)" \

@@ -5,8 +5,11 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use clap::{Parser, Subcommand};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 
+/// `--version`: the crate's version and the commit it was built from (see `build.rs`).
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (commit ", env!("REDEPLOY_GIT_COMMIT"), ")");
+
 #[derive(Parser, Debug)]
-#[command(name = "redeploy-operator", version, about)]
+#[command(name = "redeploy-operator", version = VERSION, about)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

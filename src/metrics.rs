@@ -8,6 +8,7 @@ use prometheus_client::{
     metrics::{
         counter::Counter,
         family::Family,
+        gauge::Gauge,
         histogram::{Histogram, exponential_buckets},
     },
     registry::Registry,
@@ -39,6 +40,16 @@ pub struct ReconcileLabels {
 pub struct PhaseLabels {
     pub phase: &'static str,
 }
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BuildInfoLabels {
+    pub version: &'static str,
+    pub commit: &'static str,
+}
+
+/// What `redeploy_build_info` reports: the crate's version and the commit it was built from (`build.rs`).
+pub const BUILD_INFO: BuildInfoLabels =
+    BuildInfoLabels { version: env!("CARGO_PKG_VERSION"), commit: env!("REDEPLOY_GIT_COMMIT") };
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReconcileErrorLabels {
@@ -133,6 +144,9 @@ pub struct Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         let mut registry = Registry::with_prefix("redeploy");
+        let build_info = Family::<BuildInfoLabels, Gauge>::default();
+        build_info.get_or_create(&BUILD_INFO).set(1);
+        registry.register("build_info", "The running binary's version and commit (always 1)", build_info);
         let hooks = Family::<HookLabels, Counter>::default();
         registry.register("hook_requests", "Hook calls by provider, event kind and outcome", hooks.clone());
         let hook_duration = Family::<OutcomeLabels, Histogram>::new_with_constructor(|| {
@@ -230,5 +244,40 @@ impl Metrics {
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The commit `git` says this checkout is at, if it is one.
+    fn head() -> Option<String> {
+        let output = std::process::Command::new("git").args(["rev-parse", "HEAD"]).output().ok()?;
+        output.status.success().then(|| String::from_utf8_lossy(&output.stdout).trim().to_string())
+    }
+
+    #[test]
+    fn build_info_names_the_version_and_the_commit_built() {
+        let rendered = Metrics::default().render();
+        let line = rendered.lines().find(|l| l.starts_with("redeploy_build_info{")).unwrap_or_default();
+        let commit = head().unwrap_or_else(|| "unknown".into());
+        assert_eq!(
+            line,
+            format!("redeploy_build_info{{version=\"{}\",commit=\"{commit}\"}} 1", env!("CARGO_PKG_VERSION"))
+        );
+        let version = crate::cli::VERSION;
+        assert_eq!(version, format!("{} (commit {commit})", env!("CARGO_PKG_VERSION")));
+    }
+
+    #[test]
+    fn dash_dash_version_prints_the_version_and_the_commit() {
+        use clap::Parser;
+        let printed = match crate::cli::Cli::try_parse_from(["redeploy-operator", "--version"]) {
+            Ok(_) => panic!("--version parsed as a command"),
+            Err(error) => (error.kind(), error.to_string()),
+        };
+        assert_eq!(printed.0, clap::error::ErrorKind::DisplayVersion);
+        assert_eq!(printed.1.trim(), format!("redeploy-operator {}", crate::cli::VERSION));
     }
 }

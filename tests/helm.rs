@@ -245,3 +245,215 @@ fn workload(name: &str) -> String {
         })
     )
 }
+
+/// `helm template` of the chart with `sets`; its documents, or helm's error.
+fn render(control_plane: &ControlPlane, release: &str, sets: &[&str]) -> anyhow::Result<Vec<serde_json::Value>> {
+    let mut command = control_plane.helm();
+    command.args(["template", release, CHART, "--kube-version", "v1.37.2", "--set", "publicUrl=https://h.example.com"]);
+    for set in sets {
+        command.args(["--set", set]);
+    }
+    let rendered = run(&mut command)?;
+    Ok(serde_saphyr::from_multiple::<serde_json::Value>(&rendered)?.into_iter().filter(|d| !d.is_null()).collect())
+}
+
+fn of_kind<'a>(documents: &'a [serde_json::Value], kind: &str) -> Vec<&'a serde_json::Value> {
+    documents.iter().filter(|d| d["kind"] == kind).collect()
+}
+
+#[test]
+fn the_values_schema_refuses_wrong_values_with_their_path() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    for (set, expected) in [
+        ("replicaCount=two", "at '/replicaCount'"),
+        ("replicaCount=0", "at '/replicaCount': minimum"),
+        ("publicUrl=ftp://hooks.example.com", "at '/publicUrl'"),
+        ("service.type=Ingress", "at '/service/type'"),
+        ("hook.bodyLimit=-1", "at '/hook/bodyLimit'"),
+        ("image.pullPolicy=Sometimes", "at '/image/pullPolicy'"),
+        ("replicas=2", "additional properties 'replicas' not allowed"),
+    ] {
+        let error = render(control_plane, RELEASE, &[set]).expect_err(set).to_string();
+        assert!(error.contains("values don't meet the specifications of the schema"), "{set}: {error}");
+        assert!(error.contains(expected), "{set}: {error}");
+    }
+    // helm install checks the same schema, before anything is created.
+    let namespace = format!("schema-{}", rand::random::<u32>());
+    let install = run(control_plane.helm().args(["install", "schema", CHART, "--namespace", &namespace]).args([
+        "--create-namespace",
+        "--set",
+        "publicUrl=https://h.example.com",
+        "--set",
+        "service.type=Ingress",
+    ]))
+    .expect_err("a wrong service.type")
+    .to_string();
+    assert!(install.contains("at '/service/type'"), "{install}");
+    Ok(())
+}
+
+#[test]
+fn the_chart_renders_what_a_platform_team_expects() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    let defaults = render(control_plane, RELEASE, &[])?;
+    assert!(of_kind(&defaults, "HTTPRoute").is_empty() && of_kind(&defaults, "ServiceMonitor").is_empty());
+    let pdb = of_kind(&defaults, "PodDisruptionBudget");
+    assert_eq!(pdb.len(), 1);
+    assert_eq!(pdb[0]["spec"]["maxUnavailable"], 1);
+    assert_eq!(pdb[0]["spec"]["selector"]["matchLabels"]["app.kubernetes.io/instance"], RELEASE);
+
+    // The hook port open to all, metrics only from the selected namespaces (and the test pod).
+    let policy = of_kind(&defaults, "NetworkPolicy");
+    let ingress = policy[0]["spec"]["ingress"].as_array().cloned().unwrap_or_default();
+    assert_eq!(ingress.len(), 2, "{ingress:?}");
+    assert_eq!(ingress[0]["ports"][0]["port"], "hook");
+    assert!(ingress[0]["from"].is_null(), "the hook is open to every caller");
+    assert_eq!(ingress[1]["ports"][0]["port"], "metrics");
+    let selector = &ingress[1]["from"][0]["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"];
+    assert_eq!(selector, "monitoring");
+    let custom = render(control_plane, RELEASE, &["networkPolicy.metricsNamespaceSelector.matchLabels.team=obs"])?;
+    let custom = of_kind(&custom, "NetworkPolicy")[0]["spec"]["ingress"][1]["from"][0]["namespaceSelector"].clone();
+    assert_eq!(custom["matchLabels"]["team"], "obs");
+
+    // View and edit, aggregated into the built-in roles.
+    let roles = of_kind(&defaults, "ClusterRole");
+    let aggregated = |label: &str| {
+        roles
+            .iter()
+            .find(|r| r["metadata"]["labels"][label] == "true")
+            .map(|r| r["rules"][0]["verbs"].clone())
+            .unwrap_or_default()
+    };
+    assert_eq!(aggregated("rbac.authorization.k8s.io/aggregate-to-view"), json!(["get", "list", "watch"]));
+    assert!(aggregated("rbac.authorization.k8s.io/aggregate-to-edit").to_string().contains("delete"));
+
+    // The HTTPRoute and the Ingress expose only the hook's path.
+    let exposed = render(
+        control_plane,
+        RELEASE,
+        &[
+            "httpRoute.enabled=true",
+            "httpRoute.parentRefs[0].name=public",
+            "httpRoute.hostnames[0]=hooks.example.com",
+            "ingress.enabled=true",
+            "serviceMonitor.enabled=true",
+        ],
+    )?;
+    let route = of_kind(&exposed, "HTTPRoute")[0];
+    assert_eq!(route["spec"]["parentRefs"], json!([{"name": "public"}]));
+    assert_eq!(route["spec"]["rules"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        route["spec"]["rules"][0]["matches"],
+        json!([{"path": {"type": "PathPrefix", "value": "/stacks/redeploy"}}])
+    );
+    assert_eq!(route["spec"]["rules"][0]["backendRefs"][0]["port"], 80);
+    let ingress = of_kind(&exposed, "Ingress")[0];
+    assert_eq!(ingress["spec"]["rules"][0]["http"]["paths"][0]["path"], "/stacks/redeploy");
+    let monitor = of_kind(&exposed, "ServiceMonitor")[0];
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+    let missing = render(control_plane, RELEASE, &["httpRoute.enabled=true"]).expect_err("no parentRefs").to_string();
+    assert!(missing.contains("httpRoute.parentRefs is required"), "{missing}");
+
+    // helm test's pod: /readyz and a hook ping.
+    let test_pod = of_kind(&defaults, "Pod");
+    assert_eq!(test_pod[0]["metadata"]["annotations"]["helm.sh/hook"], "test");
+    let script = test_pod[0]["spec"]["containers"][0]["command"][2].as_str().unwrap_or_default();
+    assert!(script.contains("GET /readyz") && script.contains("POST /stacks/redeploy/"), "{script}");
+
+    // Every value is documented in the chart's README.
+    let readme = std::fs::read_to_string(format!("{CHART}/README.md"))?;
+    let values: serde_json::Value = serde_saphyr::from_str(&std::fs::read_to_string(format!("{CHART}/values.yaml"))?)?;
+    let mut undocumented = Vec::new();
+    fn leaves(prefix: &str, value: &serde_json::Value, out: &mut Vec<String>) {
+        match value.as_object() {
+            Some(map) if !map.is_empty() && prefix != "resources" && !prefix.ends_with("Selector") => {
+                for (key, child) in map {
+                    let path = if prefix.is_empty() { key.clone() } else { format!("{prefix}.{key}") };
+                    leaves(&path, child, out);
+                }
+            }
+            _ => out.push(prefix.to_string()),
+        }
+    }
+    let mut paths = Vec::new();
+    leaves("", &values, &mut paths);
+    for path in paths {
+        if !readme.contains(&format!("| `{path}` |")) {
+            undocumented.push(path);
+        }
+    }
+    assert!(undocumented.is_empty(), "values missing from the chart's README: {undocumented:?}");
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aggregated_roles_give_view_and_edit_users_the_redeploy_kinds() -> anyhow::Result<()> {
+    let control_plane = ControlPlane::shared();
+    let admin = control_plane.client().await?;
+    let release_namespace = control_plane.namespace(&admin, "chart-roles").await?;
+    // A release name of its own: its ClusterRoles must not collide with the other tests'.
+    run(control_plane
+        .helm()
+        .args(["install", "roles", CHART, "--namespace", &release_namespace])
+        .args(["--set", "publicUrl=https://h.example.com"]))?;
+    let namespace = control_plane.namespace(&admin, "chart-roles-user").await?;
+    for (user, role) in [("viewer", "view"), ("editor", "edit")] {
+        let objects = format!(
+            "---\napiVersion: v1\nkind: ServiceAccount\nmetadata:\n  name: {user}\n---\n\
+             apiVersion: rbac.authorization.k8s.io/v1\nkind: RoleBinding\nmetadata:\n  name: {user}\nroleRef:\n  \
+             apiGroup: rbac.authorization.k8s.io\n  kind: ClusterRole\n  name: {role}\nsubjects:\n- kind: ServiceAccount\n  \
+             name: {user}\n  namespace: {namespace}\n"
+        );
+        support::apply_yaml(&admin, &namespace, &objects).await?;
+    }
+    let token = |user: &'static str| {
+        let (admin, namespace) = (admin.clone(), namespace.clone());
+        async move {
+            let request = TokenRequest {
+                spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
+                ..Default::default()
+            };
+            Api::<ServiceAccount>::namespaced(admin, &namespace)
+                .create_token_request(user, &PostParams::default(), &request)
+                .await?
+                .status
+                .and_then(|s| s.token)
+                .ok_or_else(|| anyhow::anyhow!("no token for {user}"))
+        }
+    };
+    let viewer = control_plane.client_with_token(&token("viewer").await?).await?;
+    let editor = control_plane.client_with_token(&token("editor").await?).await?;
+    let can_in = |client: Client, verb: &'static str, resource: &'static str| {
+        let namespace = namespace.clone();
+        async move {
+            let review = SelfSubjectAccessReview {
+                spec: SelfSubjectAccessReviewSpec {
+                    resource_attributes: Some(ResourceAttributes {
+                        verb: Some(verb.into()),
+                        group: Some("redeploy.dev".into()),
+                        resource: Some(resource.into()),
+                        namespace: Some(namespace),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                },
+                ..Default::default()
+            };
+            let answer = Api::<SelfSubjectAccessReview>::all(client).create(&PostParams::default(), &review).await?;
+            anyhow::Ok(answer.status.is_some_and(|s| s.allowed))
+        }
+    };
+    // The aggregation controller folds the chart's roles into view and edit.
+    eventually("view and edit to include the redeploy kinds", || async {
+        Ok((can_in(viewer.clone(), "list", "redeployments").await? && can_in(editor.clone(), "create", "apps").await?)
+            .then_some(()))
+    })
+    .await?;
+    for resource in ["apps", "services", "deploymentprofiles", "redeployments"] {
+        assert!(can_in(viewer.clone(), "get", resource).await?, "view may get {resource}");
+        assert!(!can_in(viewer.clone(), "create", resource).await?, "view may not create {resource}");
+        assert!(can_in(editor.clone(), "patch", resource).await?, "edit may patch {resource}");
+    }
+    run(control_plane.helm().args(["uninstall", "roles", "--namespace", &release_namespace]))?;
+    Ok(())
+}
