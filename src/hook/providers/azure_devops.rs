@@ -36,9 +36,18 @@ struct Payload {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Resource {
+    /// The pushed commits Azure DevOps lists (`comment` is the message).
+    commits: Option<Vec<Commit>>,
     ref_updates: Option<Vec<RefUpdate>>,
     repository: Option<Repository>,
     pushed_by: Option<Identity>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Commit {
+    commit_id: Option<String>,
+    comment: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -87,8 +96,16 @@ pub(super) fn parse(event_type: &str, payload: Json<'_>) -> Result<HookEvent, Pa
         first([update.name.as_deref()]).ok_or_else(|| missing(PROVIDER, event_name, "resource.refUpdates[].name"))?;
     let repository = resource.and_then(|r| r.repository.as_ref());
     let pushed_by = resource.and_then(|r| r.pushed_by.as_ref());
+    // Skip markers are read from the deployed commit's message.
+    let head_commit_message = resource
+        .and_then(|r| r.commits.as_deref())
+        .unwrap_or_default()
+        .iter()
+        .find(|commit| commit.commit_id.is_some() && commit.commit_id == update.new_object_id)
+        .and_then(|commit| commit.comment.clone());
     Ok(HookEvent {
         delivery_id,
+        head_commit_message,
         ..Push {
             provider: PROVIDER,
             event: event_name,
@@ -135,6 +152,8 @@ mod tests {
         assert_eq!(event.sha.as_deref(), Some("33b55f7cb7e7e245323987634f960cf4a6e6bc74"));
         assert!(!event.deleted);
         assert_eq!(event.sender.as_deref(), Some("Windows Live ID\\fabrikamfiber4@hotmail.com"));
+        // The deployed commit's message, where skip markers are read.
+        assert_eq!(event.head_commit_message.as_deref(), Some("Fixed bug in web.config file"));
     }
 
     #[test]

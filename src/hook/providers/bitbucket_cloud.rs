@@ -60,6 +60,8 @@ struct RefState {
 #[derive(Debug, Deserialize)]
 struct Target {
     hash: Option<String>,
+    /// The head commit's message (skip markers).
+    message: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -119,7 +121,8 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
         .filter(|full_name| !full_name.is_empty())
         .map(|full_name| format!("https://bitbucket.org/{full_name}"));
     let actor = payload.actor.as_ref();
-    Ok(Push {
+    let head_commit_message = if deleted { None } else { state.target.as_ref().and_then(|t| t.message.clone()) };
+    let event = Push {
         provider: PROVIDER,
         event: event_name,
         ref_name,
@@ -135,7 +138,8 @@ pub(super) fn parse(event_name: &str, payload: Json<'_>) -> Result<HookEvent, Pa
             actor.and_then(|a| a.display_name.as_deref()),
         ]),
     }
-    .into_event())
+    .into_event();
+    Ok(HookEvent { head_commit_message, ..event })
 }
 
 #[cfg(test)]
@@ -173,6 +177,8 @@ mod tests {
         assert_eq!(event.sha.as_deref(), Some("709d658dc5b6d6afcd46049c2f332ee3f515a67d"));
         assert!(!event.deleted);
         assert_eq!(event.sender.as_deref(), Some("emmap1"));
+        // The new head's message (not the old head's), where skip markers are read.
+        assert_eq!(event.head_commit_message.as_deref(), Some("new commit message\n"));
     }
 
     #[test]
