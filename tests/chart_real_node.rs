@@ -28,7 +28,7 @@ use kube::{Api, Client, api::ListParams};
 use redeploy_operator::api::{Phase, Redeployment};
 use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
-use support::{apply_yaml, wait_for};
+use support::{apply_yaml, wait_for, web_app::git};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
 const RELEASE: &str = "redeploy-operator";
@@ -54,28 +54,6 @@ fn make_image(reference: &str) -> anyhow::Result<PathBuf> {
 /// The digest `crane` reads for `reference`.
 fn digest(node: &RealNode, reference: &str) -> anyhow::Result<String> {
     Ok(run(node.crane().args(["digest", reference]))?.trim().to_string())
-}
-
-fn git(dir: &std::path::Path, args: &[&str]) -> anyhow::Result<String> {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_CONFIG_NOSYSTEM", "1")
-        .env("HOME", dir)
-        .env("GIT_AUTHOR_NAME", "Test")
-        .env("GIT_AUTHOR_EMAIL", "test@example.com")
-        .env("GIT_COMMITTER_NAME", "Test")
-        .env("GIT_COMMITTER_EMAIL", "test@example.com")
-        .output()?;
-    anyhow::ensure!(output.status.success(), "git {}: {}", args.join(" "), String::from_utf8_lossy(&output.stderr));
-    Ok(String::from_utf8(output.stdout)?.trim().to_string())
-}
-
-fn github_signature(secret: &[u8], body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// busybox httpd serving the commit the image was built from; Ready once `/ready` answers.
@@ -386,7 +364,7 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
         "commits": [{"id": sha, "message": "Serve the commit", "distinct": true}],
     });
     let body = serde_json::to_vec(&push)?;
-    let signature = github_signature(b"s3cret", &body);
+    let signature = support::hmac_sha256_signature(b"s3cret", &body);
     let (status, answer) =
         wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(500), || {
             let request = reqwest::Client::new()

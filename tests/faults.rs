@@ -37,7 +37,6 @@ use std::{
 };
 
 use futures::StreamExt;
-use hmac::{Hmac, Mac};
 use k8s_openapi::api::{apps::v1::Deployment, batch::v1::Job, coordination::v1::Lease, core::v1::Secret};
 use kube::{
     Api, Client, ResourceExt,
@@ -51,7 +50,6 @@ use redeploy_operator::{
 };
 use redeploy_testenv::ControlPlane;
 use serde_json::json;
-use sha2::Sha256;
 use support::OperatorProcess;
 
 /// How long a caller waits for an answer: GitHub gives up on a webhook after 10 s.
@@ -104,12 +102,6 @@ fn objects(app: &str) -> String {
         .iter()
         .map(|o| format!("---\n{o}\n"))
         .collect()
-}
-
-fn sign(key: &str, body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).unwrap_or_else(|_| unreachable!("any key length"));
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
 }
 
 /// How one call ended, as its caller saw it.
@@ -208,7 +200,7 @@ impl Caller {
                 .header("Content-Type", "application/json")
                 .header("X-GitHub-Event", "push")
                 .header("X-GitHub-Delivery", format!("faults-{}-{n}", self.run))
-                .header("X-Hub-Signature-256", sign(GITHUB_KEY, &body))
+                .header("X-Hub-Signature-256", support::hmac_sha256_signature(GITHUB_KEY.as_bytes(), &body))
                 .body(body)
         } else {
             // A signed call without Git information, narrowed to the image-based Service.
@@ -216,7 +208,7 @@ impl Caller {
             self.http
                 .post(format!("{url}?services={}-worker", hook.app))
                 .header("Content-Type", "application/x-www-form-urlencoded")
-                .header("X-Signature-256", sign(GENERIC_KEY, body.as_bytes()))
+                .header("X-Signature-256", support::hmac_sha256_signature(GENERIC_KEY.as_bytes(), body.as_bytes()))
                 .body(body)
         };
         let started = Instant::now();
@@ -407,7 +399,11 @@ impl Stand {
             support::eventually("the hook to know the Apps", || {
                 let (http, probe) = (http.clone(), probe.clone());
                 async move {
-                    let status = http.post(&probe).header("X-Signature-256", sign(GENERIC_KEY, b"")).send().await?;
+                    let status = http
+                        .post(&probe)
+                        .header("X-Signature-256", support::hmac_sha256_signature(GENERIC_KEY.as_bytes(), b""))
+                        .send()
+                        .await?;
                     Ok((status.status() == 422).then_some(()))
                 }
             })

@@ -6,7 +6,6 @@ mod support;
 
 use std::collections::BTreeMap;
 
-use hmac::{Hmac, Mac};
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Client, ResourceExt,
@@ -14,7 +13,6 @@ use kube::{
 };
 use redeploy_operator::api::{App, CANCEL_FINALIZER, PlanAction, Redeployment};
 use serde_json::{Value, json};
-use sha2::Sha256;
 use support::{eventually, operator};
 
 fn fixture(path: &str) -> Vec<u8> {
@@ -424,12 +422,6 @@ async fn a_call_without_git_information_redeploys_every_service_with_modifiers()
     Ok(())
 }
 
-fn github_signature(secret: &[u8], body: &[u8]) -> String {
-    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 #[tokio::test]
 async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
     let (client, namespace, hook) = signed_app("hook-hmac", GITHUB_KEY, "production").await?;
@@ -437,13 +429,13 @@ async fn a_configured_github_signature_must_verify() -> anyhow::Result<()> {
     let event = [("Content-Type", "application/json"), ("X-GitHub-Event", "push")];
 
     let (missing, _) = post(&hook, &event, body.clone()).await?;
-    let wrong_signature = github_signature(b"other", &body);
+    let wrong_signature = support::hmac_sha256_signature(b"other", &body);
     let (wrong, wrong_body) =
         post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", &wrong_signature)], body.clone()).await?;
     let (malformed, _) = post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", "sha256=zz")], body.clone()).await?;
     let mut reencoded = serde_json::to_vec(&serde_json::from_slice::<Value>(&body)?)?;
     reencoded.push(b'\n');
-    let signature = github_signature(b"s3cret", &body);
+    let signature = support::hmac_sha256_signature(b"s3cret", &body);
     let (other_bytes, _) = post(&hook, &[event[0], event[1], ("X-Hub-Signature-256", &signature)], reencoded).await?;
     assert_eq!((missing, wrong, malformed, other_bytes), (401, 401, 400, 401), "{wrong_body}");
     assert!(!wrong_body.to_string().contains("s3cret"), "the secret is never echoed");
@@ -490,7 +482,7 @@ const PUSH_SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
 async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> anyhow::Result<()> {
     let (client, namespace, hook) = signed_app("hook-fail-closed", GITHUB_KEY, "production").await?;
     let push = fixture("github/push-new-branch.json");
-    let signature = github_signature(b"s3cret", &push);
+    let signature = support::hmac_sha256_signature(b"s3cret", &push);
     let signed = ("X-Hub-Signature-256", signature.as_str());
     let gitlab = [JSON, ("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Event-UUID", "d-gl")];
     let cases: Vec<Call> = vec![
@@ -519,7 +511,7 @@ async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> a
 
     // Only a caller holding the key learns what is wrong with its payload.
     let malformed = b"{not json".to_vec();
-    let signature = github_signature(b"s3cret", &malformed);
+    let signature = support::hmac_sha256_signature(b"s3cret", &malformed);
     let (status, body) =
         post(&hook, &[JSON, ("X-GitHub-Event", "push"), ("X-Hub-Signature-256", signature.as_str())], malformed)
             .await?;
@@ -531,17 +523,13 @@ async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> a
     Ok(())
 }
 
-fn generic_signature(secret: &[u8], body: &[u8]) -> String {
-    github_signature(secret, body)
-}
-
 #[tokio::test]
 async fn the_generic_hmac_signs_calls_without_a_git_host() -> anyhow::Result<()> {
     let (client, namespace, hook) = signed_app("hook-generic", GENERIC_KEY, "production").await?;
     // As the README's curl example: a signed form body naming the ref.
     let form = b"git_ref=v1.2.3&at=1764600000".to_vec();
-    let good = generic_signature(b"g3neric", &form);
-    let wrong = generic_signature(b"not the key", &form);
+    let good = support::hmac_sha256_signature(b"g3neric", &form);
+    let wrong = support::hmac_sha256_signature(b"not the key", &form);
     let (status, body) = post(&hook, &[FORM, ("X-Signature-256", &wrong)], form.clone()).await?;
     assert_eq!(status, 401, "{body}");
     assert!(body["message"].as_str().unwrap_or_default().contains("X-Signature-256"), "{body}");
@@ -558,14 +546,14 @@ async fn the_generic_hmac_signs_calls_without_a_git_host() -> anyhow::Result<()>
 
     // The query is not signed: it cannot name the ref of a signed call.
     let other = b"at=1764600001".to_vec();
-    let signature = generic_signature(b"g3neric", &other);
+    let signature = support::hmac_sha256_signature(b"g3neric", &other);
     let (status, body) =
         post(&format!("{hook}?git_ref=v6.6.6"), &[FORM, ("X-Signature-256", &signature)], other).await?;
     assert_eq!(status, 422, "{body}");
 
     // A Git host the App has no secret for signs with the generic key too.
     let push = fixture("github/push-new-branch.json");
-    let signature = generic_signature(b"g3neric", &push);
+    let signature = support::hmac_sha256_signature(b"g3neric", &push);
     let (status, body) =
         post(&hook, &[JSON, ("X-GitHub-Event", "push"), ("X-Signature-256", &signature)], push).await?;
     assert_eq!(status, 202, "{body}");
@@ -577,7 +565,7 @@ async fn the_generic_hmac_signs_calls_without_a_git_host() -> anyhow::Result<()>
 async fn a_signed_push_decides_the_commit_and_is_executed_once() -> anyhow::Result<()> {
     let (client, namespace, hook) = signed_app("hook-signed-ref", GITHUB_KEY, "production").await?;
     let push = fixture("github/push-new-branch.json");
-    let signature = github_signature(b"s3cret", &push);
+    let signature = support::hmac_sha256_signature(b"s3cret", &push);
     let delivery = |id: &'static str| [JSON, ("X-GitHub-Event", "push"), ("X-GitHub-Delivery", id)];
     let signed = |id: &'static str| {
         let mut headers = delivery(id).to_vec();
@@ -635,7 +623,7 @@ async fn refs_that_are_not_branches_tags_or_commits_are_422() -> anyhow::Result<
 async fn deployment_events_deploy_only_the_apps_environment() -> anyhow::Result<()> {
     // The fixture's deployment is for `production`.
     let deployment = fixture("github/deployment.json");
-    let signature = github_signature(b"s3cret", &deployment);
+    let signature = support::hmac_sha256_signature(b"s3cret", &deployment);
     let headers = [JSON, ("X-GitHub-Event", "deployment"), ("X-Hub-Signature-256", &signature)];
 
     let (client, namespace, hook) = signed_app("hook-env-staging", GITHUB_KEY, "staging").await?;
@@ -663,7 +651,7 @@ async fn a_missing_signature_key_is_told_to_the_owner_not_the_caller() -> anyhow
     );
     let hook = app_with_hook(&client, &namespace, "multi", &["github"], &objects).await?;
     let push = fixture("github/push-new-branch.json");
-    let signature = github_signature(b"s3cret", &push);
+    let signature = support::hmac_sha256_signature(b"s3cret", &push);
     let (status, body) =
         post(&hook, &[JSON, ("X-GitHub-Event", "push"), ("X-Hub-Signature-256", &signature)], push).await?;
     assert_eq!(status, 500, "{body}");

@@ -154,13 +154,6 @@ fn github_push(url: &str, sha: &str) -> serde_json::Value {
     })
 }
 
-fn github_signature(secret: &[u8], body: &[u8]) -> String {
-    use hmac::{Hmac, Mac};
-    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret).expect("any key length");
-    mac.update(body);
-    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
-}
-
 /// POSTs the signed push of `sha` to `hook` and waits for its Redeployment to finish.
 async fn push_and_finish(
     client: &Client,
@@ -171,7 +164,7 @@ async fn push_and_finish(
 ) -> anyhow::Result<redeploy_operator::api::Redeployment> {
     use redeploy_operator::api::{Phase, Redeployment};
     let body = serde_json::to_vec(&github_push(url, sha))?;
-    let signature = github_signature(b"s3cret", &body);
+    let signature = support::hmac_sha256_signature(b"s3cret", &body);
     let delivery = format!("5bd1b5b0-0f0e-11f1-8e4e-{}", &sha[..12]);
     let (status, answer) =
         wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(200), || {

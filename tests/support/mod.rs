@@ -27,6 +27,16 @@ use tokio::sync::OnceCell;
 
 pub mod web_app;
 
+/// `sha256=<hex HMAC-SHA256 of body>`: GitHub's `X-Hub-Signature-256`, Gitea's and the generic
+/// `X-Signature-256` header values.
+pub fn hmac_sha256_signature(key: &[u8], body: &[u8]) -> String {
+    use hmac::{Hmac, Mac};
+    let mut mac =
+        Hmac::<sha2::Sha256>::new_from_slice(key).unwrap_or_else(|_| unreachable!("HMAC takes any key length"));
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
 /// The shared control plane, a fresh admin client and a new namespace.
 pub async fn setup(prefix: &str) -> anyhow::Result<(&'static ControlPlane, Client, String)> {
     let control_plane = ControlPlane::shared();
