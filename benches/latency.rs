@@ -4,7 +4,8 @@
 //!
 //! Starts a private control plane and the operator in-process on loopback
 //! (on a runtime and threads of its own, as in a process of its own), makes
-//! one App whose hook requires signatures, and for each offered rate (env
+//! Apps of 10 Services each (5 image-based, 5 Git-built, as the scale bench's
+//! Apps) whose hooks require signatures, and for each offered rate (env
 //! `LATENCY_RATES`, default `20,100` calls per second) calls the hook for
 //! `LATENCY_SECONDS` (default 20), alternating:
 //!
@@ -14,7 +15,7 @@
 //!   `?services=<Git-built Service>`: the Redeployment creates a build Job (a
 //!   stand-in builder: the Job's creation is what is measured).
 //!
-//! Every call names a Service of its own, so no call waits behind an earlier
+//! The calls go round the Apps; every call names a Service of its own, so no call waits behind an earlier
 //! unfinished Redeployment of the same Service (the operator runs those one
 //! after the other). Every Deployment has `replicas: 0`: no pods run, so the
 //! control plane's work is the operator's writes, not rollouts.
@@ -29,8 +30,8 @@
 //!
 //! Baselines in the same run, at the same rate just before the calls: the hook
 //! answer itself (the operator stores the Redeployment before it answers), and a
-//! plain client creating one ConfigMap then patching one Deployment's pod
-//! template per tick (the physical limit of an accepted call that ends in a
+//! plain client creating one ConfigMap then patching the pod template of a
+//! Deployment of its own per tick (the physical limit of an accepted call that ends in a
 //! workload patch: one create and one patch on this API server).
 //!
 //! Target: p99 < 100 ms at 20/s for both kinds. A missed target is reported,
@@ -72,7 +73,9 @@ use redeploy_testenv::ControlPlane;
 use serde_json::json;
 use sha2::Sha256;
 
-const APP: &str = "latency";
+/// Services of each kind per App: the calls go round the Apps, as the
+/// scale bench's Apps of 10 Services each.
+const SERVICES_PER_KIND: usize = 5;
 const GITHUB_KEY: &str = "latency-github-key";
 const GENERIC_KEY: &str = "latency-generic-key";
 /// The push fixture's repository and branch, which the Git-built Services build.
@@ -84,8 +87,6 @@ const PUSH: &[u8] =
 const BUILT: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
 /// Hook calls of the App the operator handles at once: high, so no `429` distorts the run.
 const CONCURRENT_PER_APP: usize = 1 << 16;
-/// Deployments the plain baseline patches, round robin.
-const BASELINE_DEPLOYMENTS: usize = 10;
 /// How long an accepted call's patch or Job may take to be seen after the calls.
 const OBSERVE_TIMEOUT: Duration = Duration::from_secs(120);
 /// How long the Redeployments of a rate may take to finish before the next rate starts.
@@ -197,11 +198,14 @@ enum Kind {
 }
 
 impl Kind {
-    fn service(self, rate: u32, index: usize) -> String {
-        match self {
-            Kind::Image => format!("img-{rate}-{index:05}"),
-            Kind::Git => format!("git-{rate}-{index:05}"),
-        }
+    /// The `index`th Service of this kind at `rate`, and its App.
+    fn service(self, rate: u32, index: usize) -> (String, String) {
+        let app = format!("a{rate}-{:04}", index / SERVICES_PER_KIND);
+        let kind = match self {
+            Kind::Image => "img",
+            Kind::Git => "git",
+        };
+        (format!("{app}-{kind}-{}", index % SERVICES_PER_KIND), app)
     }
 }
 
@@ -219,16 +223,16 @@ fn deployment(name: &str) -> anyhow::Result<Deployment> {
     }))?)
 }
 
-fn service(kind: Kind, name: &str) -> anyhow::Result<Service> {
+fn service(kind: Kind, name: &str, app: &str) -> anyhow::Result<Service> {
     let spec = match kind {
         Kind::Image => json!({
-            "app": APP, "target": { "name": name },
+            "app": app, "target": { "name": name },
             "image": { "reference": format!("registry.example.com/{name}:initial") },
         }),
         Kind::Git => {
             let repository = format!("registry.example.com/{name}");
             json!({
-                "app": APP, "target": { "name": name },
+                "app": app, "target": { "name": name },
                 "git": { "repository": REPOSITORY, "branch": BRANCH },
                 "build": {
                     "image": repository,
@@ -240,6 +244,19 @@ fn service(kind: Kind, name: &str) -> anyhow::Result<Service> {
     Ok(serde_json::from_value(json!({
         "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "metadata": { "name": name }, "spec": spec,
     }))?)
+}
+
+/// The Deployment the plain client patches at its `i`th tick at `rate`.
+fn plain_name(rate: u32, i: usize) -> String {
+    format!("plain-{rate}-{i:05}")
+}
+
+/// What the set-up creates.
+enum Create<'a> {
+    App(&'a str),
+    /// A Deployment and its Service, of an App.
+    Service(Kind, &'a str, &'a str),
+    Deployment(&'a str),
 }
 
 fn sign(key: &str, body: &[u8]) -> String {
@@ -322,15 +339,16 @@ struct Call {
 /// The hook, and what each call sends.
 struct Caller {
     http: reqwest::Client,
-    url: String,
+    /// Each App's hook URL.
+    urls: HashMap<String, String>,
     /// Distinguishes this run's commits and deliveries.
     run: u128,
 }
 
 impl Caller {
     async fn call(&self, kind: Kind, rate: u32, index: usize) -> Call {
-        let service = kind.service(rate, index);
-        let url = format!("{}?services={service}", self.url);
+        let (service, app) = kind.service(rate, index);
+        let url = format!("{}?services={service}", self.urls.get(&app).map(String::as_str).unwrap_or_default());
         let request = match kind {
             Kind::Image => {
                 let body = format!("at={}-{service}", self.run);
@@ -400,37 +418,62 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
     let mut report = Report { settings: settings.clone(), rates: Vec::new(), load: Vec::new() };
     report.load("start");
 
-    // The App, its signature keys, and a Deployment and a Service per call.
+    // The signature keys, the Apps, a Deployment and a Service per call, and a
+    // Deployment per plain patch.
     let keys = json!({
         "apiVersion": "v1", "kind": "Secret", "metadata": { "name": "latency-keys" },
         "stringData": { "github": GITHUB_KEY, "generic": GENERIC_KEY },
     });
-    let key = |key: &str| json!({ "name": "latency-keys", "key": key });
-    let app = json!({
-        "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "metadata": { "name": APP },
-        "spec": { "hook": { "signatureSecrets": { "github": key("github"), "generic": key("generic") } } },
-    });
-    support::apply(&client, &namespace, [keys, app]).await?;
+    support::apply(&client, &namespace, [keys]).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
-    let mut objects: Vec<(Kind, String)> = Vec::new();
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    let mut app_names: Vec<String> = Vec::new();
+    let mut objects: Vec<(Kind, String, String)> = Vec::new();
+    let mut plain_deployments: Vec<String> = Vec::new();
     // Rate 0: the untimed warm-up calls.
     for rate in std::iter::once(0).chain(settings.rates.iter().copied()) {
         let calls = if rate == 0 { 2 * WARM_UP } else { settings.calls(rate) };
         for index in 0..calls.div_ceil(2) {
-            objects.extend([Kind::Image, Kind::Git].map(|kind| (kind, kind.service(rate, index))));
+            for kind in [Kind::Image, Kind::Git] {
+                let (name, app) = kind.service(rate, index);
+                if app_names.last() != Some(&app) {
+                    app_names.push(app.clone());
+                }
+                objects.push((kind, name, app));
+            }
+        }
+        if rate > 0 {
+            plain_deployments.extend((0..calls).map(|i| plain_name(rate, i)));
         }
     }
     let started = Instant::now();
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let baseline: Vec<String> = (0..BASELINE_DEPLOYMENTS).map(|i| format!("baseline-{i:02}")).collect();
-    futures::stream::iter(baseline.iter().map(|name| (None, name)).chain(objects.iter().map(|(k, n)| (Some(*k), n))))
-        .map(|(kind, name)| {
-            let (deployments, services, params) = (&deployments, &services, &params);
+    let key = |key: &str| json!({ "name": "latency-keys", "key": key });
+    let creates = app_names
+        .iter()
+        .map(|app| Create::App(app))
+        .chain(objects.iter().map(|(kind, name, app)| Create::Service(*kind, name, app)))
+        .chain(plain_deployments.iter().map(|name| Create::Deployment(name)));
+    futures::stream::iter(creates)
+        .map(|create| {
+            let (deployments, services, apps, params, key) = (&deployments, &services, &apps, &params, &key);
             async move {
-                deployments.create(params, &deployment(name)?).await?;
-                if let Some(kind) = kind {
-                    services.create(params, &service(kind, name)?).await?;
+                match create {
+                    Create::App(name) => {
+                        let app = serde_json::from_value(json!({
+                            "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "metadata": { "name": name },
+                            "spec": { "hook": { "signatureSecrets": { "github": key("github"), "generic": key("generic") } } },
+                        }))?;
+                        apps.create(params, &app).await?;
+                    }
+                    Create::Service(kind, name, app) => {
+                        deployments.create(params, &deployment(name)?).await?;
+                        services.create(params, &service(kind, name, app)?).await?;
+                    }
+                    Create::Deployment(name) => {
+                        deployments.create(params, &deployment(name)?).await?;
+                    }
                 }
                 anyhow::Ok(())
             }
@@ -441,22 +484,36 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
         .into_iter()
         .collect::<anyhow::Result<Vec<()>>>()?;
     println!(
-        "latency: created {} Services and their Deployments in {:.1} s",
+        "latency: created {} Apps, {} Services and their Deployments, {} Deployments for the plain client in {:.1} s",
+        app_names.len(),
         objects.len(),
+        plain_deployments.len(),
         started.elapsed().as_secs_f64()
     );
 
-    // Measured on a quiet operator: every Service reconciled, the hook known.
-    let apps = Api::<App>::namespaced(client.clone(), &namespace);
-    support::eventually("the App's hook", || async { Ok(apps.get(APP).await?.status.and_then(|s| s.hook)) }).await?;
+    // Measured on a quiet operator: every App's hook known, every Service reconciled.
+    let urls = support::wait_for("every App's hook", Duration::from_secs(600), Duration::from_secs(1), || async {
+        let with_hook = apps.list(&ListParams::default()).await?.items;
+        let with_hook = with_hook.iter().filter(|a| a.status.as_ref().is_some_and(|s| s.hook.is_some())).count();
+        if with_hook < app_names.len() {
+            return Ok(None);
+        }
+        let secrets = Api::<Secret>::namespaced(client.clone(), &namespace).list(&ListParams::default()).await?;
+        let mut urls = HashMap::new();
+        for secret in &secrets.items {
+            if let Some(app) = secret.name_any().strip_suffix("-hook") {
+                urls.insert(app.to_string(), support::secret_value(secret, "url")?);
+            }
+        }
+        Ok(app_names.iter().all(|app| urls.contains_key(app)).then_some(urls))
+    })
+    .await?;
     support::wait_for("every Service reconciled", Duration::from_secs(600), Duration::from_secs(1), || async {
         let all = services.list(&ListParams::default()).await?.items;
         let reconciled = all.iter().filter(|s| s.status.as_ref().is_some_and(|s| s.type_.is_some())).count();
         Ok((reconciled == objects.len()).then_some(()))
     })
     .await?;
-    let secret = Api::<Secret>::namespaced(client.clone(), &namespace).get(&format!("{APP}-hook")).await?;
-    let url = support::secret_value(&secret, "url")?;
     report.load("set up");
 
     let seen: Shared<Seen> = Default::default();
@@ -473,7 +530,7 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(usize::MAX).build()?;
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    let caller = Arc::new(Caller { http, url, run });
+    let caller = Arc::new(Caller { http, urls, run });
     let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
     for index in 0..WARM_UP {
         for kind in [Kind::Image, Kind::Git] {
@@ -493,7 +550,7 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
         // The plain client: one create and one patch per tick.
         let plain = offered(rate, settings.seconds, |i| {
             let (configmaps, deployments) = (configmaps.clone(), deployments.clone());
-            let name = baseline[i % BASELINE_DEPLOYMENTS].clone();
+            let name = plain_name(rate, i);
             async move {
                 let started = Instant::now();
                 let configmap: ConfigMap = serde_json::from_value(json!({
