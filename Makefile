@@ -5,6 +5,7 @@
 #   make lint          cargo fmt --check and clippy with warnings as errors
 #   make bench         times the hook's hot path (parse + verify + plan) against baselines
 #   make load          loads the hook on a local control plane, next to a plain client's creates
+#   make latency       hook call to first workload patch and to build Job created, at 20/s and 100/s (LATENCY_SECONDS each)
 #   make scale         the operator at scale (1,000 Apps x 10 Services): memory, start-up, a 500-Service fan-out
 #   make fuzz          runs every fuzz target (fuzz/) for FUZZ_SECONDS each; needs nightly and cargo-fuzz
 #   make crds          regenerates crds/ (and the chart's copy) from the Rust types
@@ -28,7 +29,7 @@ GITEA_BIN = $(shell bash hack/build-gitea.sh)
 # Seconds each fuzz target runs in `make fuzz`.
 FUZZ_SECONDS ?= 20
 
-.PHONY: all build test lint fuzz bench load scale crds control-plane node gitea image cluster cluster-down demo
+.PHONY: all build test lint fuzz bench load latency scale crds control-plane node gitea image cluster cluster-down demo
 
 all: build
 
@@ -67,6 +68,9 @@ bench:
 
 load: control-plane
 	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) bench --bench hook_load
+
+latency: control-plane
+	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) bench --bench latency
 
 scale: control-plane
 	REDEPLOY_CONTROL_PLANE_BIN="$(CONTROL_PLANE_BIN)" $(CARGO) bench --bench scale

@@ -1,7 +1,7 @@
 //! Shared set-up of the integration tests: one real control plane per test
 //! binary (see the `redeploy-testenv` crate), the CRDs installed once, and a
 //! namespace of its own for every test. The benches that run on a control
-//! plane (`hook_load`, `scale`) include it too.
+//! plane (`hook_load`, `latency`, `scale`) include it too.
 
 #![allow(dead_code)]
 
