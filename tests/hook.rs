@@ -684,6 +684,14 @@ async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
         post(&hook, &[("Content-Type", "application/json")], vec![b' '; support::BODY_LIMIT + 1]).await?;
     assert_eq!(status, 413, "{body}");
 
+    // The hook server's index may see the App's Secret a moment after the App's
+    // status shows the URL: a slow call sent before then is answered 404 at once
+    // and holds no slot. The probe names no Service, so it answers 422 and stores nothing.
+    eventually("the hook to know the App", || async {
+        let (status, _) = post(&format!("{hook}?services=__probe__"), &[], Vec::new()).await?;
+        Ok((status == 422).then_some(()))
+    })
+    .await?;
     // Hold every slot of the App with calls whose bodies never finish...
     let path = hook.trim_start_matches(&operator().hook).to_string();
     let address = operator().hook.trim_start_matches("http://").to_string();
@@ -697,7 +705,6 @@ async fn limits_oversized_bodies_and_concurrent_calls() -> anyhow::Result<()> {
         slow.push(stream);
     }
     // ...and the next one is told to come back later.
-    // The probe names no Service, so a free slot answers 422 and stores nothing.
     let seen = std::sync::Mutex::new(Vec::new());
     let answer = eventually("a 429", || async {
         let response = reqwest::Client::new().post(format!("{hook}?services=__probe__")).send().await?;
