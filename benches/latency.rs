@@ -209,20 +209,6 @@ impl Kind {
     }
 }
 
-fn deployment(name: &str) -> anyhow::Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": 0,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "main", "image": format!("registry.example.com/{name}:initial") }] },
-            },
-        },
-    }))?)
-}
-
 fn service(kind: Kind, name: &str, app: &str) -> anyhow::Result<Service> {
     let spec = match kind {
         Kind::Image => json!({
@@ -468,11 +454,11 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
                         apps.create(params, &app).await?;
                     }
                     Create::Service(kind, name, app) => {
-                        deployments.create(params, &deployment(name)?).await?;
+                        deployments.create(params, &support::idle_deployment(name)).await?;
                         services.create(params, &service(kind, name, app)?).await?;
                     }
                     Create::Deployment(name) => {
-                        deployments.create(params, &deployment(name)?).await?;
+                        deployments.create(params, &support::idle_deployment(name)).await?;
                     }
                 }
                 anyhow::Ok(())

@@ -230,20 +230,7 @@ spec:
 }
 
 fn workload(name: &str) -> String {
-    format!(
-        "---\n{}\n",
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": name, "image": format!("registry.example.com/{name}:1")}]},
-                },
-            },
-        })
-    )
+    format!("---\n{}\n", support::object(support::deployment(name, &format!("registry.example.com/{name}:1"))))
 }
 
 /// `helm template` of the chart with `sets`; its documents, or helm's error.

@@ -6,12 +6,19 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{Container, PodSpec, PodTemplateSpec, Secret},
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
@@ -119,17 +126,37 @@ pub fn profile(name: &str, app: &str, services: &[&str]) -> DeploymentProfile {
 
 /// A one-replica Deployment `name` whose container `name` runs `image`.
 pub fn deployment(name: &str, image: &str) -> Deployment {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": image}]}},
+    deployment_of(name, 1, PodSpec { containers: vec![container(name, image)], ..Default::default() })
+}
+
+/// A Deployment `name` of `replicas` pods running `pod`, selected by their label `app=<name>`.
+pub fn deployment_of(name: &str, replicas: i32, pod: PodSpec) -> Deployment {
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    Deployment {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
         },
-    }))
-    .expect("a valid Deployment")
+        ..Default::default()
+    }
+}
+
+/// A Deployment `name` of no pods whose container `main` runs
+/// `registry.example.com/<name>:initial`: a workload the benches' hook calls patch.
+pub fn idle_deployment(name: &str) -> Deployment {
+    let main = container("main", &format!("registry.example.com/{name}:initial"));
+    deployment_of(name, 0, PodSpec { containers: vec![main], ..Default::default() })
+}
+
+/// Container `name` running `image`.
+pub fn container(name: &str, image: &str) -> Container {
+    Container { name: name.into(), image: Some(image.into()), ..Default::default() }
 }
 
 /// An operator (hook server, admin server, reconcilers) running against the

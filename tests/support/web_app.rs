@@ -4,12 +4,17 @@
 
 use std::{path::Path, process::Command, time::Duration};
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Pod};
+use k8s_openapi::{
+    api::{
+        apps::v1::Deployment,
+        core::v1::{Container, ContainerPort, HTTPGetAction, Pod, PodSpec, Probe},
+    },
+    apimachinery::pkg::util::intstr::IntOrString,
+};
 use kube::{Api, Client, api::ListParams};
 use redeploy_testenv::RealNode;
-use serde_json::json;
 
-use super::wait_for;
+use super::{deployment_of, object, wait_for};
 
 /// `pod_spec` (JSON) placed on the real node.
 pub fn on_node(mut pod_spec: serde_json::Value) -> serde_json::Value {
@@ -24,28 +29,26 @@ pub fn web_deployment(name: &str, image: &str, version: &str) -> serde_json::Val
         "test -f /www/version || {{ mkdir -p /www && echo {version} > /www/version && touch /www/ready; }}; \
          exec httpd -f -p 8080 -h /www"
     );
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {
-                "metadata": {"labels": {"app": name}},
-                "spec": on_node(json!({
-                    "containers": [{
-                        "name": "web", "image": image,
-                        "command": ["sh", "-c", script],
-                        "ports": [{"containerPort": 8080}],
-                        "readinessProbe": {
-                            "httpGet": {"path": "/ready", "port": 8080},
-                            "periodSeconds": 1,
-                        },
-                    }],
-                    "terminationGracePeriodSeconds": 1,
-                })),
-            },
-        },
-    })
+    let web = Container {
+        name: "web".into(),
+        image: Some(image.into()),
+        command: Some(vec!["sh".into(), "-c".into(), script]),
+        ports: Some(vec![ContainerPort { container_port: 8080, ..Default::default() }]),
+        readiness_probe: Some(Probe {
+            http_get: Some(HTTPGetAction {
+                path: Some("/ready".into()),
+                port: IntOrString::Int(8080),
+                ..Default::default()
+            }),
+            period_seconds: Some(1),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let pod = PodSpec { containers: vec![web], termination_grace_period_seconds: Some(1), ..Default::default() };
+    let mut deployment = object(deployment_of(name, 1, pod));
+    RealNode::place_on_node(&mut deployment["spec"]["template"]["spec"]);
+    deployment
 }
 
 /// Waits until Deployment `name` has a ready replica.
