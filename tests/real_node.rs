@@ -17,7 +17,10 @@ use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
 use support::{
     apply_yaml, wait_for,
-    web_app::{available, commit, git, http_get, on_node, ready_pod_of_app, web_deployment, web_dockerfile},
+    web_app::{
+        available, commit, git, github_push, http_get, on_node, ready_pod_of_app, signed_push_finished, web_deployment,
+        web_dockerfile,
+    },
 };
 
 /// An HTTP request for `/version`, for `nc`: Debian's static busybox `wget`
@@ -136,24 +139,6 @@ async fn a_deployment_runs_on_the_real_node_behind_its_cluster_ip() -> anyhow::R
     Ok(())
 }
 
-/// The GitHub push of `sha` to `main` of the repository at `url`, as GitHub shapes it.
-fn github_push(url: &str, sha: &str) -> serde_json::Value {
-    json!({
-        "ref": "refs/heads/main",
-        "before": "0000000000000000000000000000000000000000",
-        "after": sha,
-        "created": false, "deleted": false, "forced": false,
-        "repository": {
-            "name": "web", "full_name": "team/web", "default_branch": "main",
-            "clone_url": url, "git_url": url, "html_url": url,
-        },
-        "pusher": {"name": "tester", "email": "tester@example.com"},
-        "sender": {"login": "tester"},
-        "head_commit": {"id": sha, "message": "Serve the commit", "distinct": true},
-        "commits": [{"id": sha, "message": "Serve the commit", "distinct": true}],
-    })
-}
-
 /// POSTs the signed push of `sha` to `hook` and waits for its Redeployment to finish.
 async fn push_and_finish(
     client: &Client,
@@ -162,42 +147,9 @@ async fn push_and_finish(
     url: &str,
     sha: &str,
 ) -> anyhow::Result<redeploy_operator::api::Redeployment> {
-    use redeploy_operator::api::{Phase, Redeployment};
     let body = serde_json::to_vec(&github_push(url, sha))?;
-    let signature = support::hmac_sha256_signature(b"s3cret", &body);
     let delivery = format!("5bd1b5b0-0f0e-11f1-8e4e-{}", &sha[..12]);
-    let (status, answer) =
-        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(200), || {
-            let request = reqwest::Client::new()
-                .post(hook)
-                .header("Content-Type", "application/json")
-                .header("X-GitHub-Event", "push")
-                .header("X-GitHub-Delivery", &delivery)
-                .header("X-Hub-Signature-256", &signature)
-                .body(body.clone());
-            async move {
-                let response = request.send().await?;
-                let status = response.status().as_u16();
-                let answer: serde_json::Value = response.json().await?;
-                // 404 until the hook server's watch has seen the App's Secret.
-                Ok((status != 404).then_some((status, answer)))
-            }
-        })
-        .await?;
-    anyhow::ensure!(status == 202, "push of {sha}: {status} {answer}");
-    let name = answer["redeployment"].as_str().ok_or_else(|| anyhow::anyhow!("no redeployment in {answer}"))?;
-    let redeployments = Api::<Redeployment>::namespaced(client.clone(), namespace);
-    wait_for(
-        &format!("Redeployment {name} to finish"),
-        Duration::from_secs(600),
-        Duration::from_millis(500),
-        || async {
-            let redeployment = redeployments.get(name).await?;
-            let finished = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
-            Ok(finished.then_some(redeployment))
-        },
-    )
-    .await
+    signed_push_finished(client, namespace, hook, &body, &delivery, b"s3cret").await
 }
 
 /// A Ready pod of Deployment `app=web` running `digest`; its IP.

@@ -12,9 +12,11 @@ use k8s_openapi::{
     apimachinery::pkg::util::intstr::IntOrString,
 };
 use kube::{Api, Client, api::ListParams};
+use redeploy_operator::api::{Phase, Redeployment};
 use redeploy_testenv::RealNode;
+use serde_json::json;
 
-use super::{deployment_of, object, wait_for};
+use super::{deployment_of, hmac_sha256_signature, object, wait_for};
 
 /// `pod_spec` (JSON) placed on the real node.
 pub fn on_node(mut pod_spec: serde_json::Value) -> serde_json::Value {
@@ -127,4 +129,68 @@ pub async fn ready_pod_of_app(client: &Client, namespace: &str, app: &str, diges
         })
         .await?;
     pod.status.and_then(|s| s.pod_ip).ok_or_else(|| anyhow::anyhow!("pod without IP"))
+}
+
+/// The GitHub push of `sha` to `main` of the repository at `url`, as GitHub shapes it.
+pub fn github_push(url: &str, sha: &str) -> serde_json::Value {
+    json!({
+        "ref": "refs/heads/main",
+        "before": "0000000000000000000000000000000000000000",
+        "after": sha,
+        "created": false, "deleted": false, "forced": false,
+        "repository": {
+            "name": "web", "full_name": "team/web", "default_branch": "main",
+            "clone_url": url, "git_url": url, "html_url": url,
+        },
+        "pusher": {"name": "tester", "email": "tester@example.com"},
+        "sender": {"login": "tester"},
+        "head_commit": {"id": sha, "message": "Serve the commit", "distinct": true},
+        "commits": [{"id": sha, "message": "Serve the commit", "distinct": true}],
+    })
+}
+
+/// POSTs GitHub push `body`, signed with `key`, as delivery `delivery` to
+/// `hook` until the hook knows the App, and waits for the Redeployment it
+/// accepted to finish.
+pub async fn signed_push_finished(
+    client: &Client,
+    namespace: &str,
+    hook: &str,
+    body: &[u8],
+    delivery: &str,
+    key: &[u8],
+) -> anyhow::Result<Redeployment> {
+    let signature = hmac_sha256_signature(key, body);
+    let (status, answer) =
+        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(250), || {
+            let request = reqwest::Client::new()
+                .post(hook)
+                .header("Content-Type", "application/json")
+                .header("X-GitHub-Event", "push")
+                .header("X-GitHub-Delivery", delivery)
+                .header("X-Hub-Signature-256", &signature)
+                .body(body.to_vec());
+            async move {
+                let response = request.send().await?;
+                let status = response.status().as_u16();
+                let answer: serde_json::Value = response.json().await?;
+                // 404 until the hook server's watch has seen the App's Secret.
+                Ok((status != 404).then_some((status, answer)))
+            }
+        })
+        .await?;
+    anyhow::ensure!(status == 202, "push {delivery}: {status} {answer}");
+    let name = answer["redeployment"].as_str().ok_or_else(|| anyhow::anyhow!("no redeployment in {answer}"))?;
+    finished(client, namespace, name, Duration::from_secs(600)).await
+}
+
+/// Waits up to `timeout` for Redeployment `name` to exist and finish.
+pub async fn finished(client: &Client, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<Redeployment> {
+    let redeployments = Api::<Redeployment>::namespaced(client.clone(), namespace);
+    wait_for(&format!("Redeployment {name} to finish"), timeout, Duration::from_millis(500), || async {
+        let Some(redeployment) = redeployments.get_opt(name).await? else { return Ok(None) };
+        let done = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
+        Ok(done.then_some(redeployment))
+    })
+    .await
 }
