@@ -161,29 +161,9 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
     let control_plane = ControlPlane::start()?;
     let control_plane = &control_plane;
     std::thread::scope(|scope| {
-        let (started, addr) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = scope.spawn(move || {
-            let result = support::runtime().and_then(|runtime| {
-                runtime.block_on(async {
-                    let running = support::start_operator(control_plane, CONCURRENT_PER_APP).await?;
-                    let _ = started.send(Ok(running.hook_addr));
-                    let _ = stopped.await;
-                    running.shutdown().await;
-                    anyhow::Ok(())
-                })
-            });
-            if let Err(error) = result {
-                let _ = started.send(Err(error));
-            }
-        });
-        let result = addr
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the operator thread died"))
-            .and_then(|addr| addr.map_err(|e| e.context("starting the operator")))
-            .and_then(|_| support::runtime()?.block_on(measure(control_plane, &settings)));
-        drop(stop);
-        let _ = operator.join();
+        let operator = support::operator_thread(scope, || support::start_operator(control_plane, CONCURRENT_PER_APP))?;
+        let result = support::runtime().and_then(|runtime| runtime.block_on(measure(control_plane, &settings)));
+        operator.stop();
         result
     })
 }

@@ -200,6 +200,55 @@ pub fn operator() -> &'static Operator {
     })
 }
 
+/// An operator on a runtime and thread of its own, as in a process of its own.
+pub struct OperatorThread<'scope> {
+    pub hook_addr: std::net::SocketAddr,
+    /// Sending or dropping it shuts the operator down.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub thread: std::thread::ScopedJoinHandle<'scope, ()>,
+}
+
+impl OperatorThread<'_> {
+    /// Shuts the operator down and waits for its thread.
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs the operator `start` returns on a runtime and thread of its own in
+/// `scope`, once it has started; until stopped, as the benches run it.
+pub fn operator_thread<'scope, F, Fut>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    start: F,
+) -> anyhow::Result<OperatorThread<'scope>>
+where
+    F: FnOnce() -> Fut + Send + 'scope,
+    Fut: std::future::Future<Output = anyhow::Result<redeploy_operator::operator::Running>>,
+{
+    let (started, addr) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = scope.spawn(move || {
+        let result = runtime().and_then(|runtime| {
+            runtime.block_on(async {
+                let running = start().await?;
+                let _ = started.send(Ok(running.hook_addr));
+                let _ = stopped.await;
+                running.shutdown().await;
+                anyhow::Ok(())
+            })
+        });
+        if let Err(error) = result {
+            let _ = started.send(Err(error));
+        }
+    });
+    let hook_addr = addr
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the operator thread died"))
+        .and_then(|addr| addr.map_err(|e| e.context("starting the operator")))?;
+    Ok(OperatorThread { hook_addr, stop, thread })
+}
+
 /// Starts an operator on free loopback ports and waits until it is ready.
 pub async fn start_operator(
     control_plane: &ControlPlane,
