@@ -30,7 +30,7 @@ use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
 use support::{
     apply_yaml, wait_for,
-    web_app::{commit, finished, git, github_push, signed_push_finished, web_dockerfile},
+    web_app::{WebRepository, finished, github_push, signed_push_finished, web_dockerfile},
 };
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
@@ -324,15 +324,10 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
     run(cp.helm().args(["test", RELEASE, "--namespace", &release_namespace, "--timeout", "2m"]))?;
 
     // A signed GitHub push through the NodePort, built by BuildKit, rolled out.
-    let repos = tempfile::tempdir()?;
-    let work = repos.path().join("work");
-    std::fs::create_dir_all(&work)?;
-    git(&work, &["init", "-q", "-b", "main"])?;
-    let bare = repos.path().join("team/web.git");
-    git(repos.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
+    let web_repository = WebRepository::new()?;
     let base = node.images().base.clone();
-    let sha = commit(&work, &bare.display().to_string(), &web_dockerfile(&base, true), "Serve the commit")?;
-    let url = format!("{}/team/web.git", node.serve_git(repos.path())?);
+    let sha = web_repository.commit(&web_dockerfile(&base, true), "Serve the commit")?;
+    let url = format!("{}/team/web.git", node.serve_git(web_repository.dir.path())?);
     let image_repository = format!("{registry}/team/web");
     apply_yaml(&client, &namespace, &web_objects(&base, &url, &image_repository)).await?;
     let hook = hook_url(&client, &namespace, "shop").await?;

@@ -18,8 +18,8 @@ use serde_json::json;
 use support::{
     apply_yaml, wait_for,
     web_app::{
-        available, commit, git, github_push, http_get, on_node, ready_pod_of_app, signed_push_finished, web_deployment,
-        web_dockerfile,
+        WebRepository, available, github_push, http_get, on_node, ready_pod_of_app, signed_push_finished,
+        web_deployment, web_dockerfile,
     },
 };
 
@@ -168,18 +168,12 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     node.take_all_pods(&client).await?;
 
     // A repository with a tiny web app whose /version is the commit it was built from.
-    let repos = tempfile::tempdir()?;
-    let work = repos.path().join("work");
-    std::fs::create_dir_all(&work)?;
-    git(&work, &["init", "-q", "-b", "main"])?;
-    let bare = repos.path().join("team/web.git");
-    git(repos.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
+    let web_repository = WebRepository::new()?;
     let base = node.images().base.clone();
-    let remote = bare.display().to_string();
-    let sha = commit(&work, &remote, &web_dockerfile(&base, true), "Serve the commit")?;
+    let sha = web_repository.commit(&web_dockerfile(&base, true), "Serve the commit")?;
 
     // A Git server the build pod reaches.
-    let url = format!("{}/team/web.git", node.serve_git(repos.path())?);
+    let url = format!("{}/team/web.git", node.serve_git(web_repository.dir.path())?);
     let image_repository = format!("{}/team/web", node.registry());
 
     // The operator, with the locally built BuildKit as its builder.
@@ -256,7 +250,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // A Dockerfile that fails: the Redeployment fails with BuildKit's error line.
     let broken = format!("FROM {base}\nRUN echo about to fail && exit 3\n");
-    let broken_sha = commit(&work, &remote, &broken, "Break the build")?;
+    let broken_sha = web_repository.commit(&broken, "Break the build")?;
     let failed = push_and_finish(&client, &namespace, &hook, &url, &broken_sha).await?;
     let status = failed.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
@@ -266,7 +260,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // An image that never gets Ready: the rollout fails at the profile's
     // timeout, and the rollback leaves the first commit serving.
-    let never_ready = commit(&work, &remote, &web_dockerfile(&base, false), "Never ready")?;
+    let never_ready = web_repository.commit(&web_dockerfile(&base, false), "Never ready")?;
     let rolled_back = push_and_finish(&client, &namespace, &hook, &url, &never_ready).await?;
     let status = rolled_back.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
@@ -281,7 +275,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     // tag's current digest, and a new digest of the same tag rolls out.
     let worker = format!("{}/team/worker:stable", node.registry());
     let push_worker = |version: &str| -> anyhow::Result<String> {
-        let dir = repos.path().join(format!("layer-{version}"));
+        let dir = web_repository.dir.path().join(format!("layer-{version}"));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/version"), format!("{version}\n"))?;
         std::fs::write(dir.join("www/ready"), "")?;

@@ -2,7 +2,11 @@
 //! whose `/version` is the commit it was built from), and the Git, Kubernetes
 //! and HTTP steps around it.
 
-use std::{path::Path, process::Command, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
 
 use k8s_openapi::{
     api::{
@@ -105,6 +109,31 @@ pub fn commit(work: &Path, remote: &str, dockerfile: &str, message: &str) -> any
     git(work, &["commit", "-q", "-m", message])?;
     git(work, &["push", "-q", remote, "main"])?;
     git(work, &["rev-parse", "HEAD"])
+}
+
+/// A folder of Git repositories (as a node's `serve_git` serves it) holding
+/// the bare `team/web.git`, and a work tree on main that pushes to it.
+pub struct WebRepository {
+    pub dir: tempfile::TempDir,
+    work: PathBuf,
+    remote: String,
+}
+
+impl WebRepository {
+    pub fn new() -> anyhow::Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let work = dir.path().join("work");
+        std::fs::create_dir_all(&work)?;
+        git(&work, &["init", "-q", "-b", "main"])?;
+        let remote = dir.path().join("team/web.git").display().to_string();
+        git(dir.path(), &["init", "-q", "--bare", "-b", "main", &remote])?;
+        Ok(Self { dir, work, remote })
+    }
+
+    /// Commits `dockerfile` and pushes it to `team/web.git`; the commit.
+    pub fn commit(&self, dockerfile: &str, message: &str) -> anyhow::Result<String> {
+        commit(&self.work, &self.remote, dockerfile, message)
+    }
 }
 
 /// A Ready pod labelled `app=<app>` running `digest`; its IP.
