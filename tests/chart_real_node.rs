@@ -19,11 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    coordination::v1::Lease,
-    core::v1::{Pod, Secret},
-};
+use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, Client, api::ListParams};
 use redeploy_operator::api::{Phase, Redeployment};
 use redeploy_testenv::{ControlPlane, RealNode};
@@ -109,16 +105,6 @@ fn stream_objects(base: &str) -> String {
          app: stream\n  target:\n    kind: Deployment\n    name: worker\n    container: worker\n  image:\n    \
          reference: {base}\n---\n{worker}\n"
     )
-}
-
-async fn hook_url(client: &Client, namespace: &str, app: &str) -> anyhow::Result<String> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let name = format!("{app}-hook");
-    wait_for(&format!("Secret {name}"), Duration::from_secs(120), Duration::from_millis(250), || async {
-        let Some(secret) = secrets.get_opt(&name).await? else { return Ok(None) };
-        Ok(Some(support::secret_value(&secret, "url")?))
-    })
-    .await
 }
 
 /// What a stream of hook calls got.
@@ -330,7 +316,7 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
     let url = format!("{}/team/web.git", node.serve_git(web_repository.dir.path())?);
     let image_repository = format!("{registry}/team/web");
     apply_yaml(&client, &namespace, &web_objects(&base, &url, &image_repository)).await?;
-    let hook = hook_url(&client, &namespace, "shop").await?;
+    let hook = support::hook_url(&client, &namespace, "shop").await?;
     assert!(hook.starts_with(&format!("{public_url}/stacks/redeploy/")), "{hook}");
     let body = serde_json::to_vec(&github_push(&url, &sha))?;
     let done =
@@ -363,7 +349,7 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
 
     // helm upgrade to a new image (same binary, another label) while calls arrive.
     apply_yaml(&client, &namespace, &stream_objects(&base)).await?;
-    let stream_hook = hook_url(&client, &namespace, "stream").await?;
+    let stream_hook = support::hook_url(&client, &namespace, "stream").await?;
     wait_for("the stream App's hook", Duration::from_secs(60), Duration::from_millis(500), || async {
         let status = reqwest::Client::new().post(format!("{stream_hook}?services=__probe__")).send().await?.status();
         Ok((status == 422).then_some(()))

@@ -197,12 +197,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     apply_yaml(&client, &namespace, &objects).await?;
     available(&client, &namespace, "web").await?;
 
-    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &namespace);
-    let hook = wait_for("the App's hook Secret", Duration::from_secs(60), Duration::from_millis(100), || async {
-        let Some(secret) = secrets.get_opt("shop-hook").await? else { return Ok(None) };
-        Ok(Some(support::secret_value(&secret, "url")?))
-    })
-    .await?;
+    let hook = support::hook_url(&client, &namespace, "shop").await?;
     let hook = format!("{hook}?deployment_profile=quick");
     let pushed = Instant::now();
     let done = push_and_finish(&client, &namespace, &hook, &url, &sha).await?;

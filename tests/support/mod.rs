@@ -323,6 +323,17 @@ pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
 }
 
+/// Waits for App `app`'s hook Secret; the hook URL it holds.
+pub async fn hook_url(client: &Client, namespace: &str, app: &str) -> anyhow::Result<String> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let name = format!("{app}-hook");
+    wait_for(&format!("Secret {name}"), Duration::from_secs(120), Duration::from_millis(100), || async {
+        let Some(secret) = secrets.get_opt(&name).await? else { return Ok(None) };
+        Ok(Some(secret_value(&secret, "url")?))
+    })
+    .await
+}
+
 /// Waits until `check` returns `Some`, polling every 50 ms for up to 90 s
 /// (generous: CI machines are small and run the test binaries side by side).
 pub async fn eventually<T, F, Fut>(what: &str, check: F) -> anyhow::Result<T>
