@@ -148,53 +148,31 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
     let control_plane = ControlPlane::start()?;
     let control_plane = &control_plane;
     std::thread::scope(|scope| {
-        // Each replica on a runtime (and threads) of its own, as in a process of its own.
         let replica = |follower: bool| {
-            let (started, addr) = std::sync::mpsc::channel();
-            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-            let thread = scope.spawn(move || {
-                let result = support::runtime().and_then(|runtime| {
-                    runtime.block_on(async {
-                        let running = if follower {
-                            start_follower(control_plane).await?
-                        } else {
-                            support::start_operator(control_plane, CONCURRENT_PER_APP).await?
-                        };
-                        let _ = started.send(Ok(running.hook_addr));
-                        let _ = stopped.await;
-                        running.shutdown().await;
-                        anyhow::Ok(())
-                    })
-                });
-                if let Err(error) = result {
-                    let _ = started.send(Err(error));
+            support::operator_thread(scope, move || async move {
+                if follower {
+                    start_follower(control_plane).await
+                } else {
+                    support::start_operator(control_plane, CONCURRENT_PER_APP).await
                 }
-            });
-            let addr = addr
-                .recv()
-                .map_err(|_| anyhow::anyhow!("the operator thread died"))
-                .and_then(|addr| addr.map_err(|e| e.context("starting the operator")));
-            (addr, stop, thread)
+            })
         };
-        let (leader, stop_leader, leader_thread) = replica(false);
-        let mut others = Vec::new();
-        let result = leader.and_then(|leader| {
-            let hook = match settings.replica {
-                Replica::Leader => leader,
-                Replica::Follower => {
-                    let (follower, stop, thread) = replica(true);
-                    others.push((stop, thread));
-                    follower?
-                }
-            };
-            support::runtime()?.block_on(load(control_plane, Addrs { leader, hook }, settings))
+        let leader = replica(false)?;
+        let (hook, follower) = match settings.replica {
+            Replica::Leader => (leader.hook_addr, None),
+            Replica::Follower => {
+                // On `?`, dropping `leader` stops it before the scope joins its thread.
+                let follower = replica(true)?;
+                (follower.hook_addr, Some(follower))
+            }
+        };
+        let result = support::runtime().and_then(|runtime| {
+            runtime.block_on(load(control_plane, Addrs { leader: leader.hook_addr, hook }, settings))
         });
-        for (stop, thread) in others {
-            drop(stop);
-            let _ = thread.join();
+        if let Some(follower) = follower {
+            follower.stop();
         }
-        drop(stop_leader);
-        let _ = leader_thread.join();
+        leader.stop();
         result
     })
 }

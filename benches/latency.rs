@@ -161,29 +161,9 @@ fn run(settings: Settings) -> anyhow::Result<Report> {
     let control_plane = ControlPlane::start()?;
     let control_plane = &control_plane;
     std::thread::scope(|scope| {
-        let (started, addr) = std::sync::mpsc::channel();
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let operator = scope.spawn(move || {
-            let result = support::runtime().and_then(|runtime| {
-                runtime.block_on(async {
-                    let running = support::start_operator(control_plane, CONCURRENT_PER_APP).await?;
-                    let _ = started.send(Ok(running.hook_addr));
-                    let _ = stopped.await;
-                    running.shutdown().await;
-                    anyhow::Ok(())
-                })
-            });
-            if let Err(error) = result {
-                let _ = started.send(Err(error));
-            }
-        });
-        let result = addr
-            .recv()
-            .map_err(|_| anyhow::anyhow!("the operator thread died"))
-            .and_then(|addr| addr.map_err(|e| e.context("starting the operator")))
-            .and_then(|_| support::runtime()?.block_on(measure(control_plane, &settings)));
-        drop(stop);
-        let _ = operator.join();
+        let operator = support::operator_thread(scope, || support::start_operator(control_plane, CONCURRENT_PER_APP))?;
+        let result = support::runtime().and_then(|runtime| runtime.block_on(measure(control_plane, &settings)));
+        operator.stop();
         result
     })
 }
@@ -207,20 +187,6 @@ impl Kind {
         };
         (format!("{app}-{kind}-{}", index % SERVICES_PER_KIND), app)
     }
-}
-
-fn deployment(name: &str) -> anyhow::Result<Deployment> {
-    Ok(serde_json::from_value(json!({
-        "metadata": { "name": name },
-        "spec": {
-            "replicas": 0,
-            "selector": { "matchLabels": { "app": name } },
-            "template": {
-                "metadata": { "labels": { "app": name } },
-                "spec": { "containers": [{ "name": "main", "image": format!("registry.example.com/{name}:initial") }] },
-            },
-        },
-    }))?)
 }
 
 fn service(kind: Kind, name: &str, app: &str) -> anyhow::Result<Service> {
@@ -468,11 +434,11 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
                         apps.create(params, &app).await?;
                     }
                     Create::Service(kind, name, app) => {
-                        deployments.create(params, &deployment(name)?).await?;
+                        deployments.create(params, &support::idle_deployment(name)).await?;
                         services.create(params, &service(kind, name, app)?).await?;
                     }
                     Create::Deployment(name) => {
-                        deployments.create(params, &deployment(name)?).await?;
+                        deployments.create(params, &support::idle_deployment(name)).await?;
                     }
                 }
                 anyhow::Ok(())

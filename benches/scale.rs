@@ -364,19 +364,7 @@ impl Object<'_> {
         let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
         match self {
             Object::Deployment { namespace, name } => {
-                let deployment = serde_json::from_value(json!({
-                    "metadata": { "name": name },
-                    "spec": {
-                        "replicas": 0,
-                        "selector": { "matchLabels": { "app": name } },
-                        "template": {
-                            "metadata": { "labels": { "app": name } },
-                            "spec": { "containers": [
-                                { "name": "main", "image": format!("registry.example.com/{name}:initial") },
-                            ] },
-                        },
-                    },
-                }))?;
+                let deployment = support::idle_deployment(name);
                 Api::<Deployment>::namespaced(client.clone(), namespace).create(&params, &deployment).await?;
             }
             Object::Service { namespace, app, name } => {

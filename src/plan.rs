@@ -885,4 +885,4 @@ fn names(planned: &[PlannedService]) -> String {
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

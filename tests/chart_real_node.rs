@@ -19,16 +19,15 @@ use std::{
     time::{Duration, Instant},
 };
 
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    coordination::v1::Lease,
-    core::v1::{Pod, Secret},
-};
+use k8s_openapi::api::{apps::v1::Deployment, coordination::v1::Lease, core::v1::Pod};
 use kube::{Api, Client, api::ListParams};
 use redeploy_operator::api::{Phase, Redeployment};
 use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
-use support::{apply_yaml, wait_for, web_app::git};
+use support::{
+    apply_yaml, wait_for,
+    web_app::{WebRepository, finished, github_push, signed_push_finished, web_dockerfile},
+};
 
 const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
 const RELEASE: &str = "redeploy-operator";
@@ -106,26 +105,6 @@ fn stream_objects(base: &str) -> String {
          app: stream\n  target:\n    kind: Deployment\n    name: worker\n    container: worker\n  image:\n    \
          reference: {base}\n---\n{worker}\n"
     )
-}
-
-async fn hook_url(client: &Client, namespace: &str, app: &str) -> anyhow::Result<String> {
-    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
-    let name = format!("{app}-hook");
-    wait_for(&format!("Secret {name}"), Duration::from_secs(120), Duration::from_millis(250), || async {
-        let Some(secret) = secrets.get_opt(&name).await? else { return Ok(None) };
-        Ok(Some(support::secret_value(&secret, "url")?))
-    })
-    .await
-}
-
-async fn finished(client: &Client, namespace: &str, name: &str, timeout: Duration) -> anyhow::Result<Redeployment> {
-    let redeployments = Api::<Redeployment>::namespaced(client.clone(), namespace);
-    wait_for(&format!("Redeployment {name} to finish"), timeout, Duration::from_millis(500), || async {
-        let Some(redeployment) = redeployments.get_opt(name).await? else { return Ok(None) };
-        let done = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
-        Ok(done.then_some(redeployment))
-    })
-    .await
 }
 
 /// What a stream of hook calls got.
@@ -331,61 +310,17 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
     run(cp.helm().args(["test", RELEASE, "--namespace", &release_namespace, "--timeout", "2m"]))?;
 
     // A signed GitHub push through the NodePort, built by BuildKit, rolled out.
-    let repos = tempfile::tempdir()?;
-    let work = repos.path().join("work");
-    std::fs::create_dir_all(&work)?;
-    git(&work, &["init", "-q", "-b", "main"])?;
-    let bare = repos.path().join("team/web.git");
-    git(repos.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
+    let web_repository = WebRepository::new()?;
     let base = node.images().base.clone();
-    std::fs::write(
-        work.join("Dockerfile"),
-        format!(
-            "FROM {base}\nARG REDEPLOY_GIT_COMMIT\nRUN mkdir -p /www && echo \"$REDEPLOY_GIT_COMMIT\" > /www/version \
-             && touch /www/ready\nCMD [\"httpd\", \"-f\", \"-p\", \"8080\", \"-h\", \"/www\"]\n"
-        ),
-    )?;
-    git(&work, &["add", "Dockerfile"])?;
-    git(&work, &["commit", "-q", "-m", "Serve the commit"])?;
-    git(&work, &["push", "-q", &bare.display().to_string(), "main"])?;
-    let sha = git(&work, &["rev-parse", "HEAD"])?;
-    let url = format!("{}/team/web.git", node.serve_git(repos.path())?);
+    let sha = web_repository.commit(&web_dockerfile(&base, true), "Serve the commit")?;
+    let url = format!("{}/team/web.git", node.serve_git(web_repository.dir.path())?);
     let image_repository = format!("{registry}/team/web");
     apply_yaml(&client, &namespace, &web_objects(&base, &url, &image_repository)).await?;
-    let hook = hook_url(&client, &namespace, "shop").await?;
+    let hook = support::hook_url(&client, &namespace, "shop").await?;
     assert!(hook.starts_with(&format!("{public_url}/stacks/redeploy/")), "{hook}");
-    let push = json!({
-        "ref": "refs/heads/main", "before": "0000000000000000000000000000000000000000", "after": sha,
-        "created": false, "deleted": false, "forced": false,
-        "repository": {"name": "web", "full_name": "team/web", "default_branch": "main",
-                       "clone_url": url, "git_url": url, "html_url": url},
-        "pusher": {"name": "tester", "email": "tester@example.com"}, "sender": {"login": "tester"},
-        "head_commit": {"id": sha, "message": "Serve the commit", "distinct": true},
-        "commits": [{"id": sha, "message": "Serve the commit", "distinct": true}],
-    });
-    let body = serde_json::to_vec(&push)?;
-    let signature = support::hmac_sha256_signature(b"s3cret", &body);
-    let (status, answer) =
-        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(500), || {
-            let request = reqwest::Client::new()
-                .post(&hook)
-                .header("Content-Type", "application/json")
-                .header("X-GitHub-Event", "push")
-                .header("X-GitHub-Delivery", "0b6f7e2a-0f0e-11f1-8e4e-chart")
-                .header("X-Hub-Signature-256", &signature)
-                .body(body.clone());
-            async move {
-                let response = request.send().await?;
-                let status = response.status().as_u16();
-                let answer: serde_json::Value = response.json().await?;
-                // 404 until the hook server's watch has seen the App's Secret.
-                Ok((status != 404).then_some((status, answer)))
-            }
-        })
-        .await?;
-    assert_eq!(status, 202, "{answer}");
-    let name = answer["redeployment"].as_str().unwrap_or_default().to_string();
-    let done = finished(&client, &namespace, &name, Duration::from_secs(600)).await?;
+    let body = serde_json::to_vec(&github_push(&url, &sha))?;
+    let done =
+        signed_push_finished(&client, &namespace, &hook, &body, "0b6f7e2a-0f0e-11f1-8e4e-chart", b"s3cret").await?;
     let result = done.status.clone().unwrap_or_default();
     assert_eq!(result.phase, Some(Phase::Succeeded), "{result:?}");
     let built = format!("{image_repository}:{sha}");
@@ -414,7 +349,7 @@ async fn the_chart_runs_the_image_on_the_real_node_through_upgrade_failover_and_
 
     // helm upgrade to a new image (same binary, another label) while calls arrive.
     apply_yaml(&client, &namespace, &stream_objects(&base)).await?;
-    let stream_hook = hook_url(&client, &namespace, "stream").await?;
+    let stream_hook = support::hook_url(&client, &namespace, "stream").await?;
     wait_for("the stream App's hook", Duration::from_secs(60), Duration::from_millis(500), || async {
         let status = reqwest::Client::new().post(format!("{stream_hook}?services=__probe__")).send().await?.status();
         Ok((status == 422).then_some(()))

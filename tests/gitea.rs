@@ -9,7 +9,7 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Pod, Secret};
+use k8s_openapi::api::core::v1::Pod;
 use kube::{Api, api::ListParams};
 use redeploy_operator::api::{Phase, Provider, Redeployment};
 use redeploy_testenv::{GITEA_ADMIN, Gitea};
@@ -203,12 +203,7 @@ async fn a_push_to_gitea_is_delivered_by_gitea_built_from_gitea_and_rolled_out()
     );
     apply_yaml(&client, &namespace, &objects).await?;
     available(&client, &namespace, "web").await?;
-    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
-    let hook = wait_for("the App's hook Secret", Duration::from_secs(60), Duration::from_millis(100), || async {
-        let Some(secret) = secrets.get_opt("shop-hook").await? else { return Ok(None) };
-        Ok(Some(support::secret_value(&secret, "url")?))
-    })
-    .await?;
+    let hook = support::hook_url(&client, &namespace, "shop").await?;
     // Gitea delivers once and does not retry: wait until the hook server knows
     // the App (an unsigned call is then refused 401, not 404).
     wait_for("the hook server to know the App", Duration::from_secs(60), Duration::from_millis(100), || async {

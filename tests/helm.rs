@@ -11,7 +11,7 @@ use k8s_openapi::api::{
     apps::v1::Deployment,
     authentication::v1::{TokenRequest, TokenRequestSpec},
     authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::{Secret, ServiceAccount},
+    core::v1::ServiceAccount,
     events::v1::Event,
     networking::v1::Ingress,
 };
@@ -168,14 +168,7 @@ spec:
         workload("worker")
     );
     support::apply_yaml(&admin, &namespace, &objects).await?;
-    let secrets = Api::<Secret>::namespaced(admin.clone(), &namespace);
-    let url = eventually("the hook Secret", || async {
-        Ok(match secrets.get_opt("shop-hook").await? {
-            Some(secret) => Some(support::secret_value(&secret, "url")?),
-            None => None,
-        })
-    })
-    .await?;
+    let url = support::hook_url(&admin, &namespace, "shop").await?;
     assert!(url.starts_with(&format!("http://127.0.0.1:{hook_port}/stacks/redeploy/")), "{url}");
     // The hook plans from the operator's caches: wait until they hold both Services.
     let apps = Api::<App>::namespaced(admin.clone(), &namespace);
@@ -230,20 +223,7 @@ spec:
 }
 
 fn workload(name: &str) -> String {
-    format!(
-        "---\n{}\n",
-        json!({
-            "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
-            "spec": {
-                "replicas": 1,
-                "selector": {"matchLabels": {"app": name}},
-                "template": {
-                    "metadata": {"labels": {"app": name}},
-                    "spec": {"containers": [{"name": name, "image": format!("registry.example.com/{name}:1")}]},
-                },
-            },
-        })
-    )
+    format!("---\n{}\n", support::object(support::deployment(name, &format!("registry.example.com/{name}:1"))))
 }
 
 /// `helm template` of the chart with `sets`; its documents, or helm's error.

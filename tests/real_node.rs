@@ -17,7 +17,10 @@ use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
 use support::{
     apply_yaml, wait_for,
-    web_app::{available, commit, git, http_get, on_node, ready_pod_of_app, web_deployment, web_dockerfile},
+    web_app::{
+        WebRepository, available, github_push, http_get, on_node, ready_pod_of_app, signed_push_finished,
+        web_deployment, web_dockerfile,
+    },
 };
 
 /// An HTTP request for `/version`, for `nc`: Debian's static busybox `wget`
@@ -136,24 +139,6 @@ async fn a_deployment_runs_on_the_real_node_behind_its_cluster_ip() -> anyhow::R
     Ok(())
 }
 
-/// The GitHub push of `sha` to `main` of the repository at `url`, as GitHub shapes it.
-fn github_push(url: &str, sha: &str) -> serde_json::Value {
-    json!({
-        "ref": "refs/heads/main",
-        "before": "0000000000000000000000000000000000000000",
-        "after": sha,
-        "created": false, "deleted": false, "forced": false,
-        "repository": {
-            "name": "web", "full_name": "team/web", "default_branch": "main",
-            "clone_url": url, "git_url": url, "html_url": url,
-        },
-        "pusher": {"name": "tester", "email": "tester@example.com"},
-        "sender": {"login": "tester"},
-        "head_commit": {"id": sha, "message": "Serve the commit", "distinct": true},
-        "commits": [{"id": sha, "message": "Serve the commit", "distinct": true}],
-    })
-}
-
 /// POSTs the signed push of `sha` to `hook` and waits for its Redeployment to finish.
 async fn push_and_finish(
     client: &Client,
@@ -162,42 +147,9 @@ async fn push_and_finish(
     url: &str,
     sha: &str,
 ) -> anyhow::Result<redeploy_operator::api::Redeployment> {
-    use redeploy_operator::api::{Phase, Redeployment};
     let body = serde_json::to_vec(&github_push(url, sha))?;
-    let signature = support::hmac_sha256_signature(b"s3cret", &body);
     let delivery = format!("5bd1b5b0-0f0e-11f1-8e4e-{}", &sha[..12]);
-    let (status, answer) =
-        wait_for("the hook to accept the push", Duration::from_secs(60), Duration::from_millis(200), || {
-            let request = reqwest::Client::new()
-                .post(hook)
-                .header("Content-Type", "application/json")
-                .header("X-GitHub-Event", "push")
-                .header("X-GitHub-Delivery", &delivery)
-                .header("X-Hub-Signature-256", &signature)
-                .body(body.clone());
-            async move {
-                let response = request.send().await?;
-                let status = response.status().as_u16();
-                let answer: serde_json::Value = response.json().await?;
-                // 404 until the hook server's watch has seen the App's Secret.
-                Ok((status != 404).then_some((status, answer)))
-            }
-        })
-        .await?;
-    anyhow::ensure!(status == 202, "push of {sha}: {status} {answer}");
-    let name = answer["redeployment"].as_str().ok_or_else(|| anyhow::anyhow!("no redeployment in {answer}"))?;
-    let redeployments = Api::<Redeployment>::namespaced(client.clone(), namespace);
-    wait_for(
-        &format!("Redeployment {name} to finish"),
-        Duration::from_secs(600),
-        Duration::from_millis(500),
-        || async {
-            let redeployment = redeployments.get(name).await?;
-            let finished = redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished);
-            Ok(finished.then_some(redeployment))
-        },
-    )
-    .await
+    signed_push_finished(client, namespace, hook, &body, &delivery, b"s3cret").await
 }
 
 /// A Ready pod of Deployment `app=web` running `digest`; its IP.
@@ -216,18 +168,12 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     node.take_all_pods(&client).await?;
 
     // A repository with a tiny web app whose /version is the commit it was built from.
-    let repos = tempfile::tempdir()?;
-    let work = repos.path().join("work");
-    std::fs::create_dir_all(&work)?;
-    git(&work, &["init", "-q", "-b", "main"])?;
-    let bare = repos.path().join("team/web.git");
-    git(repos.path(), &["init", "-q", "--bare", "-b", "main", &bare.display().to_string()])?;
+    let web_repository = WebRepository::new()?;
     let base = node.images().base.clone();
-    let remote = bare.display().to_string();
-    let sha = commit(&work, &remote, &web_dockerfile(&base, true), "Serve the commit")?;
+    let sha = web_repository.commit(&web_dockerfile(&base, true), "Serve the commit")?;
 
     // A Git server the build pod reaches.
-    let url = format!("{}/team/web.git", node.serve_git(repos.path())?);
+    let url = format!("{}/team/web.git", node.serve_git(web_repository.dir.path())?);
     let image_repository = format!("{}/team/web", node.registry());
 
     // The operator, with the locally built BuildKit as its builder.
@@ -251,12 +197,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     apply_yaml(&client, &namespace, &objects).await?;
     available(&client, &namespace, "web").await?;
 
-    let secrets = Api::<k8s_openapi::api::core::v1::Secret>::namespaced(client.clone(), &namespace);
-    let hook = wait_for("the App's hook Secret", Duration::from_secs(60), Duration::from_millis(100), || async {
-        let Some(secret) = secrets.get_opt("shop-hook").await? else { return Ok(None) };
-        Ok(Some(support::secret_value(&secret, "url")?))
-    })
-    .await?;
+    let hook = support::hook_url(&client, &namespace, "shop").await?;
     let hook = format!("{hook}?deployment_profile=quick");
     let pushed = Instant::now();
     let done = push_and_finish(&client, &namespace, &hook, &url, &sha).await?;
@@ -304,7 +245,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // A Dockerfile that fails: the Redeployment fails with BuildKit's error line.
     let broken = format!("FROM {base}\nRUN echo about to fail && exit 3\n");
-    let broken_sha = commit(&work, &remote, &broken, "Break the build")?;
+    let broken_sha = web_repository.commit(&broken, "Break the build")?;
     let failed = push_and_finish(&client, &namespace, &hook, &url, &broken_sha).await?;
     let status = failed.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
@@ -314,7 +255,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
 
     // An image that never gets Ready: the rollout fails at the profile's
     // timeout, and the rollback leaves the first commit serving.
-    let never_ready = commit(&work, &remote, &web_dockerfile(&base, false), "Never ready")?;
+    let never_ready = web_repository.commit(&web_dockerfile(&base, false), "Never ready")?;
     let rolled_back = push_and_finish(&client, &namespace, &hook, &url, &never_ready).await?;
     let status = rolled_back.status.clone().unwrap_or_default();
     assert_eq!(status.phase, Some(Phase::Failed), "{status:?}");
@@ -329,7 +270,7 @@ async fn a_signed_github_push_is_built_by_buildkit_on_the_real_node_and_rolled_o
     // tag's current digest, and a new digest of the same tag rolls out.
     let worker = format!("{}/team/worker:stable", node.registry());
     let push_worker = |version: &str| -> anyhow::Result<String> {
-        let dir = repos.path().join(format!("layer-{version}"));
+        let dir = web_repository.dir.path().join(format!("layer-{version}"));
         std::fs::create_dir_all(dir.join("www"))?;
         std::fs::write(dir.join("www/version"), format!("{version}\n"))?;
         std::fs::write(dir.join("www/ready"), "")?;

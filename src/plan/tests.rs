@@ -102,15 +102,16 @@ fn with_ref(git_ref: &str) -> Modifiers {
     Modifiers { git_ref: Some(git_ref.into()), ..Default::default() }
 }
 
-fn build(service: &str, git_ref: Option<&str>) -> PlannedService {
+/// The plan rows the planning and the decide tests write: build `service` at `git_ref`, restart, pin.
+pub(crate) fn build(service: &str, git_ref: Option<&str>) -> PlannedService {
     PlannedService { service: service.into(), action: PlanAction::Build, git_ref: git_ref.map(Into::into) }
 }
 
-fn restart(service: &str) -> PlannedService {
+pub(crate) fn restart(service: &str) -> PlannedService {
     PlannedService { service: service.into(), action: PlanAction::Restart, git_ref: None }
 }
 
-fn pin(service: &str) -> PlannedService {
+pub(crate) fn pin(service: &str) -> PlannedService {
     PlannedService { service: service.into(), action: PlanAction::PinDigest, git_ref: None }
 }
 

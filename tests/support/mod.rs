@@ -6,12 +6,19 @@
 #![allow(dead_code)]
 
 use std::{
+    collections::BTreeMap,
     path::Path,
     process::{Child, Command, Stdio},
     time::Duration,
 };
 
-use k8s_openapi::api::{apps::v1::Deployment, core::v1::Secret};
+use k8s_openapi::{
+    api::{
+        apps::v1::{Deployment, DeploymentSpec},
+        core::v1::{Container, PodSpec, PodTemplateSpec, Secret},
+    },
+    apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta},
+};
 use kube::{
     Api, Client,
     api::{DynamicObject, Patch, PatchParams},
@@ -119,17 +126,37 @@ pub fn profile(name: &str, app: &str, services: &[&str]) -> DeploymentProfile {
 
 /// A one-replica Deployment `name` whose container `name` runs `image`.
 pub fn deployment(name: &str, image: &str) -> Deployment {
-    serde_json::from_value(serde_json::json!({
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": {"name": name},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": name}},
-            "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": name, "image": image}]}},
+    deployment_of(name, 1, PodSpec { containers: vec![container(name, image)], ..Default::default() })
+}
+
+/// A Deployment `name` of `replicas` pods running `pod`, selected by their label `app=<name>`.
+pub fn deployment_of(name: &str, replicas: i32, pod: PodSpec) -> Deployment {
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    Deployment {
+        metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
+        spec: DeploymentSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector { match_labels: Some(labels.clone()), ..Default::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta { labels: Some(labels), ..Default::default() }),
+                spec: Some(pod),
+            },
+            ..Default::default()
         },
-    }))
-    .expect("a valid Deployment")
+        ..Default::default()
+    }
+}
+
+/// A Deployment `name` of no pods whose container `main` runs
+/// `registry.example.com/<name>:initial`: a workload the benches' hook calls patch.
+pub fn idle_deployment(name: &str) -> Deployment {
+    let main = container("main", &format!("registry.example.com/{name}:initial"));
+    deployment_of(name, 0, PodSpec { containers: vec![main], ..Default::default() })
+}
+
+/// Container `name` running `image`.
+pub fn container(name: &str, image: &str) -> Container {
+    Container { name: name.into(), image: Some(image.into()), ..Default::default() }
 }
 
 /// An operator (hook server, admin server, reconcilers) running against the
@@ -171,6 +198,55 @@ pub fn operator() -> &'static Operator {
             .unwrap_or_else(|e| panic!("the operator thread died: {e}"))
             .unwrap_or_else(|e| panic!("starting the operator: {e:#}"))
     })
+}
+
+/// An operator on a runtime and thread of its own, as in a process of its own.
+pub struct OperatorThread<'scope> {
+    pub hook_addr: std::net::SocketAddr,
+    /// Sending or dropping it shuts the operator down.
+    pub stop: tokio::sync::oneshot::Sender<()>,
+    pub thread: std::thread::ScopedJoinHandle<'scope, ()>,
+}
+
+impl OperatorThread<'_> {
+    /// Shuts the operator down and waits for its thread.
+    pub fn stop(self) {
+        drop(self.stop);
+        let _ = self.thread.join();
+    }
+}
+
+/// Runs the operator `start` returns on a runtime and thread of its own in
+/// `scope`, once it has started; until stopped, as the benches run it.
+pub fn operator_thread<'scope, F, Fut>(
+    scope: &'scope std::thread::Scope<'scope, '_>,
+    start: F,
+) -> anyhow::Result<OperatorThread<'scope>>
+where
+    F: FnOnce() -> Fut + Send + 'scope,
+    Fut: std::future::Future<Output = anyhow::Result<redeploy_operator::operator::Running>>,
+{
+    let (started, addr) = std::sync::mpsc::channel();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let thread = scope.spawn(move || {
+        let result = runtime().and_then(|runtime| {
+            runtime.block_on(async {
+                let running = start().await?;
+                let _ = started.send(Ok(running.hook_addr));
+                let _ = stopped.await;
+                running.shutdown().await;
+                anyhow::Ok(())
+            })
+        });
+        if let Err(error) = result {
+            let _ = started.send(Err(error));
+        }
+    });
+    let hook_addr = addr
+        .recv()
+        .map_err(|_| anyhow::anyhow!("the operator thread died"))
+        .and_then(|addr| addr.map_err(|e| e.context("starting the operator")))?;
+    Ok(OperatorThread { hook_addr, stop, thread })
 }
 
 /// Starts an operator on free loopback ports and waits until it is ready.
@@ -245,6 +321,17 @@ pub fn build_report(repository: &str, commit: &str) -> String {
 /// The runtime the operator and the load each run on: two worker threads.
 pub fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?)
+}
+
+/// Waits for App `app`'s hook Secret; the hook URL it holds.
+pub async fn hook_url(client: &Client, namespace: &str, app: &str) -> anyhow::Result<String> {
+    let secrets = Api::<Secret>::namespaced(client.clone(), namespace);
+    let name = format!("{app}-hook");
+    wait_for(&format!("Secret {name}"), Duration::from_secs(120), Duration::from_millis(100), || async {
+        let Some(secret) = secrets.get_opt(&name).await? else { return Ok(None) };
+        Ok(Some(secret_value(&secret, "url")?))
+    })
+    .await
 }
 
 /// Waits until `check` returns `Some`, polling every 50 ms for up to 90 s

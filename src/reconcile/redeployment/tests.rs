@@ -21,11 +21,12 @@ use super::{
 };
 use crate::{
     api::{
-        App, BuildPolicy, BuiltImage, DeploymentProfile, DeploymentProfileSpec, Phase, PlanAction, PlannedService,
+        App, BuildPolicy, BuiltImage, DeploymentProfile, DeploymentProfileSpec, Phase, PlannedService,
         PreviousTemplate, Redeployment, RedeploymentSpec, RedeploymentStatus, Service, ServicePhase, ServiceResult,
         ServiceStatus, Strategy,
     },
     build,
+    plan::tests::{build, pin, restart},
     reconcile::digest::Resolved,
     workload::{PREVIOUS_ANNOTATION, REDEPLOYMENT_ANNOTATION, RESTARTED_AT_ANNOTATION, WorkloadObject},
 };
@@ -119,18 +120,6 @@ fn with_builds_reported(service: Service, commit: &str) -> Service {
 
 fn image_of(service: &Service, commit: &str) -> String {
     build::image_for(service, commit)
-}
-
-fn build(service: &str, git_ref: Option<&str>) -> PlannedService {
-    PlannedService { service: service.into(), action: PlanAction::Build, git_ref: git_ref.map(Into::into) }
-}
-
-fn restart(service: &str) -> PlannedService {
-    PlannedService { service: service.into(), action: PlanAction::Restart, git_ref: None }
-}
-
-fn pin(service: &str) -> PlannedService {
-    PlannedService { service: service.into(), action: PlanAction::PinDigest, git_ref: None }
 }
 
 fn redeployment_named(name: &str, received: Timestamp, plan: Vec<PlannedService>) -> Redeployment {
