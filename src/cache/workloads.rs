@@ -154,3 +154,70 @@ impl<K: WorkloadObject, F: Fn(WorkloadChange<'_>)> Index<K> for KindIndex<K, F> 
 fn key<K: WorkloadObject>(object: &K) -> Key {
     (K::KIND, object.namespace().unwrap_or_default(), object.name_any())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    use super::{super::index::Driver, *};
+
+    fn deployment(namespace: &str, name: &str, image: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": {
+                "selector": {},
+                "template": { "spec": { "containers": [{ "name": "main", "image": image }] } },
+            },
+        }))
+        .unwrap_or_else(|e| panic!("a valid Deployment: {e}"))
+    }
+
+    #[test]
+    fn a_first_list_reports_nothing_and_a_relist_reports_what_changed_or_went() {
+        let workloads = WorkloadIndex::default();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let on_change = {
+            let seen = seen.clone();
+            move |change: WorkloadChange<'_>| {
+                let what = match (change.before, change.after) {
+                    (None, Some(_)) => "created",
+                    (Some(_), Some(_)) => "changed",
+                    (Some(_), None) => "deleted",
+                    (None, None) => "nothing",
+                };
+                seen.borrow_mut().push(format!("{what} {}/{}", change.namespace, change.name));
+            }
+        };
+        let mut index = KindIndex { workloads: workloads.clone(), on_change, kind: PhantomData::<Deployment> };
+        let mut driver = Driver::new(2, workloads.synced[0].clone());
+        for (watch, event) in [
+            (0, Event::Init),
+            (0, Event::InitApply(deployment("a", "web", "web:1"))),
+            (0, Event::InitApply(deployment("a", "api", "api:1"))),
+            (0, Event::InitDone),
+            (1, Event::Init),
+            (1, Event::InitApply(deployment("b", "web", "web:1"))),
+            (1, Event::InitDone),
+            (0, Event::Apply(deployment("a", "web", "web:1"))),
+            (0, Event::Apply(deployment("a", "web", "web:2"))),
+            // Namespace a listed again: web changed, api gone, jobs new; b untouched.
+            (0, Event::Init),
+            (0, Event::InitApply(deployment("a", "web", "web:3"))),
+            (0, Event::InitApply(deployment("a", "jobs", "jobs:1"))),
+            (0, Event::InitDone),
+            (1, Event::Delete(deployment("b", "web", "web:1"))),
+        ] {
+            driver.handle(watch, event, &mut index);
+        }
+        let mut seen = seen.take();
+        seen[1..4].sort();
+        assert_eq!(seen, ["changed a/web", "changed a/web", "created a/jobs", "deleted a/api", "deleted b/web"]);
+        assert!(workloads.synced[0].is_synced());
+        let kept = |name: &str| workloads.get(WorkloadKind::Deployment, "a", name).is_some();
+        assert_eq!((kept("web"), kept("jobs"), kept("api")), (true, true, false));
+        assert!(workloads.get(WorkloadKind::Deployment, "b", "web").is_none());
+    }
+}
