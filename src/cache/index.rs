@@ -75,28 +75,64 @@ where
     K::DynamicType: Default,
     I: Index<K>,
 {
-    let watches = apis.len();
-    let events = stream::select_all(apis.into_iter().enumerate().map(|(watch, api)| {
-        watcher(api, config.clone()).default_backoff().modify(slim).map(move |event| (watch, event)).boxed()
-    }));
-    drive(events, Driver::new(watches, synced), index).await;
+    run_index_as(apis, config, std::convert::identity, index, synced).await;
 }
 
-async fn drive<K, I>(
-    mut events: impl Stream<Item = (usize, Result<Event<K>, watcher::Error>)> + Unpin,
-    mut driver: Driver<K>,
-    mut index: I,
+/// [`run_index`] of what `prepare` keeps of each object, made as soon as it
+/// arrives: a full list is buffered as that, never as whole objects.
+pub async fn run_index_as<K, T, I>(
+    apis: Vec<Api<K>>,
+    config: watcher::Config,
+    prepare: fn(K) -> T,
+    index: I,
+    synced: Synced,
 ) where
-    K: Resource,
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
     K::DynamicType: Default,
-    I: Index<K>,
+    T: Keyed + Send + 'static,
+    I: Index<T>,
 {
     let kind = K::kind(&Default::default()).into_owned();
+    let watches = apis.len();
+    let events = stream::select_all(apis.into_iter().enumerate().map(|(watch, api)| {
+        let events = watcher(api, config.clone()).default_backoff().modify(slim);
+        events.map(move |event| (watch, event.map(|event| map_event(event, prepare)))).boxed()
+    }));
+    drive(&kind, events, Driver::new(watches, synced), index).await;
+}
+
+pub(super) fn map_event<K, T>(event: Event<K>, prepare: fn(K) -> T) -> Event<T> {
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(prepare(object)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(object) => Event::Apply(prepare(object)),
+        Event::Delete(object) => Event::Delete(prepare(object)),
+    }
+}
+
+async fn drive<T: Keyed, I: Index<T>>(
+    kind: &str,
+    mut events: impl Stream<Item = (usize, Result<Event<T>, watcher::Error>)> + Unpin,
+    mut driver: Driver<T>,
+    mut index: I,
+) {
     while let Some((watch, event)) = events.next().await {
         match event {
             Ok(event) => driver.handle(watch, event, &mut index),
             Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
         }
+    }
+}
+
+/// What identifies a watched object: its namespace and name.
+pub trait Keyed {
+    fn key(&self) -> ObjectKey;
+}
+
+impl<K: Resource> Keyed for K {
+    fn key(&self) -> ObjectKey {
+        key(self)
     }
 }
 
@@ -115,7 +151,7 @@ pub struct Driver<K> {
     synced: Synced,
 }
 
-impl<K: Resource> Driver<K> {
+impl<K: Keyed> Driver<K> {
     pub fn new(watches: usize, synced: Synced) -> Self {
         let watches =
             (0..watches.max(1)).map(|_| WatchState { known: HashSet::new(), listing: None, listed: false }).collect();
@@ -131,7 +167,7 @@ impl<K: Resource> Driver<K> {
             Event::InitApply(object) => state.listing.get_or_insert_with(Vec::new).push(object),
             Event::InitDone => {
                 let objects = state.listing.take().unwrap_or_default();
-                let listed: HashSet<ObjectKey> = objects.iter().map(key).collect();
+                let listed: HashSet<ObjectKey> = objects.iter().map(Keyed::key).collect();
                 let removed = state.known.difference(&listed).cloned().collect();
                 state.known = listed;
                 let first = !state.listed;
@@ -142,11 +178,11 @@ impl<K: Resource> Driver<K> {
                 }
             }
             Event::Apply(object) => {
-                state.known.insert(key(&object));
+                state.known.insert(object.key());
                 index.apply(object);
             }
             Event::Delete(object) => {
-                let (namespace, name) = key(&object);
+                let (namespace, name) = object.key();
                 state.known.remove(&(namespace.clone(), name.clone()));
                 index.delete(namespace, name);
             }
@@ -210,7 +246,7 @@ mod tests {
     {
         let synced = Synced::default();
         let mut log = Log::default();
-        drive(stream::iter(events), Driver::new(watches, synced.clone()), &mut log).await;
+        drive("test", stream::iter(events), Driver::new(watches, synced.clone()), &mut log).await;
         (log.0, synced)
     }
 

@@ -69,22 +69,28 @@ where
     }
 
     /// Swaps the new contents in at once (what other watches of the scope
-    /// hold stays), then reports what was listed and what is gone.
+    /// hold stays). Each listed object is reported as it goes into the
+    /// store's buffer, as kube's own reflector does, so a list is never held
+    /// twice; then what is gone.
     fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool) {
         let before = self.writer.as_reader().state();
-        let replaced: HashSet<ObjectKey> = removed.iter().cloned().chain(objects.iter().map(key)).collect();
+        let removed: HashSet<ObjectKey> = removed.into_iter().collect();
+        let listed: HashSet<ObjectKey> = objects.iter().map(key).collect();
         self.writer.apply_watcher_event(&Event::Init);
-        for kept in before.iter().filter(|object| !replaced.contains(&key(&***object))) {
+        for kept in before.iter().filter(|object| {
+            let key = key(&***object);
+            !removed.contains(&key) && !listed.contains(&key)
+        }) {
             self.writer.apply_watcher_event(&Event::InitApply((**kept).clone()));
         }
-        for object in &objects {
-            self.writer.apply_watcher_event(&Event::InitApply(object.clone()));
+        for object in objects {
+            let event = Event::InitApply(object);
+            self.writer.apply_watcher_event(&event);
+            if let Event::InitApply(object) = &event {
+                (self.on_change)(Change::Applied(object), first);
+            }
         }
         self.writer.apply_watcher_event(&Event::InitDone);
-        for object in &objects {
-            (self.on_change)(Change::Applied(object), first);
-        }
-        let removed: HashSet<ObjectKey> = removed.into_iter().collect();
         for gone in before.iter().filter(|object| removed.contains(&key(&***object))) {
             (self.on_change)(Change::Deleted(gone), false);
         }

@@ -3,7 +3,6 @@
 
 use std::{
     collections::HashMap,
-    marker::PhantomData,
     sync::{Arc, RwLock},
 };
 
@@ -12,7 +11,7 @@ use kube::{Client, ResourceExt, runtime::watcher};
 
 use super::{
     Scope,
-    index::{Index, ObjectKey, Synced, run_index},
+    index::{Index, Keyed, ObjectKey, Synced, run_index_as},
 };
 use crate::{
     api::WorkloadKind,
@@ -73,8 +72,8 @@ impl WorkloadIndex {
         on_change: impl Fn(WorkloadChange<'_>),
     ) {
         let synced = self.synced[slot].clone();
-        let index = KindIndex { workloads: self, on_change, kind: PhantomData };
-        run_index(scope.apis::<K>(client), watcher::Config::default(), index, synced).await;
+        let index = KindIndex { workloads: self, on_change, kind: K::KIND };
+        run_index_as(scope.apis::<K>(client), watcher::Config::default(), Summarized::of::<K>, index, synced).await;
     }
 
     fn set(&self, key: Key, workload: Option<Workload>, on_change: &impl Fn(WorkloadChange<'_>)) {
@@ -128,31 +127,46 @@ impl WorkloadIndex {
     }
 }
 
-/// The workloads of one kind as an [`Index`].
-struct KindIndex<K, F> {
-    workloads: WorkloadIndex,
-    on_change: F,
-    kind: PhantomData<K>,
+/// A watched workload as kept: its summary only.
+struct Summarized {
+    key: Key,
+    workload: Workload,
 }
 
-impl<K: WorkloadObject, F: Fn(WorkloadChange<'_>)> Index<K> for KindIndex<K, F> {
-    fn apply(&mut self, object: K) {
-        self.workloads.set(key(&object), Some(object.summary()), &self.on_change);
+impl Summarized {
+    fn of<K: WorkloadObject>(object: K) -> Self {
+        Self { key: (K::KIND, object.namespace().unwrap_or_default(), object.name_any()), workload: object.summary() }
+    }
+}
+
+impl Keyed for Summarized {
+    fn key(&self) -> ObjectKey {
+        let (_, namespace, name) = &self.key;
+        (namespace.clone(), name.clone())
+    }
+}
+
+/// The workloads of one kind as an [`Index`].
+struct KindIndex<F> {
+    workloads: WorkloadIndex,
+    on_change: F,
+    kind: WorkloadKind,
+}
+
+impl<F: Fn(WorkloadChange<'_>)> Index<Summarized> for KindIndex<F> {
+    fn apply(&mut self, object: Summarized) {
+        self.workloads.set(object.key, Some(object.workload), &self.on_change);
     }
 
     fn delete(&mut self, namespace: String, name: String) {
-        self.workloads.set((K::KIND, namespace, name), None, &self.on_change);
+        self.workloads.set((self.kind, namespace, name), None, &self.on_change);
     }
 
-    fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool) {
-        let listed = objects.iter().map(|object| (key(object), object.summary())).collect();
-        let removed = removed.into_iter().map(|(namespace, name)| (K::KIND, namespace, name)).collect();
+    fn reset(&mut self, objects: Vec<Summarized>, removed: Vec<ObjectKey>, first: bool) {
+        let listed = objects.into_iter().map(|object| (object.key, object.workload)).collect();
+        let removed = removed.into_iter().map(|(namespace, name)| (self.kind, namespace, name)).collect();
         self.workloads.relist(listed, removed, !first, &self.on_change);
     }
-}
-
-fn key<K: WorkloadObject>(object: &K) -> Key {
-    (K::KIND, object.namespace().unwrap_or_default(), object.name_any())
 }
 
 #[cfg(test)]
@@ -162,7 +176,10 @@ mod tests {
     use kube::runtime::watcher::Event;
     use serde_json::json;
 
-    use super::{super::index::Driver, *};
+    use super::{
+        super::index::{Driver, map_event},
+        *,
+    };
 
     fn deployment(namespace: &str, name: &str, image: &str) -> Deployment {
         serde_json::from_value(json!({
@@ -191,7 +208,7 @@ mod tests {
                 seen.borrow_mut().push(format!("{what} {}/{}", change.namespace, change.name));
             }
         };
-        let mut index = KindIndex { workloads: workloads.clone(), on_change, kind: PhantomData::<Deployment> };
+        let mut index = KindIndex { workloads: workloads.clone(), on_change, kind: WorkloadKind::Deployment };
         let mut driver = Driver::new(2, workloads.synced[0].clone());
         for (watch, event) in [
             (0, Event::Init),
@@ -210,7 +227,7 @@ mod tests {
             (0, Event::InitDone),
             (1, Event::Delete(deployment("b", "web", "web:1"))),
         ] {
-            driver.handle(watch, event, &mut index);
+            driver.handle(watch, map_event(event, Summarized::of::<Deployment>), &mut index);
         }
         let mut seen = seen.take();
         seen[1..4].sort();
