@@ -78,4 +78,35 @@ mod tests {
         assert_eq!(paths, ["/api/v1/secrets"]);
         assert!(scope.contains("c"));
     }
+
+    /// Every `Api` the operator builds is namespaced or comes from
+    /// [`Scope::apis`]: a cluster-wide one elsewhere would bypass
+    /// `--watch-namespace`. The CRD installer (tests and the demo) is the exception.
+    #[test]
+    fn no_cluster_wide_api_is_built_outside_the_scope() {
+        fn sources(dir: &std::path::Path, found: &mut Vec<std::path::PathBuf>) {
+            for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+                let path = entry.path();
+                if path.is_dir() {
+                    sources(&path, found);
+                } else if path.extension().is_some_and(|e| e == "rs") {
+                    found.push(path);
+                }
+            }
+        }
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+        let mut found = Vec::new();
+        sources(&root, &mut found);
+        assert!(found.len() > 20, "the sources were found: {found:?}");
+        let exempt = [root.join("cache/scope.rs"), root.join("install.rs")];
+        let cluster_wide: Vec<_> = found
+            .iter()
+            .filter(|path| !exempt.contains(path))
+            .filter(|path| {
+                let text = std::fs::read_to_string(path).unwrap_or_default();
+                text.contains("::all(") || text.contains("all_with(")
+            })
+            .collect();
+        assert!(cluster_wide.is_empty(), "cluster-wide Apis built in {cluster_wide:?}");
+    }
 }
