@@ -83,6 +83,10 @@ pub struct RunArgs {
     /// replicas can serve the hook. Needs --lease-namespace.
     #[arg(long, env = "REDEPLOY_LEADER_ELECTION")]
     pub leader_election: bool,
+    /// Watch only this namespace (repeatable; comma-separated in the
+    /// environment). None: the whole cluster.
+    #[arg(long = "watch-namespace", env = "WATCH_NAMESPACES", value_delimiter = ',')]
+    pub watch_namespaces: Vec<String>,
     /// Namespace of the leader Lease (the operator's own).
     #[arg(long, env = "POD_NAMESPACE", required_if_eq("leader_election", "true"))]
     pub lease_namespace: Option<String>,
@@ -135,6 +139,7 @@ impl RunArgs {
                     &identity,
                 )
             }),
+            scope: crate::cache::Scope::of(&self.watch_namespaces),
         }
     }
 }
@@ -169,13 +174,25 @@ mod tests {
 
     use super::{Cli, Command};
 
-    fn settings(args: &[&str]) -> crate::context::Settings {
+    fn config(args: &[&str]) -> crate::operator::Config {
         let mut argv = vec!["redeploy-operator", "run", "--public-url", "https://hooks.example.com"];
         argv.extend_from_slice(args);
         match Cli::try_parse_from(argv).expect("arguments").command {
-            Command::Run(run) => run.config().settings,
+            Command::Run(run) => run.config(),
             Command::Crds { .. } => unreachable!("parsed run"),
         }
+    }
+
+    fn settings(args: &[&str]) -> crate::context::Settings {
+        config(args).settings
+    }
+
+    #[test]
+    fn watch_namespaces_make_the_scope() {
+        use crate::cache::Scope;
+        assert_eq!(config(&[]).scope, Scope::Cluster);
+        let scope = config(&["--watch-namespace", "a", "--watch-namespace", "b,c"]).scope;
+        assert_eq!(scope, Scope::Namespaces(vec!["a".into(), "b".into(), "c".into()]));
     }
 
     #[test]

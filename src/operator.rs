@@ -10,12 +10,12 @@ use std::{
 };
 
 use futures::{FutureExt, StreamExt, future::BoxFuture};
-use k8s_openapi::api::{batch::v1::Job, core::v1::Secret};
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
-    Api, Client, Resource,
+    Client, Resource,
     core::error_boundary::DeserializeGuard,
     runtime::{
-        Controller, controller,
+        Controller, WatchStreamExt, controller,
         events::{Recorder, Reporter},
         reflector, watcher,
     },
@@ -25,7 +25,7 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use crate::{
     api::{App, DeploymentProfile, Phase, Redeployment, Service},
     build::REDEPLOYMENT_LABEL,
-    cache::{Caches, Change, Indexed, ServiceIndex, Trigger, WorkloadChange, WorkloadIndex, watch_into},
+    cache::{Caches, Change, Indexed, Scope, ServiceIndex, Synced, Trigger, WorkloadChange, WorkloadIndex, watch_into},
     context::{Context, Settings},
     hook::{
         handler::{HookState, Limits},
@@ -49,6 +49,8 @@ pub struct Config {
     pub connections: ConnectionLimits,
     /// Run the reconcilers only while holding this Lease; `None`: always.
     pub leader_election: Option<LeaseConfig>,
+    /// The namespaces watched: the whole cluster, or only those listed.
+    pub scope: Scope,
 }
 
 /// A running operator. Dropping it does not stop it: call [`Running::shutdown`].
@@ -186,6 +188,20 @@ fn redeployments_woken_by_workload(change: &WorkloadChange<'_>) -> Vec<String> {
     after.into_iter().chain(before).collect()
 }
 
+/// Every build Job of `scope` touched, one watch per namespace: what wakes
+/// the Redeployment that owns it.
+fn build_jobs(
+    client: &Client,
+    scope: &Scope,
+) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static {
+    let config = watcher::Config::default().labels(REDEPLOYMENT_LABEL);
+    let watches = scope
+        .apis::<Job>(client)
+        .into_iter()
+        .map(|api| watcher::watcher(api, config.clone()).touched_objects().boxed());
+    futures::stream::select_all(watches)
+}
+
 /// Binds the ports and starts the caches, the reconcilers and both servers.
 pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     config.limits.validate()?;
@@ -207,11 +223,14 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let workloads = WorkloadIndex::default();
     let hooks = HookIndex::default().with_apps(apps.clone());
 
+    let scope = &config.scope;
+    let listed: [Synced; 4] = Default::default();
     let trigger = app_trigger.clone();
     background.spawn(watch_into(
-        Api::all(client.clone()),
+        scope.apis(&client),
         watcher::Config::default(),
         apps_writer,
+        listed[0].clone(),
         move |change, _| {
             if let Change::Applied(app) = change {
                 let (namespace, name) = key(app);
@@ -224,9 +243,10 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     // anyway: the watches then wake only the objects' own controller.
     let (index, trigger, app) = (service_index.clone(), service_trigger.clone(), app_trigger.clone());
     background.spawn(watch_into(
-        Api::all(client.clone()),
+        scope.apis(&client),
         watcher::Config::default(),
         services_writer,
+        listed[1].clone(),
         move |change, initial| match change {
             Change::Applied(guard) => {
                 let (namespace, name) = key(guard);
@@ -247,23 +267,31 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         },
     ));
 
-    background.spawn(watch_into(Api::all(client.clone()), watcher::Config::default(), profiles_writer, |change, _| {
-        if let Change::Applied(DeserializeGuard(Err(invalid))) = change {
-            tracing::warn!(
-                kind = "DeploymentProfile",
-                name = ?invalid.metadata.name,
-                namespace = ?invalid.metadata.namespace,
-                error = %invalid.error,
-                "skipping a malformed object"
-            );
-        }
-    }));
+    let profiles_synced = listed[2].clone();
+    background.spawn(watch_into(
+        scope.apis(&client),
+        watcher::Config::default(),
+        profiles_writer,
+        profiles_synced,
+        |change, _| {
+            if let Change::Applied(DeserializeGuard(Err(invalid))) = change {
+                tracing::warn!(
+                    kind = "DeploymentProfile",
+                    name = ?invalid.metadata.name,
+                    namespace = ?invalid.metadata.namespace,
+                    error = %invalid.error,
+                    "skipping a malformed object"
+                );
+            }
+        },
+    ));
 
     let (trigger, app) = (redeployment_trigger.clone(), app_trigger.clone());
     background.spawn(watch_into(
-        Api::all(client.clone()),
+        scope.apis(&client),
         watcher::Config::default(),
         redeployments_writer,
+        listed[3].clone(),
         move |change, initial| {
             let (namespace, name) = match &change {
                 Change::Applied(guard) | Change::Deleted(guard) => key(*guard),
@@ -281,7 +309,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     // or go, and the Redeployments its pod template names as it rolls out.
     let (index, services_trigger, trigger) =
         (service_index.clone(), service_trigger.clone(), redeployment_trigger.clone());
-    background.spawn(workloads.clone().run(client.clone(), move |change: WorkloadChange<'_>| {
+    background.spawn(workloads.clone().run(client.clone(), scope.clone(), move |change: WorkloadChange<'_>| {
         for service in services_woken_by_workload(&change, &index) {
             services_trigger.reconcile(change.namespace, &service);
         }
@@ -292,7 +320,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
 
     // The hook Secrets' one watch keeps the hook index and wakes their Apps.
     let app = app_trigger.clone();
-    background.spawn(hooks.clone().run(Api::<Secret>::all(client.clone()), move |(namespace, name)| {
+    background.spawn(hooks.clone().run(client.clone(), scope.clone(), move |(namespace, name)| {
         app.reconcile(namespace, name);
     }));
 
@@ -302,14 +330,23 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         .reconcile_on(app_requests);
     let redeployment_controller = Controller::for_stream(futures::stream::pending(), redeployments.clone())
         .with_config(controller_config())
-        .owns(Api::<Job>::all(client.clone()), watcher::Config::default().labels(REDEPLOYMENT_LABEL))
+        .owns_stream(build_jobs(&client, scope))
         .reconcile_on(redeployment_requests);
     let service_controller = Controller::for_stream(futures::stream::pending(), services.clone())
         .with_config(controller_config())
         .reconcile_on(service_requests);
 
-    let caches =
-        Caches { apps, services, service_index, profiles, redeployments, workloads, hooks, synced: Default::default() };
+    let caches = Caches {
+        apps,
+        services,
+        service_index,
+        profiles,
+        redeployments,
+        workloads,
+        hooks,
+        listed: listed.to_vec(),
+        synced: Default::default(),
+    };
     let reporter = Reporter { controller: "redeploy-operator".into(), instance: std::env::var("POD_NAME").ok() };
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
@@ -326,10 +363,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     {
         let caches = context.caches.clone();
         background.spawn(async move {
-            if caches.wait_synced().await.is_ok() {
-                tracing::info!("caches synced; ready");
-                let _ = synced.send(());
-            }
+            caches.wait_synced().await;
+            tracing::info!("caches synced; ready");
+            let _ = synced.send(());
         });
     }
     // ...and only on the replica that holds the Lease. Once it loses it,

@@ -3,6 +3,8 @@
 //! workloads kept as small summaries. A malformed object stays in its store
 //! as an error, is skipped by every reader, and never stalls a watch.
 
+pub mod index;
+mod scope;
 mod service_index;
 mod watch;
 mod workloads;
@@ -15,10 +17,12 @@ use std::sync::{
 use kube::{
     Resource, ResourceExt,
     core::error_boundary::DeserializeGuard,
-    runtime::reflector::{ObjectRef, Store, store::WriterDropped},
+    runtime::reflector::{ObjectRef, Store},
 };
 
 pub use self::{
+    index::{Index, Synced, run_index},
+    scope::Scope,
     service_index::{Indexed, ServiceIndex},
     watch::{Change, Trigger, watch_into},
     workloads::{WorkloadChange, WorkloadIndex},
@@ -38,6 +42,8 @@ pub struct Caches {
     pub redeployments: Store<DeserializeGuard<Redeployment>>,
     pub workloads: WorkloadIndex,
     pub hooks: HookIndex,
+    /// One per store above: set once its watches have listed.
+    pub listed: Vec<Synced>,
     /// Set once [`Caches::wait_synced`] has returned.
     pub synced: Arc<AtomicBool>,
 }
@@ -69,15 +75,13 @@ impl Caches {
     }
 
     /// Returns once every cache holds a full list.
-    pub async fn wait_synced(&self) -> Result<(), WriterDropped> {
-        store_ready(&self.apps).await?;
-        store_ready(&self.services).await?;
-        store_ready(&self.profiles).await?;
-        store_ready(&self.redeployments).await?;
+    pub async fn wait_synced(&self) {
+        for store in &self.listed {
+            store.wait().await;
+        }
         self.workloads.wait_synced().await;
         self.hooks.wait_synced().await;
         self.synced.store(true, Ordering::Release);
-        Ok(())
     }
 
     /// True once every cache holds a full list.
@@ -106,20 +110,5 @@ pub fn slim<K: Resource>(object: &mut K) {
     meta.managed_fields = None;
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
-    }
-}
-
-/// Waits until `store` is ready. kube-runtime's readiness future wakes only
-/// the task that polled it last, and each controller waits on its own store
-/// too, so one waiter can sleep forever: poll again every 100 ms.
-async fn store_ready<K>(store: &Store<K>) -> Result<(), WriterDropped>
-where
-    K: kube::runtime::reflector::Lookup + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    loop {
-        if let Ok(ready) = tokio::time::timeout(std::time::Duration::from_millis(100), store.wait_until_ready()).await {
-            return ready;
-        }
     }
 }

@@ -1,19 +1,19 @@
-//! One watch per kind, feeding a store and telling the caller what changed.
+//! The stores of whole objects, each kept by [`run_index`], telling the
+//! caller what changed.
 
-use std::{collections::HashSet, fmt::Debug, hash::Hash, sync::Arc};
+use std::{collections::HashSet, fmt::Debug, hash::Hash};
 
-use futures::{Stream, StreamExt, channel::mpsc};
+use futures::channel::mpsc;
 use kube::{
     Api, Resource,
     runtime::{
-        WatchStreamExt,
         reflector::{Lookup, ObjectRef, store::Writer},
-        watcher::{self, Event, watcher},
+        watcher::{self, Event},
     },
 };
 use serde::de::DeserializeOwned;
 
-use super::slim;
+use super::index::{Index, ObjectKey, Synced, key, run_index};
 
 /// An object the watch saw applied or deleted.
 pub enum Change<'a, K> {
@@ -21,70 +21,78 @@ pub enum Change<'a, K> {
     Deleted(&'a K),
 }
 
-/// Watches `api` into `writer`, each object [`slim`]med, and tells
-/// `on_change` of every object applied or deleted, with `true` for the
-/// objects of the first full list. Failures are logged and retried with
-/// backoff; it returns only if the watch ends.
+/// Watches `apis` into `writer`, and tells `on_change` of every object
+/// applied or deleted, with `true` for the objects of a watch's first full
+/// list. Returns only if every watch ends.
 pub async fn watch_into<K>(
-    api: Api<K>,
+    apis: Vec<Api<K>>,
     config: watcher::Config,
     writer: Writer<K>,
+    synced: Synced,
     on_change: impl FnMut(Change<'_, K>, bool),
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
 {
-    report_changes(watcher(api, config).default_backoff().modify(slim), writer, on_change).await;
+    run_index(apis, config, StoreIndex { writer, on_change }, synced).await;
 }
 
-/// During a re-list: what the store held before it, and what the new list holds so far.
-struct Relist<K: Lookup>
+/// A reflector store as an [`Index`]: what a re-list no longer holds is
+/// reported deleted, as no delete event told of it.
+struct StoreIndex<K: Lookup + Clone + 'static, F>
 where
     K::DynamicType: Eq + Hash + Clone,
 {
-    before: Vec<Arc<K>>,
-    listed: HashSet<ObjectRef<K>>,
+    writer: Writer<K>,
+    on_change: F,
 }
 
-/// Feeds `events` into `writer` and reports each change to `on_change`. A
-/// watch that fell too far behind lists everything again: the objects gone
-/// from that new list are reported deleted, as no delete event told of them.
-async fn report_changes<K>(
-    events: impl Stream<Item = Result<Event<K>, watcher::Error>> + Send,
-    writer: Writer<K>,
-    mut on_change: impl FnMut(Change<'_, K>, bool),
-) where
-    K: Resource + Clone + Debug + Send + Sync + 'static,
+impl<K, F> Index<K> for StoreIndex<K, F>
+where
+    K: Resource + Clone + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
+    F: FnMut(Change<'_, K>, bool),
 {
-    let kind = K::kind(&Default::default()).into_owned();
-    let reader = writer.as_reader();
-    let mut listed = false;
-    let mut relisting: Option<Relist<K>> = None;
-    let key = |object: &K| ObjectRef::from_obj_with(object, Default::default());
-    let mut events = events.reflect(writer).boxed();
-    while let Some(event) = events.next().await {
-        match event {
-            // The store shows its old contents until the new list is complete.
-            Ok(Event::Init) if listed => relisting = Some(Relist { before: reader.state(), listed: HashSet::new() }),
-            Ok(Event::Init) => {}
-            Ok(Event::InitApply(object)) => {
-                if let Some(relist) = relisting.as_mut() {
-                    relist.listed.insert(key(&object));
-                }
-                on_change(Change::Applied(&object), !listed);
+    fn apply(&mut self, object: K) {
+        let event = Event::Apply(object);
+        self.writer.apply_watcher_event(&event);
+        if let Event::Apply(object) = &event {
+            (self.on_change)(Change::Applied(object), false);
+        }
+    }
+
+    fn delete(&mut self, namespace: String, name: String) {
+        let reference = ObjectRef::new_with(&name, Default::default()).within(&namespace);
+        let Some(gone) = self.writer.as_reader().get(&reference) else { return };
+        self.writer.apply_watcher_event(&Event::Delete((*gone).clone()));
+        (self.on_change)(Change::Deleted(&gone), false);
+    }
+
+    /// Swaps the new contents in at once (what other watches of the scope
+    /// hold stays). Each listed object is reported as it goes into the
+    /// store's buffer, as kube's own reflector does, so a list is never held
+    /// twice; then what is gone.
+    fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool) {
+        let before = self.writer.as_reader().state();
+        let removed: HashSet<ObjectKey> = removed.into_iter().collect();
+        let listed: HashSet<ObjectKey> = objects.iter().map(key).collect();
+        self.writer.apply_watcher_event(&Event::Init);
+        for kept in before.iter().filter(|object| {
+            let key = key(&***object);
+            !removed.contains(&key) && !listed.contains(&key)
+        }) {
+            self.writer.apply_watcher_event(&Event::InitApply((**kept).clone()));
+        }
+        for object in objects {
+            let event = Event::InitApply(object);
+            self.writer.apply_watcher_event(&event);
+            if let Event::InitApply(object) = &event {
+                (self.on_change)(Change::Applied(object), first);
             }
-            Ok(Event::InitDone) => {
-                if let Some(Relist { before, listed }) = relisting.take() {
-                    for gone in before.iter().filter(|object| !listed.contains(&key(object))) {
-                        on_change(Change::Deleted(gone), false);
-                    }
-                }
-                listed = true;
-            }
-            Ok(Event::Apply(object)) => on_change(Change::Applied(&object), false),
-            Ok(Event::Delete(object)) => on_change(Change::Deleted(&object), false),
-            Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
+        }
+        self.writer.apply_watcher_event(&Event::InitDone);
+        for gone in before.iter().filter(|object| removed.contains(&key(&***object))) {
+            (self.on_change)(Change::Deleted(gone), false);
         }
     }
 }
@@ -117,45 +125,84 @@ mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::{api::ObjectMeta, runtime::reflector};
 
-    use super::*;
+    use super::{super::index::Driver, *};
 
-    fn map(name: &str) -> ConfigMap {
-        let metadata = ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() };
+    fn map(namespace: &str, name: &str) -> ConfigMap {
+        let metadata = ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..Default::default() };
         ConfigMap { metadata, ..Default::default() }
     }
 
-    #[tokio::test]
-    async fn a_relist_reports_what_it_no_longer_lists_as_deleted() {
+    #[test]
+    fn a_relist_reports_what_it_no_longer_lists_as_deleted() {
         let events = [
             Event::Init,
-            Event::InitApply(map("a")),
-            Event::InitApply(map("b")),
+            Event::InitApply(map("ns", "a")),
+            Event::InitApply(map("ns", "b")),
             Event::InitDone,
-            Event::Apply(map("c")),
+            Event::Apply(map("ns", "c")),
+            Event::Apply(map("ns", "d")),
+            Event::Delete(map("ns", "d")),
             // The watch fell behind: everything is listed again, `b` and `c` are gone.
             Event::Init,
-            Event::InitApply(map("a")),
+            Event::InitApply(map("ns", "a")),
             Event::InitDone,
         ];
         let (reader, writer) = reflector::store();
         let mut seen = Vec::new();
-        report_changes(futures::stream::iter(events.map(Ok)), writer, |change, initial| {
-            let (what, object) = match change {
-                Change::Applied(object) => ("applied", object),
-                Change::Deleted(object) => ("deleted", object),
-            };
-            seen.push(format!(
-                "{what} {}{}",
-                object.metadata.name.clone().unwrap_or_default(),
-                if initial { " (first list)" } else { "" }
-            ));
-        })
-        .await;
-        seen[4..].sort();
+        let mut index = StoreIndex {
+            writer,
+            on_change: |change: Change<'_, ConfigMap>, initial: bool| {
+                let (what, object) = match change {
+                    Change::Applied(object) => ("applied", object),
+                    Change::Deleted(object) => ("deleted", object),
+                };
+                seen.push(format!(
+                    "{what} {}{}",
+                    object.metadata.name.clone().unwrap_or_default(),
+                    if initial { " (first list)" } else { "" }
+                ));
+            },
+        };
+        let mut driver = Driver::new(1, Synced::default());
+        for event in events {
+            driver.handle(0, event, &mut index);
+        }
+        drop(index);
+        seen[6..].sort();
         assert_eq!(
             seen,
-            ["applied a (first list)", "applied b (first list)", "applied c", "applied a", "deleted b", "deleted c"]
+            [
+                "applied a (first list)",
+                "applied b (first list)",
+                "applied c",
+                "applied d",
+                "deleted d",
+                "applied a",
+                "deleted b",
+                "deleted c"
+            ]
         );
         assert_eq!(reader.state().len(), 1);
+    }
+
+    #[test]
+    fn a_relist_of_one_namespace_keeps_the_others_objects() {
+        let (reader, writer) = reflector::store();
+        let mut index = StoreIndex { writer, on_change: |_: Change<'_, ConfigMap>, _: bool| {} };
+        let mut driver = Driver::new(2, Synced::default());
+        for (watch, event) in [
+            (0, Event::Init),
+            (0, Event::InitApply(map("a", "x"))),
+            (0, Event::InitDone),
+            (1, Event::Init),
+            (1, Event::InitApply(map("b", "y"))),
+            (1, Event::InitDone),
+            (0, Event::Init),
+            (0, Event::InitDone),
+        ] {
+            driver.handle(watch, event, &mut index);
+        }
+        let names: Vec<String> = reader.state().iter().filter_map(|m| m.metadata.name.clone()).collect();
+        assert_eq!(names, ["y"]);
     }
 }

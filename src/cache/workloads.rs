@@ -6,17 +6,13 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::{
-    Api, Client, ResourceExt,
-    runtime::{
-        WatchStreamExt,
-        watcher::{self, Event, watcher},
-    },
-};
-use tokio::sync::watch;
+use kube::{Client, ResourceExt, runtime::watcher};
 
+use super::{
+    Scope,
+    index::{Index, Keyed, ObjectKey, Synced, run_index_as},
+};
 use crate::{
     api::WorkloadKind,
     workload::{Workload, WorkloadObject},
@@ -34,20 +30,12 @@ pub struct WorkloadChange<'a> {
     pub after: Option<&'a Workload>,
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct WorkloadIndex {
     by_key: Arc<RwLock<HashMap<Key, Workload>>>,
-    /// Kinds whose first full list is loaded.
-    synced: watch::Sender<u8>,
+    /// Per kind: whether its first full list is loaded.
+    synced: [Synced; 3],
 }
-
-impl Default for WorkloadIndex {
-    fn default() -> Self {
-        Self { by_key: Default::default(), synced: watch::channel(0).0 }
-    }
-}
-
-const KINDS: u8 = 3;
 
 impl WorkloadIndex {
     pub fn get(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Option<Workload> {
@@ -56,44 +44,36 @@ impl WorkloadIndex {
     }
 
     pub async fn wait_synced(&self) {
-        let _ = self.synced.subscribe().wait_for(|kinds| *kinds >= KINDS).await;
+        for kind in &self.synced {
+            kind.wait().await;
+        }
     }
 
-    /// Watches every workload kind; `on_change` hears of each change after
-    /// the first full list of its kind. Returns only if a watch ends.
-    pub async fn run(self, client: Client, on_change: impl Fn(WorkloadChange<'_>) + Clone + Send + 'static) {
+    /// Watches every workload kind in `scope`; `on_change` hears of each
+    /// change after the first full list of its kind. Returns only if a watch ends.
+    pub async fn run(
+        self,
+        client: Client,
+        scope: Scope,
+        on_change: impl Fn(WorkloadChange<'_>) + Clone + Send + 'static,
+    ) {
         futures::join!(
-            self.clone().run_kind::<Deployment>(client.clone(), on_change.clone()),
-            self.clone().run_kind::<StatefulSet>(client.clone(), on_change.clone()),
-            self.run_kind::<DaemonSet>(client, on_change),
+            self.clone().run_kind::<Deployment>(&client, &scope, 0, on_change.clone()),
+            self.clone().run_kind::<StatefulSet>(&client, &scope, 1, on_change.clone()),
+            self.run_kind::<DaemonSet>(&client, &scope, 2, on_change),
         );
     }
 
-    async fn run_kind<K: WorkloadObject>(self, client: Client, on_change: impl Fn(WorkloadChange<'_>)) {
-        let mut listing: Option<HashMap<Key, Workload>> = None;
-        let mut synced = false;
-        let mut events = watcher(Api::<K>::all(client), watcher::Config::default()).default_backoff().boxed();
-        while let Some(event) = events.next().await {
-            match event {
-                Ok(Event::Init) => listing = Some(HashMap::new()),
-                Ok(Event::InitApply(object)) => {
-                    if let Some(listing) = listing.as_mut() {
-                        listing.insert(key(&object), object.summary());
-                    }
-                }
-                Ok(Event::InitDone) => {
-                    let Some(listed) = listing.take() else { continue };
-                    self.replace_kind(K::KIND, listed, synced.then_some(&on_change));
-                    if !synced {
-                        synced = true;
-                        self.synced.send_modify(|kinds| *kinds += 1);
-                    }
-                }
-                Ok(Event::Apply(object)) => self.set(key(&object), Some(object.summary()), &on_change),
-                Ok(Event::Delete(object)) => self.set(key(&object), None, &on_change),
-                Err(error) => tracing::warn!(kind = ?K::KIND, %error, "watch failed; retrying"),
-            }
-        }
+    async fn run_kind<K: WorkloadObject>(
+        self,
+        client: &Client,
+        scope: &Scope,
+        slot: usize,
+        on_change: impl Fn(WorkloadChange<'_>),
+    ) {
+        let synced = self.synced[slot].clone();
+        let index = KindIndex { workloads: self, on_change, kind: K::KIND };
+        run_index_as(scope.apis::<K>(client), watcher::Config::default(), Summarized::of::<K>, index, synced).await;
     }
 
     fn set(&self, key: Key, workload: Option<Workload>, on_change: &impl Fn(WorkloadChange<'_>)) {
@@ -116,35 +96,145 @@ impl WorkloadIndex {
         }
     }
 
-    /// Swaps in a full list of one kind; after the first, reports what the list changed.
-    fn replace_kind(
+    /// Swaps in a full list at once; unless `report` is false (a first
+    /// list), reports what it changed.
+    fn relist(
         &self,
-        kind: WorkloadKind,
-        listed: HashMap<Key, Workload>,
-        on_change: Option<&impl Fn(WorkloadChange<'_>)>,
+        listed: Vec<(Key, Workload)>,
+        removed: Vec<Key>,
+        report: bool,
+        on_change: &impl Fn(WorkloadChange<'_>),
     ) {
         let mut changes = Vec::new();
         {
             let mut by_key = self.by_key.write().unwrap_or_else(|e| e.into_inner());
-            let mut previous: HashMap<Key, Workload> = by_key.extract_if(|(k, _, _), _| *k == kind).collect();
             for (key, workload) in listed {
-                let before = previous.remove(&key);
-                if on_change.is_some() && before.as_ref() != Some(&workload) {
-                    changes.push((key.clone(), before, Some(workload.clone())));
+                let before = by_key.insert(key.clone(), workload.clone());
+                if report && before.as_ref() != Some(&workload) {
+                    changes.push((key, before, Some(workload)));
                 }
-                by_key.insert(key, workload);
             }
-            if on_change.is_some() {
-                changes.extend(previous.into_iter().map(|(key, before)| (key, Some(before), None)));
+            for key in removed {
+                let before = by_key.remove(&key);
+                if report && before.is_some() {
+                    changes.push((key, before, None));
+                }
             }
         }
-        let Some(on_change) = on_change else { return };
         for ((kind, namespace, name), before, after) in &changes {
             on_change(WorkloadChange { kind: *kind, namespace, name, before: before.as_ref(), after: after.as_ref() });
         }
     }
 }
 
-fn key<K: WorkloadObject>(object: &K) -> Key {
-    (K::KIND, object.namespace().unwrap_or_default(), object.name_any())
+/// A watched workload as kept: its summary only.
+struct Summarized {
+    key: Key,
+    workload: Workload,
+}
+
+impl Summarized {
+    fn of<K: WorkloadObject>(object: K) -> Self {
+        Self { key: (K::KIND, object.namespace().unwrap_or_default(), object.name_any()), workload: object.summary() }
+    }
+}
+
+impl Keyed for Summarized {
+    fn key(&self) -> ObjectKey {
+        let (_, namespace, name) = &self.key;
+        (namespace.clone(), name.clone())
+    }
+}
+
+/// The workloads of one kind as an [`Index`].
+struct KindIndex<F> {
+    workloads: WorkloadIndex,
+    on_change: F,
+    kind: WorkloadKind,
+}
+
+impl<F: Fn(WorkloadChange<'_>)> Index<Summarized> for KindIndex<F> {
+    fn apply(&mut self, object: Summarized) {
+        self.workloads.set(object.key, Some(object.workload), &self.on_change);
+    }
+
+    fn delete(&mut self, namespace: String, name: String) {
+        self.workloads.set((self.kind, namespace, name), None, &self.on_change);
+    }
+
+    fn reset(&mut self, objects: Vec<Summarized>, removed: Vec<ObjectKey>, first: bool) {
+        let listed = objects.into_iter().map(|object| (object.key, object.workload)).collect();
+        let removed = removed.into_iter().map(|(namespace, name)| (self.kind, namespace, name)).collect();
+        self.workloads.relist(listed, removed, !first, &self.on_change);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{cell::RefCell, rc::Rc};
+
+    use kube::runtime::watcher::Event;
+    use serde_json::json;
+
+    use super::{
+        super::index::{Driver, map_event},
+        *,
+    };
+
+    fn deployment(namespace: &str, name: &str, image: &str) -> Deployment {
+        serde_json::from_value(json!({
+            "metadata": { "name": name, "namespace": namespace },
+            "spec": {
+                "selector": {},
+                "template": { "spec": { "containers": [{ "name": "main", "image": image }] } },
+            },
+        }))
+        .unwrap_or_else(|e| panic!("a valid Deployment: {e}"))
+    }
+
+    #[test]
+    fn a_first_list_reports_nothing_and_a_relist_reports_what_changed_or_went() {
+        let workloads = WorkloadIndex::default();
+        let seen = Rc::new(RefCell::new(Vec::new()));
+        let on_change = {
+            let seen = seen.clone();
+            move |change: WorkloadChange<'_>| {
+                let what = match (change.before, change.after) {
+                    (None, Some(_)) => "created",
+                    (Some(_), Some(_)) => "changed",
+                    (Some(_), None) => "deleted",
+                    (None, None) => "nothing",
+                };
+                seen.borrow_mut().push(format!("{what} {}/{}", change.namespace, change.name));
+            }
+        };
+        let mut index = KindIndex { workloads: workloads.clone(), on_change, kind: WorkloadKind::Deployment };
+        let mut driver = Driver::new(2, workloads.synced[0].clone());
+        for (watch, event) in [
+            (0, Event::Init),
+            (0, Event::InitApply(deployment("a", "web", "web:1"))),
+            (0, Event::InitApply(deployment("a", "api", "api:1"))),
+            (0, Event::InitDone),
+            (1, Event::Init),
+            (1, Event::InitApply(deployment("b", "web", "web:1"))),
+            (1, Event::InitDone),
+            (0, Event::Apply(deployment("a", "web", "web:1"))),
+            (0, Event::Apply(deployment("a", "web", "web:2"))),
+            // Namespace a listed again: web changed, api gone, jobs new; b untouched.
+            (0, Event::Init),
+            (0, Event::InitApply(deployment("a", "web", "web:3"))),
+            (0, Event::InitApply(deployment("a", "jobs", "jobs:1"))),
+            (0, Event::InitDone),
+            (1, Event::Delete(deployment("b", "web", "web:1"))),
+        ] {
+            driver.handle(watch, map_event(event, Summarized::of::<Deployment>), &mut index);
+        }
+        let mut seen = seen.take();
+        seen[1..4].sort();
+        assert_eq!(seen, ["changed a/web", "changed a/web", "created a/jobs", "deleted a/api", "deleted b/web"]);
+        assert!(workloads.synced[0].is_synced());
+        let kept = |name: &str| workloads.get(WorkloadKind::Deployment, "a", name).is_some();
+        assert_eq!((kept("web"), kept("jobs"), kept("api")), (true, true, false));
+        assert!(workloads.get(WorkloadKind::Deployment, "b", "web").is_none());
+    }
 }

@@ -804,6 +804,7 @@ mod tests {
             service_index: Default::default(),
             workloads: Default::default(),
             hooks: HookIndex::default(),
+            listed: Vec::new(),
             synced: Arc::new(synced.into()),
         };
         let metrics = Arc::new(Metrics::default());

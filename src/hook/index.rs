@@ -15,22 +15,22 @@ use std::{
     sync::{Arc, RwLock},
 };
 
-use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
-    Api, Resource, ResourceExt,
+    Client, Resource, ResourceExt,
     core::error_boundary::DeserializeGuard,
     runtime::{
-        WatchStreamExt,
         reflector::{ObjectRef, Store},
         watcher,
     },
 };
 use subtle::ConstantTimeEq;
-use tokio::sync::watch;
 
 use super::credentials::{self, APP_LABEL, HOOK_LABEL, HookCredentials};
-use crate::{api::App, cache::slim};
+use crate::{
+    api::App,
+    cache::{Index, Scope, Synced, index::ObjectKey, run_index, slim},
+};
 
 /// Where an authenticated hook call goes.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -77,10 +77,9 @@ impl Table {
         self.secrets.insert(key, secret);
     }
 
-    fn delete(&mut self, secret: &Secret) {
-        let key = secret_key(secret);
-        self.remove(&key);
-        self.secrets.remove(&key);
+    fn delete(&mut self, key: &SecretKey) {
+        self.remove(key);
+        self.secrets.remove(key);
     }
 
     fn insert(&mut self, key: SecretKey, id: String, claim: Claim) {
@@ -100,23 +99,21 @@ impl Table {
     }
 }
 
-#[derive(Clone)]
+#[derive(Clone, Default)]
 pub struct HookIndex {
     table: Arc<RwLock<Table>>,
     /// The App cache, to check that a Secret's owner is the App it names
     /// (same uid) and that the Secret is that App's hook Secret. Without it
     /// (unit tests of other modules) only the Secret itself is checked.
     apps: Option<Store<DeserializeGuard<App>>>,
-    synced: watch::Sender<bool>,
-}
-
-impl Default for HookIndex {
-    fn default() -> Self {
-        Self { table: Default::default(), apps: None, synced: watch::channel(false).0 }
-    }
+    synced: Synced,
 }
 
 impl HookIndex {
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Table> {
+        self.table.write().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Checks every claim against the App cache as well.
     pub fn with_apps(mut self, apps: Store<DeserializeGuard<App>>) -> Self {
         self.apps = Some(apps);
@@ -157,64 +154,67 @@ impl HookIndex {
 
     /// True once the first full list of hook Secrets has been loaded.
     pub fn is_synced(&self) -> bool {
-        *self.synced.borrow()
+        self.synced.is_synced()
     }
 
     pub async fn wait_synced(&self) {
-        let mut synced = self.synced.subscribe();
-        let _ = synced.wait_for(|synced| *synced).await;
+        self.synced.wait().await;
     }
 
-    /// Keeps the index current until the watch ends (it retries with backoff),
-    /// and tells `wake` of the App owning each hook Secret that changed.
-    pub async fn run(self, secrets: Api<Secret>, wake: impl Fn(&AppKey)) {
+    /// Keeps the index current from the hook Secrets of `scope` until the
+    /// watches end (they retry with backoff), and tells `wake` of the App
+    /// owning each hook Secret that changed.
+    pub async fn run(self, client: Client, scope: Scope, wake: impl Fn(&AppKey)) {
         let config = watcher::Config::default().labels(&format!("{HOOK_LABEL}=true"));
-        let mut buffer: Option<Table> = None;
-        let mut events = watcher(secrets, config).default_backoff().boxed();
-        loop {
-            match events.try_next().await {
-                Ok(Some(event)) => self.apply(event, &mut buffer).iter().for_each(&wake),
-                Ok(None) => return,
-                Err(error) => tracing::warn!(%error, "watching hook Secrets failed; retrying"),
-            }
-        }
+        let synced = self.synced.clone();
+        run_index(scope.apis::<Secret>(&client), config, HookWatch { index: self, wake }, synced).await;
+    }
+}
+
+/// The hook index as an [`Index`] of Secrets, waking the Apps that own
+/// the Secrets it changes. The first full list wakes none (every App is
+/// reconciled then anyway); a later one wakes the owners of what it lists
+/// and of what it no longer lists.
+struct HookWatch<F> {
+    index: HookIndex,
+    wake: F,
+}
+
+impl<F: Fn(&AppKey)> Index<Secret> for HookWatch<F> {
+    fn apply(&mut self, secret: Secret) {
+        let owner = owner_app(&secret);
+        self.index.write().apply(secret);
+        owner.iter().for_each(&self.wake);
     }
 
-    /// Applies one watch event; returns the Apps owning the Secrets it
-    /// changed. The first full list wakes none (every App is reconciled
-    /// then anyway); a later one wakes the owners of what it lists and of
-    /// what it no longer lists.
-    fn apply(&self, event: watcher::Event<Secret>, buffer: &mut Option<Table>) -> Vec<AppKey> {
-        match event {
-            watcher::Event::Init => *buffer = Some(Table::default()),
-            watcher::Event::InitApply(secret) => {
-                if let Some(buffer) = buffer.as_mut() {
-                    buffer.apply(secret);
-                }
+    fn delete(&mut self, namespace: String, name: String) {
+        let key = (namespace, name);
+        let owner = {
+            let mut table = self.index.write();
+            let owner = table.secrets.get(&key).and_then(owner_app);
+            table.delete(&key);
+            owner
+        };
+        owner.iter().for_each(&self.wake);
+    }
+
+    fn reset(&mut self, secrets: Vec<Secret>, removed: Vec<ObjectKey>, first: bool) {
+        let mut owners = Vec::new();
+        {
+            let mut table = self.index.write();
+            for key in removed {
+                owners.extend(table.secrets.get(&key).and_then(owner_app));
+                table.delete(&key);
             }
-            watcher::Event::InitDone => {
-                let relisted = self.is_synced();
-                if let Some(complete) = buffer.take() {
-                    let mut table = self.table.write().unwrap_or_else(|e| e.into_inner());
-                    let before = std::mem::replace(&mut *table, complete);
-                    self.synced.send_replace(true);
-                    if relisted {
-                        return before.secrets.values().chain(table.secrets.values()).filter_map(owner_app).collect();
-                    }
-                }
-                self.synced.send_replace(true);
-            }
-            watcher::Event::Apply(secret) => {
-                let owner = owner_app(&secret);
-                self.table.write().unwrap_or_else(|e| e.into_inner()).apply(secret);
-                return owner.into_iter().collect();
-            }
-            watcher::Event::Delete(secret) => {
-                self.table.write().unwrap_or_else(|e| e.into_inner()).delete(&secret);
-                return owner_app(&secret).into_iter().collect();
+            for secret in secrets {
+                let before = table.secrets.get(&secret_key(&secret)).and_then(owner_app);
+                owners.extend(before.into_iter().chain(owner_app(&secret)));
+                table.apply(secret);
             }
         }
-        Vec::new()
+        if !first {
+            owners.iter().for_each(&self.wake);
+        }
     }
 }
 
@@ -280,8 +280,10 @@ mod tests {
     use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
     use kube::{api::ObjectMeta, runtime::reflector};
 
+    use std::{cell::RefCell, rc::Rc};
+
     use super::*;
-    use crate::api::AppSpec;
+    use crate::{api::AppSpec, cache::index::Driver};
 
     /// A hook Secret of App `app` in `namespace`, controlled by the App with `uid`, created at `created` (seconds).
     fn secret(namespace: &str, app: &str, uid: &str, id: &str, token: &str, created: i64) -> Secret {
@@ -317,20 +319,47 @@ mod tests {
         Some(HookTarget { namespace: namespace.into(), app: app.into() })
     }
 
-    fn applied(index: &HookIndex, secrets: impl IntoIterator<Item = Secret>) {
+    /// Hands watch events to an index the way its watch does, and tells
+    /// which Apps each one woke.
+    type Wake = Box<dyn Fn(&AppKey)>;
+
+    struct Feed {
+        driver: Driver<Secret>,
+        watch: HookWatch<Wake>,
+        woken: Rc<RefCell<Vec<AppKey>>>,
+    }
+
+    impl Feed {
+        fn new(index: &HookIndex) -> Self {
+            let woken = Rc::new(RefCell::new(Vec::new()));
+            let wake = {
+                let woken = woken.clone();
+                Box::new(move |app: &AppKey| woken.borrow_mut().push(app.clone())) as Wake
+            };
+            let driver = Driver::new(1, index.synced.clone());
+            Self { driver, watch: HookWatch { index: index.clone(), wake }, woken }
+        }
+
+        fn event(&mut self, event: watcher::Event<Secret>) -> Vec<AppKey> {
+            self.driver.handle(0, event, &mut self.watch);
+            self.woken.take()
+        }
+    }
+
+    fn applied(feed: &mut Feed, secrets: impl IntoIterator<Item = Secret>) {
         for secret in secrets {
-            index.apply(watcher::Event::Apply(secret), &mut None);
+            feed.event(watcher::Event::Apply(secret));
         }
     }
 
     #[test]
     fn authenticates_only_the_right_token() {
         let index = HookIndex::default();
-        let mut buffer = None;
-        index.apply(watcher::Event::Init, &mut buffer);
-        index.apply(watcher::Event::InitApply(shop("id1", "token1")), &mut buffer);
+        let mut feed = Feed::new(&index);
+        feed.event(watcher::Event::Init);
+        feed.event(watcher::Event::InitApply(shop("id1", "token1")));
         assert!(!index.is_synced());
-        index.apply(watcher::Event::InitDone, &mut buffer);
+        feed.event(watcher::Event::InitDone);
         assert!(index.is_synced());
         assert_eq!(index.authenticate("id1", "token1"), target("team", "shop"));
         assert_eq!(index.authenticate("id1", "token2"), None);
@@ -341,23 +370,25 @@ mod tests {
     #[test]
     fn rotation_and_deletion_take_effect() {
         let index = HookIndex::default();
-        applied(&index, [shop("id1", "old"), shop("id1", "new")]);
+        let mut feed = Feed::new(&index);
+        applied(&mut feed, [shop("id1", "old"), shop("id1", "new")]);
         assert_eq!(index.authenticate("id1", "old"), None);
         assert!(index.authenticate("id1", "new").is_some());
         // The id of a Secret changed: the old id no longer answers.
-        applied(&index, [shop("id2", "new")]);
+        applied(&mut feed, [shop("id2", "new")]);
         assert_eq!(index.authenticate("id1", "new"), None);
         assert!(index.authenticate("id2", "new").is_some());
-        index.apply(watcher::Event::Delete(shop("id2", "new")), &mut None);
+        feed.event(watcher::Event::Delete(shop("id2", "new")));
         assert_eq!(index.authenticate("id2", "new"), None);
     }
 
     #[test]
     fn a_secret_without_credentials_is_skipped() {
         let index = HookIndex::default();
+        let mut feed = Feed::new(&index);
         let mut broken = shop("id1", "t");
         broken.data = None;
-        applied(&index, [broken]);
+        applied(&mut feed, [broken]);
         assert_eq!(index.authenticate("id1", "t"), None);
     }
 
@@ -374,11 +405,12 @@ mod tests {
         let mut other_app = shop("id5", "t");
         other_app.metadata.owner_references.as_mut().expect("owners")[0].name = "cart".into();
         let index = HookIndex::default();
-        applied(&index, [unowned, not_controller, other_kind, other_group, other_app]);
+        let mut feed = Feed::new(&index);
+        applied(&mut feed, [unowned, not_controller, other_kind, other_group, other_app]);
         for id in ["id1", "id2", "id3", "id4", "id5"] {
             assert_eq!(index.authenticate(id, "t"), None, "{id}");
         }
-        applied(&index, [shop("id6", "t")]);
+        applied(&mut feed, [shop("id6", "t")]);
         assert_eq!(index.authenticate("id6", "t"), target("team", "shop"));
     }
 
@@ -387,18 +419,18 @@ mod tests {
         // Another namespace's Secret with shop's id, labels and an App of its own, created later.
         let copy = secret("evil", "shop", "uid-evil", "id1", "evil-token", 2_000);
         let index = HookIndex::default();
-        applied(&index, [shop("id1", "token1"), copy.clone()]);
+        let mut feed = Feed::new(&index);
+        applied(&mut feed, [shop("id1", "token1"), copy.clone()]);
         assert_eq!(index.authenticate("id1", "token1"), target("team", "shop"));
         assert_eq!(index.authenticate("id1", "evil-token"), None);
-        index.apply(watcher::Event::Delete(copy.clone()), &mut None);
+        feed.event(watcher::Event::Delete(copy.clone()));
         assert_eq!(index.authenticate("id1", "token1"), target("team", "shop"));
 
         // The same from a full list, the copy listed first.
-        let mut buffer = None;
-        index.apply(watcher::Event::Init, &mut buffer);
-        index.apply(watcher::Event::InitApply(copy.clone()), &mut buffer);
-        index.apply(watcher::Event::InitApply(shop("id1", "token1")), &mut buffer);
-        index.apply(watcher::Event::InitDone, &mut buffer);
+        feed.event(watcher::Event::Init);
+        feed.event(watcher::Event::InitApply(copy.clone()));
+        feed.event(watcher::Event::InitApply(shop("id1", "token1")));
+        feed.event(watcher::Event::InitDone);
         assert_eq!(index.authenticate("id1", "token1"), target("team", "shop"));
         assert_eq!(index.authenticate("id1", "evil-token"), None);
     }
@@ -409,7 +441,8 @@ mod tests {
         // An older Secret of another App whose id was overwritten with shop's.
         let copy = secret("evil", "old", "uid-old", &issued.id, "evil-token", 10);
         let index = HookIndex::default();
-        applied(&index, [copy, shop(&issued.id, &issued.token)]);
+        let mut feed = Feed::new(&index);
+        applied(&mut feed, [copy, shop(&issued.id, &issued.token)]);
         assert_eq!(index.authenticate(&issued.id, &issued.token), target("team", "shop"));
         assert_eq!(index.authenticate(&issued.id, "evil-token"), None);
     }
@@ -422,50 +455,51 @@ mod tests {
         app.metadata.uid = Some("uid-shop".into());
         writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(app))));
         let index = HookIndex::default().with_apps(apps);
+        let mut feed = Feed::new(&index);
         // Owned by an App of that name that no longer exists (another uid): older, yet not counted.
         let stale = secret("team", "shop", "uid-gone", "id1", "stale", 10);
         let mut renamed = shop("id2", "t");
         renamed.metadata.name = Some("not-the-hook-secret".into());
-        applied(&index, [stale, renamed, shop("id1", "token1")]);
+        applied(&mut feed, [stale, renamed, shop("id1", "token1")]);
         assert_eq!(index.authenticate("id1", "stale"), None);
         assert_eq!(index.authenticate("id1", "token1"), target("team", "shop"));
         assert_eq!(index.authenticate("id2", "t"), None);
         // An App not in the cache answers nothing.
-        applied(&index, [secret("team", "cart", "uid-cart", "id3", "t", 10)]);
+        applied(&mut feed, [secret("team", "cart", "uid-cart", "id3", "t", 10)]);
         assert_eq!(index.authenticate("id3", "t"), None);
     }
 
     #[test]
     fn a_change_wakes_the_owning_app_and_keeps_the_secret_for_its_reconciler() {
         let index = HookIndex::default();
-        let mut buffer = None;
-        index.apply(watcher::Event::Init, &mut buffer);
-        assert!(index.apply(watcher::Event::InitApply(shop("id1", "t")), &mut buffer).is_empty());
-        assert!(index.apply(watcher::Event::InitDone, &mut buffer).is_empty(), "the first list wakes nothing");
+        let mut feed = Feed::new(&index);
+        feed.event(watcher::Event::Init);
+        assert!(feed.event(watcher::Event::InitApply(shop("id1", "t"))).is_empty());
+        assert!(feed.event(watcher::Event::InitDone).is_empty(), "the first list wakes nothing");
         let shop_app = vec![("team".to_string(), "shop".to_string())];
         let mut rotated = shop("id1", "t2");
         rotated.metadata.managed_fields = Some(vec![Default::default()]);
-        assert_eq!(index.apply(watcher::Event::Apply(rotated), &mut None), shop_app);
+        assert_eq!(feed.event(watcher::Event::Apply(rotated)), shop_app);
         let kept = index.secret("team", "shop-hook");
         assert_eq!(kept.as_ref().and_then(HookCredentials::from_secret).map(|c| c.token), Some("t2".into()));
         assert_eq!(kept.and_then(|s| s.metadata.managed_fields), None, "slimmed");
-        assert_eq!(index.apply(watcher::Event::Delete(shop("id1", "t2")), &mut None), shop_app);
+        assert_eq!(feed.event(watcher::Event::Delete(shop("id1", "t2"))), shop_app);
         assert!(index.secret("team", "shop-hook").is_none());
         // A relist wakes the owner of a Secret it no longer lists.
-        applied(&index, [shop("id1", "t")]);
-        index.apply(watcher::Event::Init, &mut buffer);
-        assert_eq!(index.apply(watcher::Event::InitDone, &mut buffer), shop_app);
+        applied(&mut feed, [shop("id1", "t")]);
+        feed.event(watcher::Event::Init);
+        assert_eq!(feed.event(watcher::Event::InitDone), shop_app);
         assert!(index.secret("team", "shop-hook").is_none());
     }
 
     #[test]
     fn a_relist_forgets_what_is_gone() {
         let index = HookIndex::default();
-        applied(&index, [shop("id1", "t")]);
-        let mut buffer = None;
-        index.apply(watcher::Event::Init, &mut buffer);
+        let mut feed = Feed::new(&index);
+        applied(&mut feed, [shop("id1", "t")]);
+        feed.event(watcher::Event::Init);
         assert_eq!(index.authenticate("id1", "t"), target("team", "shop"), "kept until the list is complete");
-        index.apply(watcher::Event::InitDone, &mut buffer);
+        feed.event(watcher::Event::InitDone);
         assert_eq!(index.authenticate("id1", "t"), None);
     }
 }

@@ -283,6 +283,7 @@ pub fn operator_config(hook_port: u16, concurrent_per_app: usize) -> redeploy_op
             ..Default::default()
         },
         leader_election: None,
+        scope: Default::default(),
     }
 }
 

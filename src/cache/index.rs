@@ -1,0 +1,346 @@
+//! One driver for every watch: it turns a watch's events into calls on an
+//! [`Index`] (the shape of kubert's `IndexNamespacedResource`), buffers each
+//! full list until it is complete, works out what a re-list no longer holds,
+//! retries with backoff, logs failures and says when everything has listed.
+//!
+//! kube-runtime's shared streams (`reflect_shared`, `Controller::for_shared_stream`)
+//! were not used: their subscribers hear of objects applied and of the
+//! objects a list holds, never of a delete or of an object a re-list no
+//! longer holds, which wakes the Apps and Services here.
+
+use std::{collections::HashSet, fmt::Debug};
+
+use futures::{Stream, StreamExt, stream};
+use kube::{
+    Api, Resource, ResourceExt,
+    runtime::{
+        WatchStreamExt,
+        watcher::{self, Event, watcher},
+    },
+};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+use super::slim;
+
+/// Namespace and name of a watched object.
+pub type ObjectKey = (String, String);
+
+/// What a watch keeps current. A scope of several namespaces runs one watch
+/// per namespace into the same index: [`Index::reset`] then concerns one of
+/// them, and must leave the objects of the others alone.
+pub trait Index<K> {
+    /// `object` was created or changed.
+    fn apply(&mut self, object: K);
+
+    /// The object `namespace/name` was deleted.
+    fn delete(&mut self, namespace: String, name: String);
+
+    /// One watch listed everything again: `objects` is all it holds now,
+    /// `removed` what it held before and no longer does. `first`: the
+    /// watch's first list (every reconciler looks at everything then anyway).
+    fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool);
+}
+
+/// Set once every watch feeding an index has loaded its first full list.
+#[derive(Clone, Debug)]
+pub struct Synced(watch::Sender<bool>);
+
+impl Default for Synced {
+    fn default() -> Self {
+        Self(watch::channel(false).0)
+    }
+}
+
+impl Synced {
+    pub fn is_synced(&self) -> bool {
+        *self.0.borrow()
+    }
+
+    pub async fn wait(&self) {
+        let _ = self.0.subscribe().wait_for(|synced| *synced).await;
+    }
+
+    fn set(&self) {
+        self.0.send_replace(true);
+    }
+}
+
+/// Watches each of `apis` with `config` into `index`, each object
+/// [`slim`]med, and sets `synced` once all have listed. Failures are logged
+/// and retried with backoff; it returns only if every watch ends.
+pub async fn run_index<K, I>(apis: Vec<Api<K>>, config: watcher::Config, index: I, synced: Synced)
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+    I: Index<K>,
+{
+    run_index_as(apis, config, std::convert::identity, index, synced).await;
+}
+
+/// [`run_index`] of what `prepare` keeps of each object, made as soon as it
+/// arrives: a full list is buffered as that, never as whole objects.
+pub async fn run_index_as<K, T, I>(
+    apis: Vec<Api<K>>,
+    config: watcher::Config,
+    prepare: fn(K) -> T,
+    index: I,
+    synced: Synced,
+) where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+    T: Keyed + Send + 'static,
+    I: Index<T>,
+{
+    let kind = K::kind(&Default::default()).into_owned();
+    let watches = apis.len();
+    let events = stream::select_all(apis.into_iter().enumerate().map(|(watch, api)| {
+        let events = watcher(api, config.clone()).default_backoff().modify(slim);
+        events.map(move |event| (watch, event.map(|event| map_event(event, prepare)))).boxed()
+    }));
+    drive(&kind, events, Driver::new(watches, synced), index).await;
+}
+
+pub(super) fn map_event<K, T>(event: Event<K>, prepare: fn(K) -> T) -> Event<T> {
+    match event {
+        Event::Init => Event::Init,
+        Event::InitApply(object) => Event::InitApply(prepare(object)),
+        Event::InitDone => Event::InitDone,
+        Event::Apply(object) => Event::Apply(prepare(object)),
+        Event::Delete(object) => Event::Delete(prepare(object)),
+    }
+}
+
+async fn drive<T: Keyed, I: Index<T>>(
+    kind: &str,
+    mut events: impl Stream<Item = (usize, Result<Event<T>, watcher::Error>)> + Unpin,
+    mut driver: Driver<T>,
+    mut index: I,
+) {
+    while let Some((watch, event)) = events.next().await {
+        match event {
+            Ok(event) => driver.handle(watch, event, &mut index),
+            Err(error) => tracing::warn!(kind, %error, "watch failed; retrying"),
+        }
+    }
+}
+
+/// What identifies a watched object: its namespace and name.
+pub trait Keyed {
+    fn key(&self) -> ObjectKey;
+}
+
+impl<K: Resource> Keyed for K {
+    fn key(&self) -> ObjectKey {
+        key(self)
+    }
+}
+
+/// What one watch has told so far.
+struct WatchState<K> {
+    /// Every object it holds.
+    known: HashSet<ObjectKey>,
+    /// The full list being received.
+    listing: Option<Vec<K>>,
+    listed: bool,
+}
+
+/// The event handling of [`run_index`], without the watches.
+pub struct Driver<K> {
+    watches: Vec<WatchState<K>>,
+    synced: Synced,
+}
+
+impl<K: Keyed> Driver<K> {
+    pub fn new(watches: usize, synced: Synced) -> Self {
+        let watches =
+            (0..watches.max(1)).map(|_| WatchState { known: HashSet::new(), listing: None, listed: false }).collect();
+        Self { watches, synced }
+    }
+
+    /// Hands one event of watch number `watch` to `index`.
+    pub fn handle(&mut self, watch: usize, event: Event<K>, index: &mut impl Index<K>) {
+        let Some(state) = self.watches.get_mut(watch) else { return };
+        match event {
+            // The index keeps its old contents until the new list is complete.
+            Event::Init => state.listing = Some(Vec::new()),
+            Event::InitApply(object) => state.listing.get_or_insert_with(Vec::new).push(object),
+            Event::InitDone => {
+                let objects = state.listing.take().unwrap_or_default();
+                let listed: HashSet<ObjectKey> = objects.iter().map(Keyed::key).collect();
+                let removed = state.known.difference(&listed).cloned().collect();
+                state.known = listed;
+                let first = !state.listed;
+                state.listed = true;
+                index.reset(objects, removed, first);
+                if first && self.watches.iter().all(|w| w.listed) {
+                    self.synced.set();
+                }
+            }
+            Event::Apply(object) => {
+                state.known.insert(object.key());
+                index.apply(object);
+            }
+            Event::Delete(object) => {
+                let (namespace, name) = object.key();
+                state.known.remove(&(namespace.clone(), name.clone()));
+                index.delete(namespace, name);
+            }
+        }
+    }
+}
+
+pub fn key<K: Resource>(object: &K) -> ObjectKey {
+    (object.namespace().unwrap_or_default(), object.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    use kube::{api::ObjectMeta, core::error_boundary::DeserializeGuard};
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::App;
+
+    fn map(namespace: &str, name: &str) -> ConfigMap {
+        let metadata = ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            managed_fields: Some(vec![Default::default()]),
+            ..Default::default()
+        };
+        ConfigMap { metadata, ..Default::default() }
+    }
+
+    /// Writes down every call it gets.
+    #[derive(Default)]
+    struct Log(Vec<String>);
+
+    impl<K: Resource> Index<K> for Log {
+        fn apply(&mut self, object: K) {
+            let (namespace, name) = key(&object);
+            self.0.push(format!("apply {namespace}/{name}"));
+        }
+
+        fn delete(&mut self, namespace: String, name: String) {
+            self.0.push(format!("delete {namespace}/{name}"));
+        }
+
+        fn reset(&mut self, objects: Vec<K>, mut removed: Vec<ObjectKey>, first: bool) {
+            let mut listed: Vec<String> = objects.iter().map(|o| key(o).1).collect();
+            listed.sort();
+            removed.sort();
+            let removed: Vec<String> = removed.into_iter().map(|(_, name)| name).collect();
+            let first = if first { " (first)" } else { "" };
+            self.0.push(format!("reset [{}] removed [{}]{first}", listed.join(" "), removed.join(" ")));
+        }
+    }
+
+    async fn run<K: Resource + Send + 'static>(
+        watches: usize,
+        events: Vec<(usize, Result<Event<K>, watcher::Error>)>,
+    ) -> (Vec<String>, Synced)
+    where
+        K::DynamicType: Default,
+    {
+        let synced = Synced::default();
+        let mut log = Log::default();
+        drive("test", stream::iter(events), Driver::new(watches, synced.clone()), &mut log).await;
+        (log.0, synced)
+    }
+
+    impl<K, I: Index<K>> Index<K> for &mut I {
+        fn apply(&mut self, object: K) {
+            (**self).apply(object);
+        }
+
+        fn delete(&mut self, namespace: String, name: String) {
+            (**self).delete(namespace, name);
+        }
+
+        fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool) {
+            (**self).reset(objects, removed, first);
+        }
+    }
+
+    #[tokio::test]
+    async fn applies_deletes_and_a_relist_removes_what_it_no_longer_lists() {
+        let events = vec![
+            Event::Init,
+            Event::InitApply(map("ns", "a")),
+            Event::InitApply(map("ns", "b")),
+            Event::InitDone,
+            Event::Apply(map("ns", "c")),
+            Event::Apply(map("ns", "d")),
+            Event::Delete(map("ns", "d")),
+            // The watch fell behind: everything is listed again, `b` and `c` are gone.
+            Event::Init,
+            Event::InitApply(map("ns", "a")),
+            Event::InitDone,
+        ];
+        let (log, synced) = run(1, events.into_iter().map(|e| (0, Ok(e))).collect()).await;
+        assert_eq!(
+            log,
+            ["reset [a b] removed [] (first)", "apply ns/c", "apply ns/d", "delete ns/d", "reset [a] removed [b c]",]
+        );
+        assert!(synced.is_synced());
+    }
+
+    #[tokio::test]
+    async fn nothing_is_applied_before_its_list_is_complete_and_failures_do_not_stop_it() {
+        let events = vec![
+            (0, Ok(Event::Init)),
+            (0, Ok(Event::InitApply(map("ns", "a")))),
+            (0, Err(watcher::Error::NoResourceVersion)),
+        ];
+        let (log, synced) = run::<ConfigMap>(1, events).await;
+        assert!(log.is_empty(), "{log:?}");
+        assert!(!synced.is_synced());
+    }
+
+    #[tokio::test]
+    async fn with_several_watches_each_relist_concerns_its_own_objects_and_synced_waits_for_all() {
+        let synced = Synced::default();
+        let mut log = Log::default();
+        let mut driver = Driver::new(2, synced.clone());
+        for event in [Event::Init, Event::InitApply(map("a", "x")), Event::InitDone] {
+            driver.handle(0, event, &mut log);
+        }
+        assert!(!synced.is_synced(), "namespace b has not listed yet");
+        driver.handle(1, Event::Init, &mut log);
+        driver.handle(1, Event::InitApply(map("b", "y")), &mut log);
+        driver.handle(0, Event::Apply(map("a", "z")), &mut log);
+        driver.handle(1, Event::InitDone, &mut log);
+        assert!(synced.is_synced());
+        // Namespace a lists again without z; b's y is not touched.
+        for event in [Event::Init, Event::InitApply(map("a", "x")), Event::InitDone] {
+            driver.handle(0, event, &mut log);
+        }
+        assert_eq!(
+            log.0,
+            ["reset [x] removed [] (first)", "apply a/z", "reset [y] removed [] (first)", "reset [x] removed [z]"]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_malformed_object_is_handed_on_and_does_not_stall_the_watch() {
+        let malformed: DeserializeGuard<App> = serde_json::from_value(json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
+            "metadata": { "name": "broken", "namespace": "ns" },
+            "spec": { "environment": ["not", "a", "string"] },
+        }))
+        .unwrap_or_else(|e| panic!("a guard holds a malformed object: {e}"));
+        assert!(malformed.0.is_err(), "the object is malformed");
+        let valid: DeserializeGuard<App> = serde_json::from_value(json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
+            "metadata": { "name": "shop", "namespace": "ns" }, "spec": {},
+        }))
+        .unwrap_or_else(|e| panic!("a valid App: {e}"));
+        assert!(valid.0.is_ok());
+        let events = vec![Event::Init, Event::InitApply(malformed.clone()), Event::InitDone, Event::Apply(valid)];
+        let (log, synced) = run(1, events.into_iter().map(|e| (0, Ok(e))).collect()).await;
+        assert_eq!(log, ["reset [broken] removed [] (first)", "apply ns/shop"]);
+        assert!(synced.is_synced());
+    }
+}
