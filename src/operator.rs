@@ -15,7 +15,7 @@ use kube::{
     Client, Resource,
     core::error_boundary::DeserializeGuard,
     runtime::{
-        Controller, WatchStreamExt, controller,
+        Controller, controller,
         events::{Recorder, Reporter},
         reflector, watcher,
     },
@@ -188,18 +188,11 @@ fn redeployments_woken_by_workload(change: &WorkloadChange<'_>) -> Vec<String> {
     after.into_iter().chain(before).collect()
 }
 
-/// Every build Job of `scope` touched, one watch per namespace: what wakes
-/// the Redeployment that owns it.
-fn build_jobs(
-    client: &Client,
-    scope: &Scope,
-) -> impl futures::Stream<Item = Result<Job, watcher::Error>> + Send + 'static {
-    let config = watcher::Config::default().labels(REDEPLOYMENT_LABEL);
-    let watches = scope
-        .apis::<Job>(client)
-        .into_iter()
-        .map(|api| watcher::watcher(api, config.clone()).touched_objects().boxed());
-    futures::stream::select_all(watches)
+/// The Redeployment a build Job belongs to: the one its controller
+/// ownerReference names (a label anyone may set is not enough).
+fn redeployment_owning_job(job: &Job) -> Option<&str> {
+    let owner = job.metadata.owner_references.iter().flatten().find(|o| o.controller == Some(true))?;
+    (owner.kind == "Redeployment" && owner.api_version == Redeployment::api_version(&())).then_some(owner.name.as_str())
 }
 
 /// Binds the ports and starts the caches, the reconcilers and both servers.
@@ -219,6 +212,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let (services, services_writer) = reflector::store::<DeserializeGuard<Service>>();
     let (profiles, profiles_writer) = reflector::store::<DeserializeGuard<DeploymentProfile>>();
     let (redeployments, redeployments_writer) = reflector::store::<DeserializeGuard<Redeployment>>();
+    let (jobs, jobs_writer) = reflector::store::<Job>();
     let service_index = ServiceIndex::default();
     let workloads = WorkloadIndex::default();
     let hooks = HookIndex::default().with_apps(apps.clone());
@@ -305,6 +299,22 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         },
     ));
 
+    // A build Job wakes the Redeployment that owns it; its store spares a
+    // pass following a build a read of the Job.
+    let trigger = redeployment_trigger.clone();
+    background.spawn(watch_into(
+        scope.apis::<Job>(&client),
+        watcher::Config::default().labels(REDEPLOYMENT_LABEL),
+        jobs_writer,
+        Synced::default(),
+        move |change, _| {
+            let (Change::Applied(job) | Change::Deleted(job)) = change;
+            if let Some(redeployment) = redeployment_owning_job(job) {
+                trigger.reconcile(job.metadata.namespace.as_deref().unwrap_or_default(), redeployment);
+            }
+        },
+    ));
+
     // A workload wakes the Services that target it when its containers come
     // or go, and the Redeployments its pod template names as it rolls out.
     let (index, services_trigger, trigger) =
@@ -330,7 +340,6 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         .reconcile_on(app_requests);
     let redeployment_controller = Controller::for_stream(futures::stream::pending(), redeployments.clone())
         .with_config(controller_config())
-        .owns_stream(build_jobs(&client, scope))
         .reconcile_on(redeployment_requests);
     let service_controller = Controller::for_stream(futures::stream::pending(), services.clone())
         .with_config(controller_config())
@@ -342,6 +351,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         service_index,
         profiles,
         redeployments,
+        jobs,
         workloads,
         hooks,
         listed: listed.to_vec(),
@@ -354,6 +364,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         settings: config.settings.clone(),
         caches,
         metrics: metrics.clone(),
+        own_writes: Default::default(),
     });
 
     // The reconcilers start once every cache holds a full list: before, a
@@ -525,5 +536,20 @@ mod tests {
         assert_eq!(redeployments_woken_by_workload(&change(Some(&one), Some(&two))), ["shop-2", "shop-1"]);
         assert_eq!(redeployments_woken_by_workload(&change(Some(&one), None)), ["shop-1"]);
         assert!(redeployments_woken_by_workload(&change(Some(&none), Some(&none))).is_empty());
+    }
+
+    #[test]
+    fn a_build_job_wakes_only_the_redeployment_controlling_it() {
+        let job = |owner: serde_json::Value| -> Job {
+            serde_json::from_value(
+                json!({ "metadata": { "name": "b", "namespace": "ns", "ownerReferences": [owner] } }),
+            )
+            .unwrap_or_else(|e| panic!("a valid Job: {e}"))
+        };
+        let owner = |kind: &str, controller: bool| json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": kind, "name": "shop-1", "uid": "u", "controller": controller });
+        assert_eq!(redeployment_owning_job(&job(owner("Redeployment", true))), Some("shop-1"));
+        assert_eq!(redeployment_owning_job(&job(owner("Redeployment", false))), None);
+        assert_eq!(redeployment_owning_job(&job(owner("App", true))), None);
+        assert_eq!(redeployment_owning_job(&Job::default()), None);
     }
 }

@@ -14,6 +14,7 @@ use std::sync::{
     atomic::{AtomicBool, Ordering},
 };
 
+use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Resource, ResourceExt,
     core::error_boundary::DeserializeGuard,
@@ -40,6 +41,9 @@ pub struct Caches {
     pub service_index: ServiceIndex,
     pub profiles: Store<DeserializeGuard<DeploymentProfile>>,
     pub redeployments: Store<DeserializeGuard<Redeployment>>,
+    /// The build Jobs (labelled [`crate::build::REDEPLOYMENT_LABEL`]). Not
+    /// waited for: a pass that does not find a Job here reads it.
+    pub jobs: Store<Job>,
     pub workloads: WorkloadIndex,
     pub hooks: HookIndex,
     /// One per store above: set once its watches have listed.

@@ -801,6 +801,7 @@ mod tests {
             services: reflector::store().0,
             profiles: reflector::store().0,
             redeployments: reflector::store().0,
+            jobs: reflector::store().0,
             service_index: Default::default(),
             workloads: Default::default(),
             hooks: HookIndex::default(),
@@ -819,6 +820,7 @@ mod tests {
             },
             caches,
             metrics: metrics.clone(),
+            own_writes: Default::default(),
         });
         Ok((Arc::new(HookState::new(context, limits)), metrics))
     }

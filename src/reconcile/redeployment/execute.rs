@@ -204,8 +204,10 @@ async fn write_status(
     status: &RedeploymentStatus,
 ) -> Result<(), Error> {
     let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "status": status });
-    Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
-        .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await?;
+    let written =
+        Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
+            .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+            .await?;
+    context.own_writes.wrote(&written);
     Ok(())
 }

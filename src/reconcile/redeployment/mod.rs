@@ -12,7 +12,10 @@ mod observe;
 #[cfg(test)]
 mod tests;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -73,9 +76,15 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     // The cache can lag behind our own last status write (a workload event
-    // may wake us first): read the Redeployment itself.
-    let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
-    let Some(redeployment) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+    // may wake us first): unless it holds what we wrote last, read the
+    // Redeployment itself.
+    let redeployment = if context.own_writes.is_current(cached) {
+        cached.clone()
+    } else {
+        let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
+        let Some(redeployment) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+        redeployment
+    };
     let observed = observe::observe(redeployment, context).await?;
     let decision = decide::decide(&observed, Timestamp::now());
     execute::execute(&observed, decision, context).await
@@ -86,4 +95,67 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     let observed = observe::observe_deleted(redeployment.clone(), context);
     let decision = decide::decide_cancel(&observed, Timestamp::now());
     execute::execute(&observed, decision, context).await
+}
+
+/// The resourceVersion of this process's last status write of each
+/// unfinished Redeployment. A cached copy at that version holds everything
+/// this process did to it, so a pass can trust it without a read: most
+/// passes are woken by the watch echoing that very write.
+#[derive(Default)]
+pub struct OwnWrites(Mutex<HashMap<(String, String), String>>);
+
+impl OwnWrites {
+    /// Whether `cached` is at the version of our last write of it.
+    fn is_current(&self, cached: &Redeployment) -> bool {
+        let Some(version) = cached.resource_version() else { return false };
+        let writes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        writes.get(&key(cached)).is_some_and(|written| *written == version)
+    }
+
+    /// Notes the Redeployment as our status write returned it; a finished
+    /// one is forgotten (a pass that finds it unfinished in the cache reads it).
+    pub(super) fn wrote(&self, written: &Redeployment) {
+        let mut writes = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let finished = written.status.as_ref().and_then(|s| s.phase).is_some_and(crate::api::Phase::is_finished);
+        match written.resource_version() {
+            Some(version) if !finished => writes.insert(key(written), version),
+            _ => writes.remove(&key(written)),
+        };
+    }
+}
+
+fn key(redeployment: &Redeployment) -> (String, String) {
+    (redeployment.namespace().unwrap_or_default(), redeployment.name_any())
+}
+
+#[cfg(test)]
+mod own_writes_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn at(version: &str, phase: Option<&str>) -> Redeployment {
+        let mut object = json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment",
+            "metadata": { "name": "shop-1", "namespace": "ns", "resourceVersion": version },
+            "spec": { "app": "shop", "trigger": { "provider": "generic", "event": "call" } },
+        });
+        if let Some(phase) = phase {
+            object["status"] = json!({ "phase": phase });
+        }
+        serde_json::from_value(object).unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))
+    }
+
+    #[test]
+    fn a_cached_copy_is_trusted_only_at_the_version_of_our_last_write() {
+        let writes = OwnWrites::default();
+        assert!(!writes.is_current(&at("5", None)), "never written here: read it");
+        writes.wrote(&at("7", Some("Deploying")));
+        assert!(!writes.is_current(&at("5", None)), "the cache has not seen our write yet");
+        assert!(writes.is_current(&at("7", Some("Deploying"))));
+        assert!(!writes.is_current(&at("8", Some("Deploying"))), "someone wrote after us");
+        writes.wrote(&at("9", Some("Succeeded")));
+        assert!(!writes.is_current(&at("9", Some("Succeeded"))), "a finished one is forgotten");
+        assert!(writes.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+    }
 }

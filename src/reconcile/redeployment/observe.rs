@@ -149,8 +149,15 @@ async fn observe_job(
     redeployment: &Redeployment,
     name: &str,
 ) -> Result<Option<ObservedJob>, Error> {
-    let Some(job) = Api::<Job>::namespaced(context.client.clone(), namespace).get_opt(name).await? else {
-        return Ok(None);
+    // The watched copy when there is one; one not watched yet (just made by
+    // an earlier pass) is read, as its absence would fail the build.
+    let cached = context.caches.jobs.get(&ObjectRef::new(name).within(namespace)).map(|job| (*job).clone());
+    let job = match cached {
+        Some(job) => job,
+        None => match Api::<Job>::namespaced(context.client.clone(), namespace).get_opt(name).await? {
+            Some(job) => job,
+            None => return Ok(None),
+        },
     };
     let owned = controlled_by(&job, redeployment.meta().uid.as_deref());
     let conditions = job.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
