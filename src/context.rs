@@ -24,7 +24,7 @@ pub struct Settings {
 
 pub struct Context {
     pub client: Client,
-    /// Publishes Kubernetes Events (on the App) for each step of a Redeployment.
+    /// Publishes Kubernetes Events on the App: one when a Redeployment ends, and one for each failure.
     pub recorder: kube::runtime::events::Recorder,
     pub settings: Settings,
     pub caches: Caches,

@@ -174,7 +174,11 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
 
     let mut effects = pass.effects;
     effects.extend(grouped_events(pass.notes));
-    if status.phase != previous.phase {
+    // One Normal Event per Redeployment, when it ends (or must wait for
+    // another), and a Warning for each failure: the status holds every step,
+    // and an Event per step cost the API server more writes than the rollout.
+    let worth_an_event = finished || status.message.is_some();
+    if status.phase != previous.phase && worth_an_event {
         let note =
             format!("Redeployment {}: {}", redeployment.name_any(), status.message.clone().unwrap_or(reason.clone()));
         let type_ = if phase == Phase::Failed { EventType::Warning } else { EventType::Normal };
@@ -406,8 +410,6 @@ impl Pass<'_> {
         // A Job found under the name of (Redeployment, Service) was made by an
         // earlier pass whose status write did not happen: it is followed, not made twice.
         if !self.observed.jobs.contains_key(&planned.service) {
-            let at = planned.git_ref.as_deref().unwrap_or("the branch head");
-            self.note(EventType::Normal, "BuildStarted", format!("building {} at {at}", service.name_any()));
             self.effects.push(Effect::CreateJob { service: planned.service.clone(), job: Box::new(job) });
         }
         result.phase = ServicePhase::Building;
@@ -464,11 +466,6 @@ impl Pass<'_> {
                     self.record(service, record);
                 }
                 result.git_ref = Some(outcome.commit.clone());
-                self.note(
-                    EventType::Normal,
-                    "BuildSucceeded",
-                    format!("built {} for {}", outcome.image, service.name_any()),
-                );
                 self.deploy_image(service, result, &outcome.image)
             }
             JobState::Failed { reason, message, log_tail } => {
@@ -564,7 +561,6 @@ impl Pass<'_> {
         if mine {
             result.previous = current.previous.clone();
         }
-        self.note(EventType::Normal, "RolloutStarted", format!("rolling out {what}"));
         if applied {
             // An earlier pass patched it and its status write did not happen.
             result.rollout_generation = Some(current.generation);
@@ -633,7 +629,6 @@ impl Pass<'_> {
                     record = deployed;
                     self.record(service, record);
                 }
-                self.note(EventType::Normal, "RolloutSucceeded", format!("{what} rolled out"));
                 self.finish(result, ServicePhase::Succeeded, format!("{what} rolled out"))
             }
             Progress::Failed { reason, message } => {
