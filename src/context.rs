@@ -29,6 +29,6 @@ pub struct Context {
     pub settings: Settings,
     pub caches: Caches,
     pub metrics: Arc<Metrics>,
-    /// The Redeployment reconciler's own last status writes.
-    pub own_writes: crate::reconcile::redeployment::OwnWrites,
+    /// The Redeployment versions the reconciler last wrote or read.
+    pub known_versions: crate::reconcile::redeployment::KnownVersions,
 }

@@ -364,7 +364,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         settings: config.settings.clone(),
         caches,
         metrics: metrics.clone(),
-        own_writes: Default::default(),
+        known_versions: Default::default(),
     });
 
     // The reconcilers start once every cache holds a full list: before, a

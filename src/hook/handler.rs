@@ -820,7 +820,7 @@ mod tests {
             },
             caches,
             metrics: metrics.clone(),
-            own_writes: Default::default(),
+            known_versions: Default::default(),
         });
         Ok((Arc::new(HookState::new(context, limits)), metrics))
     }

@@ -76,14 +76,17 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         return Ok(Action::await_change());
     }
     // The cache can lag behind our own last status write (a workload event
-    // may wake us first): unless it holds what we wrote last, read the
-    // Redeployment itself.
-    let redeployment = if context.own_writes.is_current(cached) {
-        cached.clone()
-    } else {
-        let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
-        let Some(redeployment) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
-        redeployment
+    // may wake us before the watch echoes it): trust it only at the version
+    // this process last wrote or read.
+    let redeployment = match context.known_versions.freshness(cached) {
+        Freshness::Current => cached.clone(),
+        Freshness::Behind => return Ok(Action::requeue(ECHO_WAIT)),
+        Freshness::Unknown => {
+            let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
+            let Some(read) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+            context.known_versions.saw(&read);
+            read
+        }
     };
     let observed = observe::observe(redeployment, context).await?;
     let decision = decide::decide(&observed, Timestamp::now());
@@ -97,29 +100,60 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     execute::execute(&observed, decision, context).await
 }
 
-/// The resourceVersion of this process's last status write of each
-/// unfinished Redeployment. A cached copy at that version holds everything
-/// this process did to it, so a pass can trust it without a read: most
-/// passes are woken by the watch echoing that very write.
-#[derive(Default)]
-pub struct OwnWrites(Mutex<HashMap<(String, String), String>>);
+/// How long a pass that found the cache behind our own write waits for the
+/// watch to echo it; the echo itself wakes the Redeployment sooner.
+const ECHO_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
 
-impl OwnWrites {
-    /// Whether `cached` is at the version of our last write of it.
-    fn is_current(&self, cached: &Redeployment) -> bool {
-        let Some(version) = cached.resource_version() else { return false };
-        let writes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        writes.get(&key(cached)).is_some_and(|written| *written == version)
+/// The version of each unfinished Redeployment this process last wrote or
+/// read. A cached copy at that version holds everything this process did to
+/// it, so a pass trusts it without a read: most passes are woken by the
+/// watch echoing our own status write.
+#[derive(Default)]
+pub struct KnownVersions(Mutex<HashMap<(String, String), Known>>);
+
+struct Known {
+    version: String,
+    /// The cached version a pass already waited on once.
+    waited_at: Option<String>,
+}
+
+/// What a cached copy is worth to a pass.
+#[derive(Debug, PartialEq)]
+enum Freshness {
+    /// At the version we know: use it.
+    Current,
+    /// Another version than ours, seen for the first time: most likely the
+    /// watch has not echoed our last write yet, so wait for the echo.
+    Behind,
+    /// Nothing known, or still not our version after waiting once (someone
+    /// else wrote it): read it.
+    Unknown,
+}
+
+impl KnownVersions {
+    fn freshness(&self, cached: &Redeployment) -> Freshness {
+        let Some(version) = cached.resource_version() else { return Freshness::Unknown };
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(known) = known.get_mut(&key(cached)) else { return Freshness::Unknown };
+        if known.version == version {
+            Freshness::Current
+        } else if known.waited_at.as_deref() != Some(version.as_str()) {
+            known.waited_at = Some(version);
+            Freshness::Behind
+        } else {
+            Freshness::Unknown
+        }
     }
 
-    /// Notes the Redeployment as our status write returned it; a finished
-    /// one is forgotten (a pass that finds it unfinished in the cache reads it).
-    pub(super) fn wrote(&self, written: &Redeployment) {
-        let mut writes = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let finished = written.status.as_ref().and_then(|s| s.phase).is_some_and(crate::api::Phase::is_finished);
-        match written.resource_version() {
-            Some(version) if !finished => writes.insert(key(written), version),
-            _ => writes.remove(&key(written)),
+    /// Notes the Redeployment as the API server gave it (read, or returned by
+    /// our status write); a finished one is forgotten (a pass that finds it
+    /// unfinished in the cache reads it).
+    pub(super) fn saw(&self, current: &Redeployment) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let finished = current.status.as_ref().and_then(|s| s.phase).is_some_and(crate::api::Phase::is_finished);
+        match current.resource_version() {
+            Some(version) if !finished => known.insert(key(current), Known { version, waited_at: None }),
+            _ => known.remove(&key(current)),
         };
     }
 }
@@ -129,7 +163,7 @@ fn key(redeployment: &Redeployment) -> (String, String) {
 }
 
 #[cfg(test)]
-mod own_writes_tests {
+mod known_versions_tests {
     use serde_json::json;
 
     use super::*;
@@ -147,15 +181,21 @@ mod own_writes_tests {
     }
 
     #[test]
-    fn a_cached_copy_is_trusted_only_at_the_version_of_our_last_write() {
-        let writes = OwnWrites::default();
-        assert!(!writes.is_current(&at("5", None)), "never written here: read it");
-        writes.wrote(&at("7", Some("Deploying")));
-        assert!(!writes.is_current(&at("5", None)), "the cache has not seen our write yet");
-        assert!(writes.is_current(&at("7", Some("Deploying"))));
-        assert!(!writes.is_current(&at("8", Some("Deploying"))), "someone wrote after us");
-        writes.wrote(&at("9", Some("Succeeded")));
-        assert!(!writes.is_current(&at("9", Some("Succeeded"))), "a finished one is forgotten");
+    fn a_cached_copy_is_trusted_at_our_version_waited_on_once_otherwise_read() {
+        use Freshness::*;
+        let writes = KnownVersions::default();
+        assert_eq!(writes.freshness(&at("5", None)), Unknown, "never written or read here: read it");
+        writes.saw(&at("5", None));
+        assert_eq!(writes.freshness(&at("5", None)), Current);
+        writes.saw(&at("7", Some("Deploying")));
+        assert_eq!(writes.freshness(&at("5", None)), Behind, "the watch has not echoed our write yet");
+        assert_eq!(writes.freshness(&at("7", Some("Deploying"))), Current, "the echo");
+        assert_eq!(writes.freshness(&at("8", Some("Deploying"))), Behind, "someone wrote after us: wait once");
+        assert_eq!(writes.freshness(&at("8", Some("Deploying"))), Unknown, "still not ours: read it");
+        writes.saw(&at("8", Some("Deploying")));
+        assert_eq!(writes.freshness(&at("8", Some("Deploying"))), Current);
+        writes.saw(&at("9", Some("Succeeded")));
+        assert_eq!(writes.freshness(&at("9", Some("Succeeded"))), Unknown, "a finished one is forgotten");
         assert!(writes.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
     }
 }
