@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema;
+use super::{BuiltImage, schema};
 
 /// Finalizer that lets a deleted Redeployment cancel its builds first. The
 /// hook sets it when it creates a Redeployment; the reconciler adds it to
@@ -313,6 +313,10 @@ pub struct ServiceResult {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_job: Option<String>,
+    /// What the build Job built, as it reported it: the Service reconciler
+    /// records it in the Service's `status.builds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built: Option<BuiltImage>,
     /// The workload generation the rollout produced: tracking waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_generation: Option<i64>,
