@@ -326,6 +326,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
+        http: crate::http::build_client()?,
         settings: config.settings.clone(),
         caches,
         metrics: metrics.clone(),

@@ -166,7 +166,8 @@ async fn delete_job(context: &Context, namespace: &str, name: &str) -> Result<()
 async fn post_github(context: &Context, observed: &Observed, deployment: i64, state: &str, description: &str) -> bool {
     let Some(app) = &observed.app else { return true };
     let posted = async {
-        let deployments = github::Deployments::for_app(&context.client, app, &context.settings.github_api_url).await?;
+        let deployments =
+            github::Deployments::for_app(&context.client, &context.http, app, &context.settings.github_api_url).await?;
         deployments.status(deployment, state, description).await
     };
     match posted.await {
