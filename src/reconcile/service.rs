@@ -106,17 +106,7 @@ pub fn desired_status(
     let previous = service.status.clone().unwrap_or_default();
     let generation = service.metadata.generation;
     let condition = conditions::condition_at(&previous.conditions, TARGET_READY, ok, reason, message, generation, now);
-    let deployed = of_service(service, redeployments)
-        .filter_map(|(redeployment, result)| {
-            (result.phase == ServicePhase::Succeeded).then_some((redeployment, result))
-        })
-        .max_by_key(|(redeployment, _)| redeployment.order_key());
-    let (deployed_ref, deployed_image, last_redeployment) = match deployed {
-        Some((redeployment, result)) => {
-            (result.git_ref.clone().or(result.image.clone()), result.image.clone(), Some(redeployment.name_any()))
-        }
-        None => (previous.deployed_ref, previous.deployed_image, previous.last_redeployment),
-    };
+    let Deployed { deployed_ref, deployed_image, last_redeployment } = deployed(service, redeployments);
     ServiceStatus {
         observed_generation: generation,
         type_: Some(service.spec.source_type()),
@@ -126,6 +116,50 @@ pub fn desired_status(
         builds: recorded_builds(service, redeployments),
         conditions: vec![condition],
     }
+}
+
+/// What a Service's status says it deployed last.
+#[derive(Debug, PartialEq)]
+struct Deployed {
+    deployed_ref: Option<String>,
+    deployed_image: Option<String>,
+    last_redeployment: Option<String>,
+}
+
+/// What `service` deployed last (pure): the newest Succeeded rollout of
+/// `redeployments`, else what its status says.
+fn deployed(service: &Service, redeployments: &[Redeployment]) -> Deployed {
+    let newest = of_service(service, redeployments)
+        .filter(|(_, result)| result.phase == ServicePhase::Succeeded)
+        .max_by_key(|(redeployment, _)| redeployment.order_key());
+    match newest {
+        Some((redeployment, result)) => Deployed {
+            deployed_ref: result.git_ref.clone().or(result.image.clone()),
+            deployed_image: result.image.clone(),
+            last_redeployment: Some(redeployment.name_any()),
+        },
+        None => {
+            let status = service.status.clone().unwrap_or_default();
+            Deployed {
+                deployed_ref: status.deployed_ref,
+                deployed_image: status.deployed_image,
+                last_redeployment: status.last_redeployment,
+            }
+        }
+    }
+}
+
+/// Whether `service`'s status already records what `redeployments` built
+/// and deployed: until it does, none of them may be pruned from history, or
+/// what it recorded would be lost.
+pub fn records_current(service: &Service, redeployments: &[Redeployment]) -> bool {
+    let status = service.status.clone().unwrap_or_default();
+    let recorded = Deployed {
+        deployed_ref: status.deployed_ref,
+        deployed_image: status.deployed_image,
+        last_redeployment: status.last_redeployment,
+    };
+    status.builds == recorded_builds(service, redeployments) && recorded == deployed(service, redeployments)
 }
 
 /// The images built for `service`, newest first, at most [`KEPT_BUILDS`], one

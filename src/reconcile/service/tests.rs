@@ -202,3 +202,22 @@ fn the_apply_carries_the_whole_status_and_the_version_it_was_computed_from() {
     );
     assert!(status_patch(None, &status).get("metadata").is_none());
 }
+
+#[test]
+fn a_status_is_current_once_it_records_what_the_redeployments_did() {
+    let mut service = web();
+    let first =
+        [redeployment("shop-1", "shop", 1, vec![result("web", ServicePhase::Succeeded, Some(built("c1", "1")))])];
+    assert!(!records_current(&service, &first), "the build is not in the Service's status yet");
+    service.status = Some(desired_status(&service, None, &first, now()));
+    assert!(records_current(&service, &first));
+    assert!(records_current(&service, &[]), "pruned: what it did is recorded");
+    let mut second = first.to_vec();
+    second.push(redeployment(
+        "shop-2",
+        "shop",
+        2,
+        vec![result("web", ServicePhase::Deploying, Some(built("c2", "2")))],
+    ));
+    assert!(!records_current(&service, &second), "a new build");
+}
