@@ -24,6 +24,8 @@ pub struct Settings {
 
 pub struct Context {
     pub client: Client,
+    /// The one HTTP client, for registries and the GitHub API ([`crate::http`]).
+    pub http: reqwest::Client,
     /// Publishes Kubernetes Events on the App: one when a Redeployment ends, and one for each failure.
     pub recorder: kube::runtime::events::Recorder,
     pub settings: Settings,

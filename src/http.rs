@@ -1,8 +1,8 @@
 //! The operator's one HTTP client, for registries and the GitHub API: built
-//! once, shared by cheap clones (one connection pool, one TLS setup). What
-//! differs per caller (timeouts, where credentials may go) is set per request.
+//! once by [`crate::operator::start`] into the [`crate::context::Context`],
+//! shared by cheap clones (one connection pool, one TLS setup). What differs
+//! per caller (timeouts, where credentials may go) is set per request.
 
-use std::sync::OnceLock;
 use std::time::Duration;
 
 /// Redirects followed per request. Registries rarely redirect a manifest
@@ -12,16 +12,8 @@ pub const MAX_REDIRECTS: usize = 3;
 /// Time to open a connection; each request also sets its own overall timeout.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The shared client.
-///
-/// # Panics
-/// When the TLS backend cannot be initialised, as `reqwest::Client::new` does.
-pub fn client() -> reqwest::Client {
-    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(build).clone()
-}
-
-fn build() -> reqwest::Client {
+/// Builds the client; fails only when the TLS backend cannot be initialised.
+pub fn build_client() -> reqwest::Result<reqwest::Client> {
     // reqwest drops the Authorization header on a redirect to another host or
     // port; the policy bounds the chain and refuses a downgrade from https to
     // plain http (but to loopback).
@@ -41,5 +33,4 @@ fn build() -> reqwest::Client {
         .connect_timeout(CONNECT_TIMEOUT)
         .redirect(redirects)
         .build()
-        .expect("the TLS backend initialises")
 }

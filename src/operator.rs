@@ -23,7 +23,7 @@ use kube::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{App, DeploymentProfile, Phase, Redeployment, Service},
+    api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase},
     build::REDEPLOYMENT_LABEL,
     cache::{Caches, Change, Indexed, Scope, ServiceIndex, Synced, Trigger, WorkloadChange, WorkloadIndex, watch_into},
     context::{Context, Settings},
@@ -170,6 +170,15 @@ fn app_woken_by_redeployment<'a>(change: &Change<'a, DeserializeGuard<Redeployme
     (deleted || !in_progress).then_some(redeployment.spec.app.as_str())
 }
 
+/// The Services to reconcile when a Redeployment changed: those whose status
+/// records what it did, i.e. its results that built an image or rolled out.
+/// A deleted one wakes none: what it recorded stays in the Services' status.
+fn services_woken_by_redeployment<'a>(change: &Change<'a, DeserializeGuard<Redeployment>>) -> Vec<&'a str> {
+    let Change::Applied(DeserializeGuard(Ok(redeployment))) = *change else { return Vec::new() };
+    let results = redeployment.status.iter().flat_map(|s| &s.services);
+    results.filter(|r| r.built.is_some() || r.phase == ServicePhase::Succeeded).map(|r| r.service.as_str()).collect()
+}
+
 /// The Services to reconcile when a workload changed: those targeting it,
 /// when the containers they check came or went.
 fn services_woken_by_workload(change: &WorkloadChange<'_>, index: &ServiceIndex) -> Vec<String> {
@@ -280,7 +289,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         },
     ));
 
-    let (trigger, app) = (redeployment_trigger.clone(), app_trigger.clone());
+    let (trigger, app, services_trigger) = (redeployment_trigger.clone(), app_trigger.clone(), service_trigger.clone());
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
@@ -292,6 +301,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             };
             if let Some(app_name) = app_woken_by_redeployment(&change).filter(|_| !initial) {
                 app.reconcile(&namespace, app_name);
+            }
+            for service in services_woken_by_redeployment(&change).into_iter().filter(|_| !initial) {
+                services_trigger.reconcile(&namespace, service);
             }
             if let Change::Applied(_) = change {
                 trigger.reconcile(&namespace, &name);
@@ -361,6 +373,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let context = Arc::new(Context {
         recorder: Recorder::new(client.clone(), reporter),
         client: client.clone(),
+        http: crate::http::build_client()?,
         settings: config.settings.clone(),
         caches,
         metrics: metrics.clone(),
@@ -513,6 +526,26 @@ mod tests {
             assert_eq!(woken(&redeployment(Some(finished)), false), shop, "{finished}");
         }
         assert_eq!(woken(&redeployment(Some("Deploying")), true), shop, "deleted");
+    }
+
+    #[test]
+    fn a_redeployment_wakes_the_services_it_built_or_rolled_out() {
+        let mut guard = redeployment(Some("Deploying"));
+        let results = json!([
+            { "service": "web", "phase": "Deploying", "built": { "commit": "c1", "image": "r/web:c1" } },
+            { "service": "worker", "phase": "Succeeded" },
+            { "service": "api", "phase": "Building", "buildJob": "shop-1-api" },
+            { "service": "cron", "phase": "Skipped" },
+            { "service": "db", "phase": "Failed" },
+        ]);
+        if let Ok(redeployment) = guard.0.as_mut()
+            && let Some(status) = redeployment.status.as_mut()
+        {
+            status.services = serde_json::from_value(results).unwrap_or_else(|e| panic!("valid results: {e}"));
+        }
+        assert_eq!(services_woken_by_redeployment(&Change::Applied(&guard)), ["web", "worker"]);
+        assert!(services_woken_by_redeployment(&Change::Deleted(&guard)).is_empty(), "deleted");
+        assert!(services_woken_by_redeployment(&Change::Applied(&redeployment(None))).is_empty(), "created");
     }
 
     #[test]

@@ -347,21 +347,12 @@ pub struct RegistryClient {
     insecure_http_hosts: Vec<String>,
 }
 
-impl Default for RegistryClient {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl RegistryClient {
-    /// A client with [`DEFAULT_TIMEOUT`] per request, on the operator's one
-    /// HTTP client ([`crate::http::client`], whose redirect policy keeps
-    /// credentials off plain http).
-    ///
-    /// # Panics
-    /// When the TLS backend cannot be initialised, as `reqwest::Client::new` does.
-    pub fn new() -> Self {
-        RegistryClient { http: crate::http::client(), timeout: DEFAULT_TIMEOUT, insecure_http_hosts: Vec::new() }
+    /// A client with [`DEFAULT_TIMEOUT`] per request, on `http`: the
+    /// operator's one HTTP client ([`crate::http::build_client`], whose
+    /// redirect policy keeps credentials off plain http).
+    pub fn new(http: reqwest::Client) -> Self {
+        RegistryClient { http, timeout: DEFAULT_TIMEOUT, insecure_http_hosts: Vec::new() }
     }
 
     /// Speaks plain HTTP to these registries (`host` or `host:port`, as in
@@ -902,7 +893,8 @@ mod tests {
 
     #[test]
     fn speaks_http_only_to_loopback_and_listed_registries() {
-        let client = RegistryClient::new().with_insecure_http_hosts(["registry.lan:5000", "Mirror.Lan"]);
+        let client =
+            RegistryClient::new(reqwest::Client::new()).with_insecure_http_hosts(["registry.lan:5000", "Mirror.Lan"]);
         for registry in
             ["localhost", "localhost:5000", "127.0.0.1:5000", "127.1.2.3", "[::1]:5000", "registry.lan:5000"]
         {

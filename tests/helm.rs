@@ -205,8 +205,11 @@ spec:
     let image = web.spec.template.spec.map(|s| s.containers[0].image.clone());
     assert_eq!(image, Some(Some(format!("registry.example.com/web:{SHA}"))), "built and deployed");
     let services = Api::<Service>::namespaced(admin.clone(), &namespace);
-    let worker = services.get("worker").await?.status.unwrap_or_default();
-    assert_eq!(worker.last_redeployment.as_deref(), Some(names[1].as_str()));
+    let worker = eventually("Service worker to record the second Redeployment", || async {
+        let worker = services.get("worker").await?.status.unwrap_or_default();
+        Ok((worker.last_redeployment.as_deref() == Some(names[1].as_str())).then_some(worker))
+    })
+    .await?;
     assert!(worker.conditions.iter().any(|c| c.type_ == "TargetReady" && c.status == "True"));
     let app = apps.get("shop").await?;
     assert!(app.status.and_then(|s| s.hook).is_some());

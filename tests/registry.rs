@@ -274,7 +274,8 @@ impl Pusher {
 }
 
 fn client() -> RegistryClient {
-    RegistryClient::new().with_timeout(Duration::from_secs(5))
+    let http = redeploy_operator::http::build_client().unwrap_or_else(|e| panic!("the HTTP client: {e}"));
+    RegistryClient::new(http).with_timeout(Duration::from_secs(5))
 }
 
 #[tokio::test]

@@ -132,8 +132,12 @@ async fn an_image_service_restarts_and_rolls_out() -> anyhow::Result<()> {
     assert_eq!(template_annotation(&worker, "redeploy.dev/redeployment").as_deref(), Some("restart-1"));
     let rollout = worker.status.clone().unwrap_or_default();
     assert_eq!((rollout.updated_replicas, rollout.available_replicas), (Some(2), Some(2)), "rolled out when Succeeded");
-    let service = Api::<Service>::namespaced(client.clone(), &namespace).get("worker").await?;
-    assert_eq!(service.status.and_then(|s| s.last_redeployment).as_deref(), Some("restart-1"));
+    let services = Api::<Service>::namespaced(client.clone(), &namespace);
+    eventually("Service worker to record restart-1", || async {
+        let service = services.get("worker").await?;
+        Ok((service.status.and_then(|s| s.last_redeployment).as_deref() == Some("restart-1")).then_some(()))
+    })
+    .await?;
     assert!(status.started_at.is_some() && status.finished_at.is_some());
     let metrics = reqwest::get(format!("{}/metrics", operator().admin)).await?.text().await?;
     assert!(metrics.contains(r#"redeploy_redeployments_finished_total{phase="succeeded"}"#), "{metrics}");
@@ -141,68 +145,79 @@ async fn an_image_service_restarts_and_rolls_out() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The fields Redeployments record on a Service are applied by their own
-/// field manager from the version they were computed from: a second writer
-/// holding a copy read before a build was recorded is refused (409, so it
-/// reads again) instead of replacing the list without that build, and the
-/// Service reconciler's fields stay its own. The read-modify-write merge
-/// patch this replaces wrote the stale list.
+/// The Service reconciler is the one writer of a Service's status: it takes
+/// over the fields the records manager of earlier versions owned, records what
+/// a Redeployment built and deployed (read from the Redeployment's own
+/// status), and applies a status from the version it was computed from: one
+/// computed from a copy read before the build was recorded is refused (409,
+/// so it computes again) instead of replacing the list without that build.
 #[tokio::test]
 async fn a_record_from_a_stale_copy_never_drops_a_build() -> anyhow::Result<()> {
+    use k8s_openapi::jiff::Timestamp;
     use redeploy_operator::{
-        api::BuiltImage,
+        api::{BuiltImage, ServiceStatus},
         install::FIELD_MANAGER,
-        reconcile::service::{RECORD_FIELD_MANAGER, ServiceRecord, apply_record},
+        reconcile::service::{LEGACY_RECORD_FIELD_MANAGER, apply_status, desired_status},
     };
     let objects = format!("{}{}{}", app(20), git_service("web", None), deployment("web", json!({}), 600));
     let (client, namespace) = setup("record", &objects).await?;
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
-    let stale = eventually("the Service reconciler's status", || async {
+    let status_managers = |service: &Service| {
+        let managed = service.metadata.managed_fields.clone().unwrap_or_default();
+        managed
+            .into_iter()
+            .filter(|m| m.subresource.as_deref() == Some("status"))
+            .map(|m| (m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
+            .collect::<Vec<_>>()
+    };
+    let one_manager = vec![(FIELD_MANAGER.to_string(), "Apply".to_string())];
+    eventually("the Service reconciler's status", || async {
         let service = services.get("web").await?;
         Ok(service.status.as_ref().is_some_and(|s| !s.conditions.is_empty()).then_some(service))
     })
     .await?;
-    let built = |commit: &str| BuiltImage {
-        commit: commit.into(),
-        image: format!("registry.example.com/web:{commit}"),
-        digest: None,
-    };
-    let other = "1111111111111111111111111111111111111111";
-    // The Service reconciler may still be settling its conditions: the first
-    // record is applied on whichever version it last read, and that version is
-    // the stale copy the second record is computed from.
-    let first = ServiceRecord { builds: vec![built(SHA)], ..Default::default() };
-    let mut version = stale.resource_version();
-    for attempt in 0.. {
-        match apply_record(&client, &namespace, "web", version.as_deref(), &first).await {
-            Err(kube::Error::Api(status)) if status.code == 409 && attempt < 20 => {
-                version = services.get("web").await?.resource_version();
-            }
-            done => {
-                done?;
-                break;
-            }
-        }
-    }
-    let second = ServiceRecord { builds: vec![built(other)], ..Default::default() };
-    let refused = apply_record(&client, &namespace, "web", version.as_deref(), &second).await;
-    assert!(matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409), "{refused:?}");
 
-    let service = services.get("web").await?;
-    let status = service.status.clone().unwrap_or_default();
-    let commits: Vec<&str> = status.builds.iter().map(|b| b.commit.as_str()).collect();
-    assert_eq!(commits, [SHA], "the build recorded first is kept");
+    // A cluster upgraded from the version whose Redeployments wrote the
+    // builds under their own manager: the reconciler takes them over.
+    let old = "1111111111111111111111111111111111111111";
+    let legacy = json!({
+        "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
+        "status": {"builds": [{"commit": old, "image": format!("registry.example.com/web:{old}")}]},
+    });
+    services
+        .patch_status("web", &PatchParams::apply(LEGACY_RECORD_FIELD_MANAGER).force(), &Patch::Apply(&legacy))
+        .await?;
+    let stale = eventually("the reconciler to take the legacy fields over", || async {
+        let service = services.get("web").await?;
+        Ok((status_managers(&service) == one_manager).then_some(service))
+    })
+    .await?;
+    let commits = |status: &ServiceStatus| status.builds.iter().map(|b| b.commit.clone()).collect::<Vec<_>>();
+    assert_eq!(commits(&stale.status.clone().unwrap_or_default()), [old], "taken over, not dropped");
+
+    redeploy(&client, &namespace, "record-1", json!([{"service": "web", "action": "build", "ref": SHA}]), None).await?;
+    let done = finished(&client, &namespace, "record-1").await?;
+    let built = done.status.as_ref().and_then(|s| s.services.first()).and_then(|r| r.built.clone());
+    let image = format!("registry.example.com/web:{SHA}");
+    assert_eq!(built.as_ref().map(|b: &BuiltImage| (b.commit.as_str(), b.image.as_str())), Some((SHA, image.as_str())));
+    let recorded = eventually("Service web to record the build", || async {
+        let service = services.get("web").await?;
+        let status = service.status.clone().unwrap_or_default();
+        Ok((status.last_redeployment.as_deref() == Some("record-1")).then_some(service))
+    })
+    .await?;
+    let status = recorded.status.clone().unwrap_or_default();
+    assert_eq!(commits(&status), [SHA, old]);
+    assert_eq!((status.deployed_ref.as_deref(), status.deployed_image.as_deref()), (Some(SHA), Some(image.as_str())));
     assert!(status.conditions.iter().any(|c| c.type_ == "TargetReady"), "{status:?}");
-    let owners = |field: &str| {
-        let managed = service.metadata.managed_fields.clone().unwrap_or_default();
-        managed
-            .into_iter()
-            .filter(|m| m.fields_v1.as_ref().is_some_and(|f| f.0["f:status"].get(field).is_some()))
-            .map(|m| (m.manager.unwrap_or_default(), m.operation.unwrap_or_default()))
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(owners("f:builds"), [(RECORD_FIELD_MANAGER.to_string(), "Apply".to_string())]);
-    assert_eq!(owners("f:conditions"), [(FIELD_MANAGER.to_string(), "Apply".to_string())]);
+    assert_eq!(status_managers(&recorded), one_manager, "one writer of the Service's status");
+
+    // A status computed from the copy read before the build: refused.
+    let from_stale = desired_status(&stale, None, &[], Timestamp::now());
+    let refused = apply_status(&client, &namespace, "web", stale.resource_version().as_deref(), &from_stale).await;
+    assert!(matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409), "{refused:?}");
+    let status = services.get("web").await?.status.unwrap_or_default();
+    assert_eq!(commits(&status), [SHA, old], "the build recorded is kept");
     Ok(())
 }
 
@@ -221,7 +236,12 @@ async fn a_git_service_is_built_deployed_and_the_build_reused() -> anyhow::Resul
     assert_eq!(jobs.items.len(), 1, "one build Job");
     let web = Api::<Deployment>::namespaced(client.clone(), &namespace).get("web").await?;
     assert_eq!(web.spec.template.spec.as_ref().map(|s| s.containers[0].image.clone()), Some(Some(image.clone())));
-    let service = Api::<Service>::namespaced(client.clone(), &namespace).get("web").await?.status.unwrap_or_default();
+    let services = Api::<Service>::namespaced(client.clone(), &namespace);
+    let service = eventually("Service web to record build-1", || async {
+        let status = services.get("web").await?.status.unwrap_or_default();
+        Ok((status.last_redeployment.as_deref() == Some("build-1")).then_some(status))
+    })
+    .await?;
     assert_eq!(service.deployed_ref.as_deref(), Some(SHA));
     assert_eq!(service.builds.first().map(|b| b.image.as_str()), Some(image.as_str()));
 

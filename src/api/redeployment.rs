@@ -7,7 +7,7 @@ use kube::ResourceExt;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-use super::schema;
+use super::{BuiltImage, schema};
 
 /// Finalizer that lets a deleted Redeployment cancel its builds first. The
 /// hook sets it when it creates a Redeployment; the reconciler adds it to
@@ -94,49 +94,9 @@ pub struct Trigger {
     pub received_at: Option<MicroTime>,
 }
 
-/// Where a redeployment request came from.
-#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub enum Provider {
-    #[serde(rename = "github")]
-    GitHub,
-    BitbucketCloud,
-    BitbucketServer,
-    #[serde(rename = "gitlab")]
-    GitLab,
-    Gitea,
-    Forgejo,
-    Gogs,
-    AzureDevOps,
-    DockerHub,
-    /// A JSON body of no known provider (`{"repository","ref"|"branch","sha"}`).
-    Generic,
-    /// No body at all, e.g. `curl -X POST`.
-    #[default]
-    Empty,
-    /// Created by a person, e.g. with `kubectl redeploy`.
-    Manual,
-}
-
-impl Provider {
-    /// The provider's name as people write it, for messages.
-    pub fn display_name(self) -> &'static str {
-        match self {
-            Provider::GitHub => "GitHub",
-            Provider::BitbucketCloud => "Bitbucket Cloud",
-            Provider::BitbucketServer => "Bitbucket Server",
-            Provider::GitLab => "GitLab",
-            Provider::Gitea => "Gitea",
-            Provider::Forgejo => "Forgejo",
-            Provider::Gogs => "Gogs",
-            Provider::AzureDevOps => "Azure DevOps",
-            Provider::DockerHub => "Docker Hub",
-            Provider::Generic => "generic JSON",
-            Provider::Empty => "an empty body",
-            Provider::Manual => "manual",
-        }
-    }
-}
+/// Where a redeployment request came from: one value per provider, made
+/// with its definition (see [`crate::hook::providers`]).
+pub use crate::hook::providers::Provider;
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
@@ -313,6 +273,10 @@ pub struct ServiceResult {
     pub image: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub build_job: Option<String>,
+    /// What the build Job built, as it reported it: the Service reconciler
+    /// records it in the Service's `status.builds`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub built: Option<BuiltImage>,
     /// The workload generation the rollout produced: tracking waits for it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rollout_generation: Option<i64>,

@@ -15,6 +15,7 @@ use std::sync::{
 };
 
 use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::{
     Resource, ResourceExt,
     core::error_boundary::DeserializeGuard,
@@ -107,11 +108,20 @@ where
 /// Annotation `kubectl apply` keeps a whole copy of the object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Drops what no reader of a cached object needs: managed fields and the
-/// copy `kubectl apply` keeps, often most of a small object's size.
+/// Drops what no reader of a cached object needs: the field sets of its
+/// managed fields (who manages it is kept: the Service reconciler takes
+/// over what a legacy manager owns) and the copy `kubectl apply` keeps,
+/// often most of a small object's size.
 pub fn slim<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
-    meta.managed_fields = None;
+    for entry in meta.managed_fields.iter_mut().flatten() {
+        *entry = ManagedFieldsEntry {
+            manager: entry.manager.take(),
+            operation: entry.operation.take(),
+            subresource: entry.subresource.take(),
+            ..Default::default()
+        };
+    }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
     }

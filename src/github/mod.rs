@@ -53,7 +53,12 @@ struct ErrorBody {
 
 impl Deployments {
     /// For `app`'s `spec.github`, with the token read from its Secret.
-    pub async fn for_app(client: &Client, app: &App, api_url: &str) -> Result<Deployments, GitHubError> {
+    pub async fn for_app(
+        client: &Client,
+        http: &reqwest::Client,
+        app: &App,
+        api_url: &str,
+    ) -> Result<Deployments, GitHubError> {
         let github = app.spec.github.as_ref().ok_or_else(|| GitHubError::Repository(String::new()))?;
         let id = RepoId::parse(&github.repository).ok_or_else(|| GitHubError::Repository(github.repository.clone()))?;
         if id.path.split('/').count() != 2 {
@@ -73,16 +78,12 @@ impl Deployments {
             .map(|token| token.trim().to_string())
             .filter(|token| !token.is_empty())
             .ok_or_else(|| GitHubError::Token(format!("Secret {} has no key {}", reference.name, reference.key)))?;
-        Ok(Deployments::new(api_url, &id.path, token))
+        Ok(Deployments::new(http.clone(), api_url, &id.path, token))
     }
 
-    /// `path` is `owner/name`.
-    pub fn new(api_url: &str, path: &str, token: String) -> Deployments {
-        Deployments {
-            http: crate::http::client(),
-            repository: format!("{}/repos/{path}", api_url.trim_end_matches('/')),
-            token,
-        }
+    /// `path` is `owner/name`; `http` is the operator's one HTTP client.
+    pub fn new(http: reqwest::Client, api_url: &str, path: &str, token: String) -> Deployments {
+        Deployments { http, repository: format!("{}/repos/{path}", api_url.trim_end_matches('/')), token }
     }
 
     /// Creates a Deployment of `git_ref` (a commit, branch or tag) to
@@ -165,7 +166,8 @@ mod tests {
 
     #[test]
     fn the_api_path_names_the_repository() {
-        let deployments = Deployments::new("https://ghe.example.com/api/v3/", "octo/app", "t".into());
+        let deployments =
+            Deployments::new(reqwest::Client::new(), "https://ghe.example.com/api/v3/", "octo/app", "t".into());
         assert_eq!(deployments.repository, "https://ghe.example.com/api/v3/repos/octo/app");
     }
 }

@@ -457,8 +457,9 @@ async fn create_github_deployment(
         )
         .retry_after(10)
     };
-    let deployments =
-        Deployments::for_app(&context.client, app, &context.settings.github_api_url).await.map_err(github_error)?;
+    let deployments = Deployments::for_app(&context.client, &context.http, app, &context.settings.github_api_url)
+        .await
+        .map_err(github_error)?;
     let environment = crate::github::environment(app);
     let description = match &event.sender {
         Some(sender) => format!("redeploy-operator: push by {sender}"),
@@ -812,6 +813,7 @@ mod tests {
         let context = Arc::new(Context {
             recorder: Recorder::new(client.clone(), "redeploy-operator".into()),
             client,
+            http: crate::http::build_client()?,
             settings: crate::context::Settings {
                 public_url: "http://hooks.example.com".into(),
                 github_api_url: crate::github::DEFAULT_API_URL.into(),

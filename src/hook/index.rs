@@ -277,7 +277,11 @@ fn claim(secret: &Secret) -> Option<(SecretKey, String, Claim)> {
 
 #[cfg(test)]
 mod tests {
-    use k8s_openapi::{ByteString, apimachinery::pkg::apis::meta::v1::OwnerReference, jiff::Timestamp};
+    use k8s_openapi::{
+        ByteString,
+        apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, OwnerReference},
+        jiff::Timestamp,
+    };
     use kube::{api::ObjectMeta, runtime::reflector};
 
     use std::{cell::RefCell, rc::Rc};
@@ -478,11 +482,17 @@ mod tests {
         assert!(feed.event(watcher::Event::InitDone).is_empty(), "the first list wakes nothing");
         let shop_app = vec![("team".to_string(), "shop".to_string())];
         let mut rotated = shop("id1", "t2");
-        rotated.metadata.managed_fields = Some(vec![Default::default()]);
+        rotated.metadata.managed_fields = Some(vec![ManagedFieldsEntry {
+            manager: Some("kubectl".into()),
+            fields_v1: Some(FieldsV1(serde_json::json!({ "f:data": {} }))),
+            ..Default::default()
+        }]);
         assert_eq!(feed.event(watcher::Event::Apply(rotated)), shop_app);
         let kept = index.secret("team", "shop-hook");
         assert_eq!(kept.as_ref().and_then(HookCredentials::from_secret).map(|c| c.token), Some("t2".into()));
-        assert_eq!(kept.and_then(|s| s.metadata.managed_fields), None, "slimmed");
+        let managers = kept.and_then(|s| s.metadata.managed_fields).unwrap_or_default();
+        let slimmed = ManagedFieldsEntry { manager: Some("kubectl".into()), ..Default::default() };
+        assert_eq!(managers, [slimmed], "slimmed to who manages it");
         assert_eq!(feed.event(watcher::Event::Delete(shop("id1", "t2"))), shop_app);
         assert!(index.secret("team", "shop-hook").is_none());
         // A relist wakes the owner of a Secret it no longer lists.

@@ -1,7 +1,10 @@
 //! The App reconciler: gives each App its hook Secret and publishes the
 //! hook's masked path, the App's Services and a `Ready` condition.
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{
@@ -12,7 +15,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::Error;
+use super::{Error, service};
 use crate::{
     api::{App, AppStatus, HookStatus, Phase, Redeployment, conditions},
     context::Context,
@@ -81,7 +84,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
         }
     };
 
-    prune_history(app, &context, &namespace).await?;
+    let deferred = prune_history(app, &context, &namespace).await?;
     let status = desired_status(app, &context, &secret_name, hook);
     let current = app.status.clone().map(|s| AppStatus { recent_deliveries: Vec::new(), ..s });
     if current.as_ref() != Some(&status) {
@@ -91,8 +94,12 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
             .await?;
     }
     context.metrics.reconciled(CONTROLLER, started.elapsed());
-    Ok(Action::await_change())
+    // Nothing wakes the App when its Services' status catches up.
+    Ok(if deferred { Action::requeue(PRUNE_RETRY) } else { Action::await_change() })
 }
+
+/// How soon a prune deferred until the Services record what it would delete is tried again.
+const PRUNE_RETRY: Duration = Duration::from_secs(2);
 
 /// The App's status, from what the reconciliation found (pure).
 fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<HookCredentials, String>) -> AppStatus {
@@ -137,28 +144,41 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
     }
 }
 
-/// Deletes the App's finished Redeployments beyond `spec.history.limit`, oldest first.
-async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<(), Error> {
+/// Deletes the App's finished Redeployments beyond `spec.history.limit`,
+/// oldest first; true when it deferred some because a Service they name
+/// does not record yet what they built or deployed (the Service reconciler
+/// reads that from them).
+async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<bool, Error> {
     let limit = usize::try_from(app.spec.history.limit).unwrap_or(0);
-    let finished = context.caches.redeployments_of(namespace, &app.name_any()).into_iter().filter(|r| {
+    let redeployments = context.caches.redeployments_of(namespace, &app.name_any());
+    let services = context.caches.services_of(namespace, &app.name_any());
+    let behind: Vec<String> =
+        services.iter().filter(|s| !service::records_current(s, &redeployments)).map(|s| s.name_any()).collect();
+    let finished = redeployments.iter().filter(|r| {
         r.metadata.deletion_timestamp.is_none()
             && r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished)
     });
+    let (prune, deferred) = prunable(finished.cloned().collect(), limit, &behind);
     let api = Api::<Redeployment>::namespaced(context.client.clone(), namespace);
-    for old in prunable(finished.collect(), limit) {
+    for old in prune {
         match api.delete(&old, &Default::default()).await {
             Ok(_) => tracing::info!(app = %app.name_any(), redeployment = %old, "pruned from history"),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(error) => return Err(error.into()),
         }
     }
-    Ok(())
+    Ok(deferred)
 }
 
-/// Names of the finished Redeployments beyond the newest `limit` (pure).
-fn prunable(mut finished: Vec<Redeployment>, limit: usize) -> Vec<String> {
+/// Names of the finished Redeployments beyond the newest `limit`, but those
+/// naming a Service of `behind` (whose status does not record yet what they
+/// did), and whether any was left for that (pure).
+fn prunable(mut finished: Vec<Redeployment>, limit: usize, behind: &[String]) -> (Vec<String>, bool) {
     finished.sort_by_key(|r| std::cmp::Reverse(r.order_key()));
-    finished.into_iter().skip(limit).map(|r| r.name_any()).collect()
+    let names = |r: &Redeployment| r.status.iter().flat_map(|s| &s.services).any(|x| behind.contains(&x.service));
+    let (deferred, prune): (Vec<Redeployment>, Vec<Redeployment>) =
+        finished.into_iter().skip(limit).partition(|r| names(r));
+    (prune.into_iter().map(|r| r.name_any()).collect(), !deferred.is_empty())
 }
 
 fn owned_by(secret: &Secret, app: &App) -> bool {
@@ -170,4 +190,32 @@ fn differs(existing: &Secret, desired: &Secret) -> bool {
     let labels_missing = desired.labels().iter().any(|(k, v)| existing.labels().get(k) != Some(v));
     let annotations_missing = desired.annotations().iter().any(|(k, v)| existing.annotations().get(k) != Some(v));
     labels_missing || annotations_missing || existing.data != desired.data
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::{apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
+
+    use super::*;
+    use crate::api::{RedeploymentSpec, RedeploymentStatus, ServicePhase, ServiceResult};
+
+    fn finished(name: &str, second: i64, service: &str) -> Redeployment {
+        let mut redeployment = Redeployment::new(name, RedeploymentSpec { app: "shop".into(), ..Default::default() });
+        let received = Timestamp::from_second(1_800_000_000 + second).unwrap_or(Timestamp::UNIX_EPOCH);
+        redeployment.spec.trigger.received_at = Some(MicroTime(received));
+        let result = ServiceResult { service: service.into(), phase: ServicePhase::Succeeded, ..Default::default() };
+        redeployment.status =
+            Some(RedeploymentStatus { phase: Some(Phase::Succeeded), services: vec![result], ..Default::default() });
+        redeployment
+    }
+
+    #[test]
+    fn the_oldest_beyond_the_limit_are_pruned_unless_their_services_do_not_record_them_yet() {
+        let history = || vec![finished("rd-3", 3, "web"), finished("rd-1", 1, "worker"), finished("rd-2", 2, "web")];
+        assert_eq!(prunable(history(), 1, &[]), (vec!["rd-2".to_string(), "rd-1".to_string()], false));
+        assert_eq!(prunable(history(), 3, &[]), (Vec::new(), false));
+        let behind = ["web".to_string()];
+        assert_eq!(prunable(history(), 1, &behind), (vec!["rd-1".to_string()], true), "rd-2 waits for web");
+        assert_eq!(prunable(history(), 2, &behind), (vec!["rd-1".to_string()], false), "rd-3 is within the limit");
+    }
 }

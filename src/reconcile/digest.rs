@@ -23,6 +23,7 @@ pub struct Resolved {
 /// ones); the error is a message for the Redeployment's status.
 pub async fn resolve(
     client: &Client,
+    http: &reqwest::Client,
     namespace: &str,
     image: &ImageSource,
     insecure_registries: &[String],
@@ -44,7 +45,7 @@ pub async fn resolve(
         }
         None => None,
     };
-    let registries = RegistryClient::new().with_insecure_http_hosts(insecure_registries.iter().cloned());
+    let registries = RegistryClient::new(http.clone()).with_insecure_http_hosts(insecure_registries.iter().cloned());
     let digest = registries.resolve_digest(&reference, credentials.as_ref()).await.map_err(|e| {
         match &image.pull_secret_ref {
             Some(secret) => format!("{e} (pull Secret {})", secret.name),

@@ -1,10 +1,15 @@
-//! The Service reconciler: publishes the Service's source type and whether
-//! its target workload exists with the container it deploys. This module is
-//! also the one path by which a Service's status is written: server-side
-//! apply, each field owned by one field manager (see [`apply_status`]).
+//! The Service reconciler, the one writer of a Service's status: its source
+//! type, whether its target workload exists with the container it deploys,
+//! and the builds and deployments its Redeployments recorded in their own
+//! status. The status is computed purely ([`desired_status`]) and written by
+//! one server-side apply ([`apply_status`]).
 
-use std::{sync::Arc, time::Instant};
+use std::{
+    sync::Arc,
+    time::{Duration, Instant},
+};
 
+use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
@@ -15,10 +20,10 @@ use serde_json::{Value, json};
 
 use super::Error;
 use crate::{
-    api::{BuiltImage, Service, conditions},
+    api::{BuiltImage, Redeployment, Service, ServicePhase, ServiceResult, ServiceStatus, conditions},
     context::Context,
     install::FIELD_MANAGER,
-    workload,
+    workload::{self, Workload},
 };
 
 pub const CONTROLLER: &str = "service";
@@ -40,117 +45,198 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Service>>, context: Arc<Conte
     };
     let namespace = service.namespace().ok_or_else(|| Error::NoNamespace(service.name_any()))?;
     let target = &service.spec.target;
+    // The caches are complete (reconcilers start once they are synced); a
+    // workload's containers changing, and a Redeployment of this Service
+    // building or rolling it out, wake this Service.
+    let workload = context.caches.workloads.get(target.kind, &namespace, &target.name);
+    let redeployments = context.caches.redeployments_of(&namespace, &service.spec.app);
+    let desired = desired_status(service, workload.as_ref(), &redeployments, Timestamp::now());
+    let action = if service.status.as_ref() == Some(&desired) && !has_legacy_owner(service) {
+        Action::await_change()
+    } else {
+        let (version, name) = (service.resource_version(), service.name_any());
+        let applied = async {
+            apply_status(&context.client, &namespace, &name, version.as_deref(), &desired).await?;
+            if has_legacy_owner(service) {
+                release_legacy_fields(&context.client, &namespace, &name).await?;
+            }
+            Ok(())
+        };
+        match applied.await {
+            Ok(()) => Action::await_change(),
+            // The cached copy is stale: the newer version's event wakes us too.
+            Err(kube::Error::Api(status)) if status.code == 409 => Action::requeue(AFTER_CONFLICT),
+            Err(error) => return Err(error.into()),
+        }
+    };
+    context.metrics.reconciled(CONTROLLER, started.elapsed());
+    Ok(action)
+}
+
+/// How soon a Service whose status write met a newer version is looked at again.
+const AFTER_CONFLICT: Duration = Duration::from_millis(100);
+/// How many builds a Service's status keeps.
+pub const KEPT_BUILDS: usize = 10;
+/// The field manager that wrote the builds and deployment of a Service's
+/// status before this reconciler did (Redeployments wrote them): the
+/// reconciler takes its fields over ([`release_legacy_fields`]), so no field
+/// is left with two owners.
+pub const LEGACY_RECORD_FIELD_MANAGER: &str = "redeploy-operator-records";
+
+/// The Service's whole status (pure): its source type, whether its target
+/// `workload` exists with the container it deploys, and what `redeployments`
+/// (the cached ones of its App) built and deployed for it, on top of what its
+/// status already records (a Redeployment pruned from history is gone from them).
+pub fn desired_status(
+    service: &Service,
+    workload: Option<&Workload>,
+    redeployments: &[Redeployment],
+    now: Timestamp,
+) -> ServiceStatus {
+    let namespace = service.namespace().unwrap_or_default();
+    let target = &service.spec.target;
     let what = workload::describe(target.kind, &namespace, &target.name);
-    // The workload cache is complete (reconcilers start once it is synced) and
-    // a workload's containers changing wakes its Services.
-    let (ok, reason, message) = match context.caches.workloads.get(target.kind, &namespace, &target.name) {
+    let (ok, reason, message) = match workload {
         None => (false, "TargetNotFound", format!("{what} does not exist")),
         Some(found) => match found.container(target.container.as_deref()) {
             Ok(container) => (true, "TargetFound", format!("{what} runs container {}", container.name)),
             Err(message) => (false, "ContainerNotFound", format!("{what} {message}")),
         },
     };
-    let previous = service.status.as_ref().map(|s| s.conditions.as_slice()).unwrap_or_default();
+    let previous = service.status.clone().unwrap_or_default();
     let generation = service.metadata.generation;
-    let condition = conditions::condition(previous, TARGET_READY, ok, reason, message, generation);
-    let status = service.status.as_ref();
-    let unchanged = status.is_some_and(|s| {
-        s.observed_generation == generation
-            && s.type_ == Some(service.spec.source_type())
-            && s.conditions.iter().filter(|c| c.type_ == TARGET_READY).eq([&condition])
-    });
-    if unchanged {
-        context.metrics.reconciled(CONTROLLER, started.elapsed());
-        return Ok(Action::await_change());
+    let condition = conditions::condition_at(&previous.conditions, TARGET_READY, ok, reason, message, generation, now);
+    let Deployed { deployed_ref, deployed_image, last_redeployment } = deployed(service, redeployments);
+    ServiceStatus {
+        observed_generation: generation,
+        type_: Some(service.spec.source_type()),
+        deployed_ref,
+        deployed_image,
+        last_redeployment,
+        builds: recorded_builds(service, redeployments),
+        conditions: vec![condition],
     }
-    let fields = json!({
-        "observedGeneration": generation,
-        "type": service.spec.source_type(),
-        "conditions": [condition],
-    });
-    apply_status(&context.client, &namespace, &service.name_any(), FIELD_MANAGER, None, fields).await?;
-    context.metrics.reconciled(CONTROLLER, started.elapsed());
-    Ok(Action::await_change())
 }
 
-/// Field manager of the fields Redeployments record in a Service's status
-/// ([`ServiceRecord`]); the reconciler above owns the others under
-/// [`FIELD_MANAGER`]. No field has two writers: a manager's apply always
-/// carries every field it owns, as server-side apply removes those it omits.
-pub const RECORD_FIELD_MANAGER: &str = "redeploy-operator-records";
-
-/// The fields of a Service's status that Redeployments record: its builds
-/// and what it deployed last, written together.
-#[derive(Clone, Debug, Default, PartialEq)]
-pub struct ServiceRecord {
-    pub builds: Vec<BuiltImage>,
-    pub deployed_ref: Option<String>,
-    pub deployed_image: Option<String>,
-    pub last_redeployment: Option<String>,
+/// What a Service's status says it deployed last.
+#[derive(Debug, PartialEq)]
+struct Deployed {
+    deployed_ref: Option<String>,
+    deployed_image: Option<String>,
+    last_redeployment: Option<String>,
 }
 
-impl ServiceRecord {
-    /// The record as `service` holds it.
-    pub fn of(service: &Service) -> Self {
-        let status = service.status.clone().unwrap_or_default();
-        Self {
-            builds: status.builds,
-            deployed_ref: status.deployed_ref,
-            deployed_image: status.deployed_image,
-            last_redeployment: status.last_redeployment,
-        }
-    }
-
-    /// The status fields, leaving out those never set (an applied `null` is no value to own).
-    fn fields(&self) -> Value {
-        let mut fields = json!({ "builds": self.builds });
-        for (key, value) in [
-            ("deployedRef", &self.deployed_ref),
-            ("deployedImage", &self.deployed_image),
-            ("lastRedeployment", &self.last_redeployment),
-        ] {
-            if let Some(value) = value {
-                fields[key] = value.as_str().into();
+/// What `service` deployed last (pure): the newest Succeeded rollout of
+/// `redeployments`, else what its status says.
+fn deployed(service: &Service, redeployments: &[Redeployment]) -> Deployed {
+    let newest = of_service(service, redeployments)
+        .filter(|(_, result)| result.phase == ServicePhase::Succeeded)
+        .max_by_key(|(redeployment, _)| redeployment.order_key());
+    match newest {
+        Some((redeployment, result)) => Deployed {
+            deployed_ref: result.git_ref.clone().or(result.image.clone()),
+            deployed_image: result.image.clone(),
+            last_redeployment: Some(redeployment.name_any()),
+        },
+        None => {
+            let status = service.status.clone().unwrap_or_default();
+            Deployed {
+                deployed_ref: status.deployed_ref,
+                deployed_image: status.deployed_image,
+                last_redeployment: status.last_redeployment,
             }
         }
-        fields
     }
 }
 
-/// Applies `record` to the Service's status. The record is computed from the
-/// Service as read at `resource_version`: the apply holds only while the
-/// Service is still at that version (else 409 Conflict, and the caller reads
-/// it again), so a build recorded meanwhile is never dropped by a stale copy.
-pub async fn apply_record(
-    client: &Client,
-    namespace: &str,
-    name: &str,
-    resource_version: Option<&str>,
-    record: &ServiceRecord,
-) -> kube::Result<()> {
-    apply_status(client, namespace, name, RECORD_FIELD_MANAGER, resource_version, record.fields()).await
+/// Whether `service`'s status already records what `redeployments` built
+/// and deployed: until it does, none of them may be pruned from history, or
+/// what it recorded would be lost.
+pub fn records_current(service: &Service, redeployments: &[Redeployment]) -> bool {
+    let status = service.status.clone().unwrap_or_default();
+    let recorded = Deployed {
+        deployed_ref: status.deployed_ref,
+        deployed_image: status.deployed_image,
+        last_redeployment: status.last_redeployment,
+    };
+    status.builds == recorded_builds(service, redeployments) && recorded == deployed(service, redeployments)
 }
 
-/// The one way a Service's status is written: a server-side apply of
-/// `fields` by `manager`, conditional on `resource_version` when given.
-async fn apply_status(
+/// The images built for `service`, newest first, at most [`KEPT_BUILDS`], one
+/// per commit (pure): those `redeployments` built, newest Redeployment first,
+/// then those its status lists that they do not. The one answer to "was this
+/// commit built before": the build policies read it too, so a build is known
+/// as soon as the Redeployment that made it records it, before the Service's
+/// status does.
+pub fn recorded_builds(service: &Service, redeployments: &[Redeployment]) -> Vec<BuiltImage> {
+    let mut built: Vec<(&Redeployment, &BuiltImage)> =
+        of_service(service, redeployments).filter_map(|(r, result)| Some((r, result.built.as_ref()?))).collect();
+    built.sort_by_key(|(redeployment, _)| std::cmp::Reverse(redeployment.order_key()));
+    let listed = service.status.as_ref().map(|s| s.builds.as_slice()).unwrap_or_default();
+    let mut builds: Vec<BuiltImage> = Vec::new();
+    for image in built.into_iter().map(|(_, image)| image).chain(listed) {
+        if !builds.iter().any(|b| b.commit == image.commit) {
+            builds.push(image.clone());
+        }
+    }
+    builds.truncate(KEPT_BUILDS);
+    builds
+}
+
+/// The results of `redeployments` about `service` (same namespace and App).
+fn of_service<'a>(
+    service: &'a Service,
+    redeployments: &'a [Redeployment],
+) -> impl Iterator<Item = (&'a Redeployment, &'a ServiceResult)> + 'a {
+    let (namespace, name) = (service.namespace(), service.name_any());
+    redeployments
+        .iter()
+        .filter(move |r| r.namespace() == namespace && r.spec.app == service.spec.app)
+        .flat_map(|r| r.status.iter().flat_map(|s| &s.services).map(move |result| (r, result)))
+        .filter(move |(_, result)| result.service == name)
+}
+
+/// Whether the legacy records manager still owns fields of the Service's status.
+fn has_legacy_owner(service: &Service) -> bool {
+    service.metadata.managed_fields.iter().flatten().any(|m| {
+        m.manager.as_deref() == Some(LEGACY_RECORD_FIELD_MANAGER) && m.subresource.as_deref() == Some("status")
+    })
+}
+
+/// The one way a Service's status is written: a forced server-side apply of
+/// the whole status by [`FIELD_MANAGER`], holding only while the Service is
+/// still at `resource_version` (else 409 Conflict), so a status computed
+/// from a stale copy never drops a build recorded meanwhile.
+pub async fn apply_status(
     client: &Client,
     namespace: &str,
     name: &str,
-    manager: &str,
     resource_version: Option<&str>,
-    fields: Value,
+    status: &ServiceStatus,
 ) -> kube::Result<()> {
-    let patch = status_patch(resource_version, fields);
+    let patch = status_patch(resource_version, status);
     Api::<Service>::namespaced(client.clone(), namespace)
-        .patch_status(name, &PatchParams::apply(manager).force(), &Patch::Apply(&patch))
+        .patch_status(name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await?;
+    Ok(())
+}
+
+/// Gives up every field the legacy records manager owns in the Service's
+/// status, by applying nothing as that manager. Applied after
+/// [`apply_status`], which now co-owns them all (server-side apply shares a
+/// field between managers applying the same value), so none is removed.
+async fn release_legacy_fields(client: &Client, namespace: &str, name: &str) -> kube::Result<()> {
+    // Not even an empty `status`: that would own the status object itself.
+    let nothing = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service" });
+    Api::<Service>::namespaced(client.clone(), namespace)
+        .patch_status(name, &PatchParams::apply(LEGACY_RECORD_FIELD_MANAGER), &Patch::Apply(&nothing))
         .await?;
     Ok(())
 }
 
 /// The apply configuration of a Service status.
-fn status_patch(resource_version: Option<&str>, fields: Value) -> Value {
-    let mut patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "status": fields });
+fn status_patch(resource_version: Option<&str>, status: &ServiceStatus) -> Value {
+    let mut patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service", "status": status });
     if let Some(version) = resource_version {
         patch["metadata"] = json!({ "resourceVersion": version });
     }
@@ -158,32 +244,4 @@ fn status_patch(resource_version: Option<&str>, fields: Value) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_record_carries_every_recorded_field_and_the_version_it_was_computed_from() {
-        let record = ServiceRecord {
-            builds: vec![BuiltImage { commit: "c1".into(), image: "r/web:c1".into(), digest: None }],
-            deployed_ref: Some("c1".into()),
-            deployed_image: Some("r/web:c1".into()),
-            last_redeployment: Some("rd-1".into()),
-        };
-        let patch = status_patch(Some("42"), record.fields());
-        assert_eq!(
-            patch,
-            json!({
-                "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
-                "metadata": { "resourceVersion": "42" },
-                "status": {
-                    "builds": [{ "commit": "c1", "image": "r/web:c1" }],
-                    "deployedRef": "c1", "deployedImage": "r/web:c1", "lastRedeployment": "rd-1",
-                },
-            })
-        );
-        // The reconciler's own fields are not in it: applying it never drops them.
-        let status = patch["status"].as_object().map(|s| s.keys().cloned().collect::<Vec<_>>()).unwrap_or_default();
-        assert!(!status.iter().any(|k| ["conditions", "type", "observedGeneration"].contains(&k.as_str())));
-        assert!(status_patch(None, json!({})).get("metadata").is_none());
-    }
-}
+mod tests;

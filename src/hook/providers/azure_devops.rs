@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Definition, ignored, never_by_headers};
+use super::{Definition, by_shape_only, ignored, never_by_headers};
 use super::{Json, ParseError, Push, RefName, Shape, deserialize, event, first, is_zero_sha, missing, urls};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
@@ -13,10 +13,12 @@ const PROVIDER: Provider = Provider::AzureDevOps;
 
 pub(super) const DEFINITION: Definition = Definition {
     provider: PROVIDER,
+    display_name: "Azure DevOps",
     metrics_label: "azure_devops",
     signature: None,
     handling: never_by_headers,
     parse: ignored,
+    detect: by_shape_only,
 };
 const PUSH: &str = "git.push";
 

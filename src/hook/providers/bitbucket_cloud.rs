@@ -12,10 +12,12 @@ const PROVIDER: Provider = Provider::BitbucketCloud;
 
 pub(super) const DEFINITION: Definition = Definition {
     provider: PROVIDER,
+    display_name: "Bitbucket Cloud",
     metrics_label: "bitbucket_cloud",
     signature: Some(SignatureCheck::BitbucketSha256),
     handling,
     parse: |_, event, payload| parse(event, payload),
+    detect: |headers| super::bitbucket(headers).filter(|(_, cloud)| *cloud).map(|(named, _)| named),
 };
 pub(super) const PUSH: &str = "repo:push";
 

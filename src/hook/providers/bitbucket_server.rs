@@ -12,10 +12,12 @@ const PROVIDER: Provider = Provider::BitbucketServer;
 
 pub(super) const DEFINITION: Definition = Definition {
     provider: PROVIDER,
+    display_name: "Bitbucket Server",
     metrics_label: "bitbucket_server",
     signature: Some(SignatureCheck::BitbucketSha256),
     handling,
     parse: |_, event, payload| parse(event, payload),
+    detect: |headers| super::bitbucket(headers).filter(|(_, cloud)| !*cloud).map(|(named, _)| named),
 };
 
 pub(super) fn handling(event: &str) -> Handling {

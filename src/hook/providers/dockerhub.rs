@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use super::{Definition, ignored, never_by_headers};
+use super::{Definition, by_shape_only, ignored, never_by_headers};
 use super::{Json, ParseError, Shape, deserialize, event, first, missing};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent, PushedImage};
@@ -13,10 +13,12 @@ const PROVIDER: Provider = Provider::DockerHub;
 
 pub(super) const DEFINITION: Definition = Definition {
     provider: PROVIDER,
+    display_name: "Docker Hub",
     metrics_label: "dockerhub",
     signature: None,
     handling: never_by_headers,
     parse: ignored,
+    detect: by_shape_only,
 };
 const PUSH: &str = "push";
 

@@ -6,7 +6,7 @@ use serde::Deserialize;
 
 use super::github::PushPayload;
 use super::shape::Kind;
-use super::{Definition, ignored, never_by_headers};
+use super::{Definition, by_shape_only, ignored, never_by_headers};
 use super::{Json, ParseError, RefName, Shape, commit_sha, deserialize, event, first, is_commit_sha, is_zero_sha};
 use crate::api::Provider;
 use crate::hook::event::{EventKind, HookEvent};
@@ -15,19 +15,23 @@ const PROVIDER: Provider = Provider::Generic;
 
 pub(super) const GENERIC: Definition = Definition {
     provider: PROVIDER,
+    display_name: "generic JSON",
     metrics_label: "generic",
     signature: None,
     handling: never_by_headers,
     parse: ignored,
+    detect: by_shape_only,
 };
 
 /// A call without a payload (`curl -X POST`, a form of modifiers).
 pub(super) const EMPTY: Definition = Definition {
     provider: Provider::Empty,
+    display_name: "an empty body",
     metrics_label: "empty",
     signature: None,
     handling: never_by_headers,
     parse: ignored,
+    detect: by_shape_only,
 };
 const PUSH: &str = "push";
 

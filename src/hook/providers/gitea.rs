@@ -10,27 +10,33 @@ use crate::hook::signature::SignatureCheck;
 
 pub(super) const GITEA: Definition = Definition {
     provider: Provider::Gitea,
+    display_name: "Gitea",
     metrics_label: "gitea",
     signature: Some(SignatureCheck::Gitea),
     handling,
     parse,
+    detect: |headers| super::named_by(headers, "x-gitea-event", &["x-gitea-delivery"]),
 };
 
 /// Forgejo signs as Gitea does (`X-Gitea-Signature`, also sent as `X-Forgejo-Signature`).
 pub(super) const FORGEJO: Definition = Definition {
     provider: Provider::Forgejo,
+    display_name: "Forgejo",
     metrics_label: "forgejo",
     signature: Some(SignatureCheck::Gitea),
     handling,
     parse,
+    detect: |headers| super::named_by(headers, "x-forgejo-event", &["x-forgejo-delivery", "x-gitea-delivery"]),
 };
 
 pub(super) const GOGS: Definition = Definition {
     provider: Provider::Gogs,
+    display_name: "Gogs",
     metrics_label: "gogs",
     signature: Some(SignatureCheck::Gogs),
     handling,
     parse,
+    detect: |headers| super::named_by(headers, "x-gogs-event", &["x-gogs-delivery"]),
 };
 
 pub(super) fn handling(event: &str) -> Handling {

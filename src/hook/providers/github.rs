@@ -17,10 +17,12 @@ const PROVIDER: Provider = Provider::GitHub;
 
 pub(super) const DEFINITION: Definition = Definition {
     provider: PROVIDER,
+    display_name: "GitHub",
     metrics_label: "github",
     signature: Some(SignatureCheck::GitHubSha256),
     handling,
     parse: |_, event, payload| parse(event, payload),
+    detect: |headers| super::named_by(headers, "x-github-event", &["x-github-delivery"]),
 };
 
 pub(super) fn handling(event: &str) -> Handling {

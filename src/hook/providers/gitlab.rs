@@ -13,10 +13,12 @@ const PROVIDER: Provider = Provider::GitLab;
 
 pub(super) const DEFINITION: Definition = Definition {
     provider: PROVIDER,
+    display_name: "GitLab",
     metrics_label: "gitlab",
     signature: Some(SignatureCheck::GitLabToken),
     handling,
     parse: |_, event, payload| parse(event, payload),
+    detect: |headers| super::named_by(headers, "x-gitlab-event", &["x-gitlab-event-uuid"]),
 };
 
 pub(super) fn handling(event: &str) -> Handling {

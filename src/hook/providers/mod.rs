@@ -7,6 +7,8 @@
 //! panics on payload data: a body it cannot read is a [`ParseError`], which the
 //! hook answers with `400`.
 
+// Adding a provider: a file here with its parser and its `Definition`, its
+// `mod` line below, and one entry in `providers!` (its CRD enum value).
 mod azure_devops;
 mod bitbucket_cloud;
 mod bitbucket_server;
@@ -22,12 +24,12 @@ mod tests;
 use std::borrow::Cow;
 
 use http::HeaderMap;
-use serde::de::DeserializeOwned;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
 use self::shape::{Json, Shape};
 use super::event::{EventKind, HookEvent};
 use super::signature::SignatureCheck;
-use crate::api::Provider;
 // The parsers share the operator's one commit-id checks.
 use crate::git::{is_commit_sha, is_zero_sha};
 
@@ -85,12 +87,14 @@ pub fn parse(headers: &HeaderMap, body: &[u8]) -> Result<HookEvent, ParseError> 
     Ok(bounded(event))
 }
 
-/// Everything about one provider beyond its CRD enum value and its payload
-/// parsing: declared once, next to its parser (`DEFINITION`), and registered
-/// in [`DEFINITIONS`]. Metrics labels, signature schemes and header dispatch
-/// all read it.
+/// Everything about one provider: declared once, next to its parser
+/// (`DEFINITION`), and listed once in [`providers!`], which makes its
+/// [`Provider`] value (the CRD enum) and [`DEFINITIONS`]. Messages, metrics
+/// labels, signature schemes, header detection and parsing all read it.
 pub struct Definition {
     pub provider: Provider,
+    /// The provider's name as people write it, for messages.
+    pub display_name: &'static str,
     /// The `provider` label value of the hook metrics.
     pub metrics_label: &'static str,
     /// The provider's own signature, for the providers that sign their calls.
@@ -99,36 +103,78 @@ pub struct Definition {
     handling: fn(&str) -> Handling,
     /// Reads the payload of an event its headers name.
     parse: fn(Provider, &str, Json<'_>) -> Result<HookEvent, ParseError>,
+    /// The event and delivery id, when the headers say this provider sent the
+    /// call. At most one provider's `detect` answers for any headers (see
+    /// [`named_by`]), so the order of [`DEFINITIONS`] does not matter.
+    detect: fn(&HeaderMap) -> Option<Named>,
 }
 
-/// Every provider, once.
-pub const DEFINITIONS: &[Definition] = &[
-    github::DEFINITION,
-    bitbucket_cloud::DEFINITION,
-    bitbucket_server::DEFINITION,
-    gitlab::DEFINITION,
-    gitea::GITEA,
-    gitea::FORGEJO,
-    gitea::GOGS,
-    azure_devops::DEFINITION,
-    dockerhub::DEFINITION,
-    generic::GENERIC,
-    generic::EMPTY,
-    MANUAL,
-];
+/// The one list of providers: `Variant = "crd value" => its Definition`.
+/// It makes the [`Provider`] enum (the CRD's `spec.trigger.provider`, in this
+/// order) and [`DEFINITIONS`], the definitions in the same order.
+macro_rules! providers {
+    ($($(#[$attribute:meta])* $variant:ident = $value:literal => $definition:expr),* $(,)?) => {
+        /// Where a redeployment request came from.
+        #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, JsonSchema)]
+        pub enum Provider {
+            $($(#[$attribute])* #[serde(rename = $value)] $variant,)*
+        }
+
+        impl Provider {
+            /// Every provider, in the order of [`DEFINITIONS`].
+            pub const ALL: &[Provider] = &[$(Provider::$variant),*];
+        }
+
+        /// Every provider's definition, once, in the order of [`Provider::ALL`].
+        pub const DEFINITIONS: &[Definition] = &[$($definition),*];
+    };
+}
+
+providers! {
+    GitHub = "github" => github::DEFINITION,
+    BitbucketCloud = "bitbucketCloud" => bitbucket_cloud::DEFINITION,
+    BitbucketServer = "bitbucketServer" => bitbucket_server::DEFINITION,
+    GitLab = "gitlab" => gitlab::DEFINITION,
+    Gitea = "gitea" => gitea::GITEA,
+    Forgejo = "forgejo" => gitea::FORGEJO,
+    Gogs = "gogs" => gitea::GOGS,
+    AzureDevOps = "azureDevOps" => azure_devops::DEFINITION,
+    DockerHub = "dockerHub" => dockerhub::DEFINITION,
+    /// A JSON body of no known provider (`{"repository","ref"|"branch","sha"}`).
+    Generic = "generic" => generic::GENERIC,
+    /// No body at all, e.g. `curl -X POST`.
+    #[default]
+    Empty = "empty" => generic::EMPTY,
+    /// Created by a person, e.g. with `kubectl redeploy`.
+    Manual = "manual" => MANUAL,
+}
+
+impl Provider {
+    /// The provider's name as people write it, for messages.
+    pub fn display_name(self) -> &'static str {
+        definition(self).display_name
+    }
+}
 
 /// Redeployments a person created (`kubectl redeploy`): no hook call at all.
 const MANUAL: Definition = Definition {
     provider: Provider::Manual,
+    display_name: "manual",
     metrics_label: "manual",
     signature: None,
     handling: never_by_headers,
     parse: ignored,
+    detect: by_shape_only,
 };
 
 /// The definition of `provider` (every provider has one: see the tests).
 pub fn definition(provider: Provider) -> &'static Definition {
     DEFINITIONS.iter().find(|definition| definition.provider == provider).unwrap_or(&MANUAL)
+}
+
+/// The `detect` of a provider no header names.
+fn by_shape_only(_headers: &HeaderMap) -> Option<Named> {
+    None
 }
 
 /// The `handling` of a provider no header names.
@@ -150,6 +196,44 @@ enum Handling {
     Ping,
     /// Acknowledged and ignored; the body is not read.
     Ignore,
+}
+
+/// What a provider's headers name: the event, and the delivery id.
+#[derive(Debug)]
+struct Named {
+    event: String,
+    delivery_id: Option<String>,
+}
+
+/// Event headers, most specific first: Forgejo also sends `X-Gitea-*`, Gitea
+/// also sends `X-Gogs-*` and `X-GitHub-*`. A provider's event header names
+/// it only when no header before its own is there.
+const EVENT_HEADERS: [&str; 6] =
+    ["x-forgejo-event", "x-gitea-event", "x-gogs-event", "x-github-event", "x-gitlab-event", "x-event-key"];
+
+/// The `detect` of a provider named by `event_header` (one of
+/// [`EVENT_HEADERS`]), its delivery id in the first of `delivery_headers` sent.
+fn named_by(headers: &HeaderMap, event_header: &str, delivery_headers: &[&str]) -> Option<Named> {
+    let before = EVENT_HEADERS.iter().take_while(|name| **name != event_header);
+    if before.into_iter().any(|name| header(headers, name).is_some()) {
+        return None;
+    }
+    let event = header(headers, event_header)?;
+    Some(Named { event, delivery_id: delivery_headers.iter().find_map(|name| header(headers, name)) })
+}
+
+/// A Bitbucket call (`X-Event-Key`), and whether it is from Bitbucket Cloud
+/// (else Server): Cloud's push is `repo:push`, Server's `repo:refs_changed`;
+/// other events tell by Cloud's request headers.
+fn bitbucket(headers: &HeaderMap) -> Option<(Named, bool)> {
+    let named = named_by(headers, "x-event-key", &[])?;
+    let cloud = match named.event.as_str() {
+        "repo:push" => true,
+        "repo:refs_changed" => false,
+        _ => header(headers, "x-request-uuid").is_some() || header(headers, "x-hook-uuid").is_some(),
+    };
+    let delivery = if cloud { "x-request-uuid" } else { "x-request-id" };
+    Some((Named { delivery_id: header(headers, delivery), ..named }, cloud))
 }
 
 /// A provider recognised by its headers.
@@ -183,41 +267,12 @@ impl Detected {
     }
 }
 
-/// The provider named by the headers, if any. Gitea also sends `X-Gogs-*` and
-/// `X-GitHub-*` headers, and Forgejo also sends `X-Gitea-*`, so the most
-/// specific header is looked at first.
+/// The provider named by the headers, if any: the one whose `detect` answers.
 fn detect_by_headers(headers: &HeaderMap) -> Option<Detected> {
-    let detected = |provider, event, delivery_header: &[&str]| {
-        Some(Detected { provider, event, delivery_id: delivery_header.iter().find_map(|name| header(headers, name)) })
-    };
-    if let Some(event) = header(headers, "x-forgejo-event") {
-        return detected(Provider::Forgejo, event, &["x-forgejo-delivery", "x-gitea-delivery"]);
-    }
-    if let Some(event) = header(headers, "x-gitea-event") {
-        return detected(Provider::Gitea, event, &["x-gitea-delivery"]);
-    }
-    if let Some(event) = header(headers, "x-gogs-event") {
-        return detected(Provider::Gogs, event, &["x-gogs-delivery"]);
-    }
-    if let Some(event) = header(headers, "x-github-event") {
-        return detected(Provider::GitHub, event, &["x-github-delivery"]);
-    }
-    if let Some(event) = header(headers, "x-gitlab-event") {
-        return detected(Provider::GitLab, event, &["x-gitlab-event-uuid"]);
-    }
-    if let Some(event) = header(headers, "x-event-key") {
-        let cloud = match event.as_str() {
-            "repo:push" => true,
-            "repo:refs_changed" => false,
-            _ => header(headers, "x-request-uuid").is_some() || header(headers, "x-hook-uuid").is_some(),
-        };
-        return if cloud {
-            detected(Provider::BitbucketCloud, event, &["x-request-uuid"])
-        } else {
-            detected(Provider::BitbucketServer, event, &["x-request-id"])
-        };
-    }
-    None
+    DEFINITIONS.iter().find_map(|definition| {
+        let Named { event, delivery_id } = (definition.detect)(headers)?;
+        Some(Detected { provider: definition.provider, event, delivery_id })
+    })
 }
 
 /// Recognises a payload that came without a provider header by its shape.

@@ -281,4 +281,50 @@ fn every_provider_has_one_definition() {
     labels.sort_unstable();
     labels.dedup();
     assert_eq!(labels.len(), values.len(), "two providers share a metrics label");
+    // The list makes the enum and the definitions together: each in its place.
+    let listed: Vec<Provider> = super::DEFINITIONS.iter().map(|d| d.provider).collect();
+    assert_eq!(listed, Provider::ALL, "a definition listed against another Provider value");
+    let mut names: Vec<&str> = super::DEFINITIONS.iter().map(|d| d.display_name).collect();
+    names.sort_unstable();
+    names.dedup();
+    assert_eq!(names.len(), values.len(), "two providers share a display name");
+}
+
+/// Header detection is part of each definition, and at most one answers:
+/// the more specific header wins whatever the order of the definitions
+/// (Forgejo also sends `X-Gitea-*`, Gitea `X-Gogs-*` and `X-GitHub-*`).
+#[test]
+fn at_most_one_definition_detects_a_call_by_its_headers() {
+    let detected = |pairs: &[(&str, &str)]| {
+        let headers = headers(pairs);
+        let found: Vec<Provider> =
+            super::DEFINITIONS.iter().filter(|d| (d.detect)(&headers).is_some()).map(|d| d.provider).collect();
+        assert!(found.len() <= 1, "{pairs:?}: {found:?}");
+        found.first().copied()
+    };
+    let all = [
+        ("x-event-key", "repo:push"),
+        ("x-gitlab-event", "Push Hook"),
+        ("x-github-event", "push"),
+        ("x-gogs-event", "push"),
+        ("x-gitea-event", "push"),
+        ("x-forgejo-event", "push"),
+    ];
+    let expected = [
+        Provider::BitbucketCloud,
+        Provider::GitLab,
+        Provider::GitHub,
+        Provider::Gogs,
+        Provider::Gitea,
+        Provider::Forgejo,
+    ];
+    // Each header alone names its provider; with those before it in the
+    // list (less specific ones), still it.
+    for (index, provider) in expected.iter().enumerate() {
+        assert_eq!(detected(&all[index..=index]), Some(*provider), "{:?}", all[index]);
+        assert_eq!(detected(&all[..=index]), Some(*provider), "{:?}", &all[..=index]);
+    }
+    assert_eq!(detected(&[("x-event-key", "repo:refs_changed")]), Some(Provider::BitbucketServer));
+    assert_eq!(detected(&[("x-github-event", "  ")]), None, "a blank header names nothing");
+    assert_eq!(detected(&[("content-type", "application/json")]), None);
 }

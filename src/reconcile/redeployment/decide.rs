@@ -7,8 +7,9 @@
 //! carried out: a build Job is named after (Redeployment, Service) and found
 //! again, a workload whose pod template already names this Redeployment with
 //! the image (or restart stamp) is not patched again, a rollback already
-//! applied is read back from the workload, and a Service's record already
-//! holding the build or deployment is not written again.
+//! applied is read back from the workload. What a build made is recorded in
+//! the Redeployment's own status (`built`), in the same write that moves the
+//! Service on; the Service reconciler copies it into the Service's status.
 
 use std::{borrow::Cow, time::Duration};
 
@@ -24,7 +25,7 @@ use crate::{
     },
     build::{self, BuildRequest},
     github,
-    reconcile::service::ServiceRecord,
+    reconcile::service,
     repo::redact_credentials,
     workload::{self, Progress},
 };
@@ -54,9 +55,6 @@ pub enum Effect {
     PatchWorkload { service: String, target: WorkloadTarget, patch: Value },
     /// Restores what the workload ran before (auto-rollback).
     RollBack { service: String, target: WorkloadTarget, patch: Value },
-    /// Records a build or a deployment in a Service's status, through the
-    /// Service status' one apply path ([`crate::reconcile::service::apply_record`]).
-    RecordService { service: String, resource_version: Option<String>, record: ServiceRecord },
     /// A Kubernetes Event on the App.
     PublishEvent { type_: EventType, reason: String, note: String },
     /// Posts the Redeployment's state to its GitHub Deployment.
@@ -69,15 +67,12 @@ impl Effect {
         match self {
             Effect::CreateJob { service, .. }
             | Effect::PatchWorkload { service, .. }
-            | Effect::RollBack { service, .. }
-            | Effect::RecordService { service, .. } => Some(service),
+            | Effect::RollBack { service, .. } => Some(service),
             _ => None,
         }
     }
 }
 
-/// How many builds a Service's status keeps.
-const KEPT_BUILDS: usize = 10;
 /// How soon a deployment status GitHub did not take is posted again.
 pub const GITHUB_RETRY: Duration = Duration::from_secs(30);
 /// How long a Redeployment waits for a Service it names to be created
@@ -366,7 +361,12 @@ impl Pass<'_> {
             PlanAction::Build => {
                 result.started_at = Some(Time(self.now));
                 let policy = self.observed.profile.as_ref().map(|p| p.spec.build).unwrap_or_default();
-                let builds = service.status.as_ref().map(|s| s.builds.clone()).unwrap_or_default();
+                // The Service's status may not list yet what an older
+                // Redeployment built: the gate let this one start once that
+                // one was finished in the cache, with its `built` recorded.
+                let redeployments: Vec<Redeployment> =
+                    self.observed.others.iter().chain([self.redeployment()]).cloned().collect();
+                let builds = service::recorded_builds(service, &redeployments);
                 let reusable = planned.git_ref.as_deref().and_then(|r| builds.iter().find(|b| b.commit == r));
                 match (policy, reusable, builds.first()) {
                     (BuildPolicy::Never, _, Some(last)) => {
@@ -458,13 +458,7 @@ impl Pass<'_> {
                     image: outcome.image.clone(),
                     digest: outcome.digest.clone(),
                 };
-                let mut record = ServiceRecord::of(service);
-                if record.builds.first() != Some(&built) {
-                    record.builds.retain(|b| b.commit != built.commit);
-                    record.builds.insert(0, built);
-                    record.builds.truncate(KEPT_BUILDS);
-                    self.record(service, record);
-                }
+                result.built = Some(built);
                 result.git_ref = Some(outcome.commit.clone());
                 self.deploy_image(service, result, &outcome.image)
             }
@@ -479,14 +473,6 @@ impl Pass<'_> {
                 self.finish(result, ServicePhase::Failed, message)
             }
         }
-    }
-
-    fn record(&mut self, service: &Service, record: ServiceRecord) {
-        self.effects.push(Effect::RecordService {
-            service: service.name_any(),
-            resource_version: service.resource_version(),
-            record,
-        });
     }
 
     fn pin_digest(&mut self, service: &Service, result: &mut ServiceResult) -> Duration {
@@ -617,20 +603,7 @@ impl Pass<'_> {
             other => other,
         };
         match progress {
-            Progress::Succeeded => {
-                let mut record = ServiceRecord::of(service);
-                let deployed = ServiceRecord {
-                    deployed_ref: result.git_ref.clone().or(result.image.clone()),
-                    deployed_image: result.image.clone(),
-                    last_redeployment: Some(self.redeployment().name_any()),
-                    builds: record.builds.clone(),
-                };
-                if record != deployed {
-                    record = deployed;
-                    self.record(service, record);
-                }
-                self.finish(result, ServicePhase::Succeeded, format!("{what} rolled out"))
-            }
+            Progress::Succeeded => self.finish(result, ServicePhase::Succeeded, format!("{what} rolled out")),
             Progress::Failed { reason, message } => {
                 let mut message = format!("{what} failed to roll out ({reason}): {message}");
                 let previous = result.previous.clone().filter(|_| rollout.auto_rollback && !result.rolled_back);

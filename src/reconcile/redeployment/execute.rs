@@ -29,7 +29,7 @@ use crate::{
     context::Context,
     github,
     install::FIELD_MANAGER,
-    reconcile::{Error, service},
+    reconcile::Error,
     repo::redact_credentials,
     workload,
 };
@@ -141,9 +141,6 @@ async fn run_step(context: &Context, namespace: &str, effects: &[Effect]) -> Res
                 .await
                 .map(|patched| rollout_generation = Some(patched.generation)),
             Effect::RollBack { target, patch, .. } => workload::patch(client, namespace, target, patch).await.map(drop),
-            Effect::RecordService { service, resource_version, record } => {
-                service::apply_record(client, namespace, service, resource_version.as_deref(), record).await
-            }
             _ => Ok(()),
         };
         match done {
@@ -169,7 +166,8 @@ async fn delete_job(context: &Context, namespace: &str, name: &str) -> Result<()
 async fn post_github(context: &Context, observed: &Observed, deployment: i64, state: &str, description: &str) -> bool {
     let Some(app) = &observed.app else { return true };
     let posted = async {
-        let deployments = github::Deployments::for_app(&context.client, app, &context.settings.github_api_url).await?;
+        let deployments =
+            github::Deployments::for_app(&context.client, &context.http, app, &context.settings.github_api_url).await?;
         deployments.status(deployment, state, description).await
     };
     match posted.await {

@@ -137,7 +137,8 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
 
     for service in decide::digests_wanted(&observed) {
         let Some(image) = observed.services.get(&service).and_then(|s| s.spec.image.clone()) else { continue };
-        let resolved = digest::resolve(client, &namespace, &image, &context.settings.insecure_registries).await;
+        let resolved =
+            digest::resolve(client, &context.http, &namespace, &image, &context.settings.insecure_registries).await;
         observed.digests.insert(service, resolved);
     }
     Ok(observed)
