@@ -34,7 +34,11 @@ use crate::{
     },
     leader::{Elector, LeaseConfig},
     metrics::Metrics,
-    reconcile::{self, app, redeployment, service},
+    reconcile::{
+        self, app,
+        first_pass::{AppsFirst, FIRST_PASS_LIMIT},
+        redeployment, service,
+    },
     server::{ConnectionLimits, serve},
     workload::Workload,
 };
@@ -399,10 +403,23 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         tasks.spawn(Elector::new(client.clone(), lease).run(leading.clone(), stopped(&stop)));
     }
     let lost_leadership = Arc::new(AtomicBool::new(false));
+    let apps_first = AppsFirst::new(context.caches.apps.clone(), FIRST_PASS_LIMIT);
+    let services_after = apps_first.clone();
     let reconcilers = futures::future::join3(
         app_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
-            .run(app::reconcile, reconcile::error_policy(app::CONTROLLER), context.clone())
+            .run(
+                move |app, context| {
+                    let first = apps_first.clone();
+                    async move {
+                        let reconciled = app::reconcile(app.clone(), context).await;
+                        first.reconciled(&app);
+                        reconciled
+                    }
+                },
+                reconcile::error_policy(app::CONTROLLER),
+                context.clone(),
+            )
             .for_each(|_| async {}),
         redeployment_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
@@ -410,7 +427,17 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             .for_each(|_| async {}),
         service_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
-            .run(service::reconcile, reconcile::error_policy(service::CONTROLLER), context.clone())
+            .run(
+                move |service, context| {
+                    let first = services_after.clone();
+                    async move {
+                        first.wait().await;
+                        service::reconcile(service, context).await
+                    }
+                },
+                reconcile::error_policy(service::CONTROLLER),
+                context.clone(),
+            )
             .for_each(|_| async {}),
     );
     let (mut leading_changes, lost, stop_all, stopped_first) =

@@ -3,6 +3,7 @@
 
 pub mod app;
 mod digest;
+pub mod first_pass;
 pub mod redeployment;
 pub mod service;
 
