@@ -31,6 +31,6 @@ pub struct Context {
     pub settings: Settings,
     pub caches: Caches,
     pub metrics: Arc<Metrics>,
-    /// The Redeployment versions the reconciler last wrote or read.
-    pub known_versions: crate::reconcile::redeployment::KnownVersions,
+    /// The versions of the objects the reconcilers last wrote or read.
+    pub known_versions: crate::cache::known::KnownVersions,
 }

@@ -25,7 +25,10 @@ use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 use crate::{
     api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase},
     build::REDEPLOYMENT_LABEL,
-    cache::{Caches, Change, Indexed, Scope, ServiceIndex, Synced, Trigger, WorkloadChange, WorkloadIndex, watch_into},
+    cache::{
+        Caches, Change, Indexed, Scope, ServiceIndex, Synced, Trigger, WorkloadChange, WorkloadIndex,
+        known::KnownVersions, watch_into,
+    },
     context::{Context, Settings},
     hook::{
         handler::{HookState, Limits},
@@ -232,16 +235,21 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
 
     let scope = &config.scope;
     let listed: [Synced; 4] = Default::default();
-    let trigger = app_trigger.clone();
+    let known_versions = KnownVersions::default();
+    let (trigger, known) = (app_trigger.clone(), known_versions.clone());
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
         apps_writer,
         listed[0].clone(),
-        move |change, _| {
-            if let Change::Applied(app) = change {
+        move |change, _| match change {
+            Change::Applied(app) => {
                 let (namespace, name) = key(app);
                 trigger.reconcile(&namespace, &name);
+            }
+            Change::Deleted(app) => {
+                let (namespace, name) = key(app);
+                known.forget::<App>(&namespace, &name);
             }
         },
     ));
@@ -293,7 +301,8 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         },
     ));
 
-    let (trigger, app, services_trigger) = (redeployment_trigger.clone(), app_trigger.clone(), service_trigger.clone());
+    let (trigger, app, services_trigger, known) =
+        (redeployment_trigger.clone(), app_trigger.clone(), service_trigger.clone(), known_versions.clone());
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
@@ -309,8 +318,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             for service in services_woken_by_redeployment(&change).into_iter().filter(|_| !initial) {
                 services_trigger.reconcile(&namespace, service);
             }
-            if let Change::Applied(_) = change {
-                trigger.reconcile(&namespace, &name);
+            match change {
+                Change::Applied(_) => trigger.reconcile(&namespace, &name),
+                Change::Deleted(_) => known.forget::<Redeployment>(&namespace, &name),
             }
         },
     ));
@@ -381,7 +391,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         settings: config.settings.clone(),
         caches,
         metrics: metrics.clone(),
-        known_versions: Default::default(),
+        known_versions,
     });
 
     // The reconcilers start once every cache holds a full list: before, a

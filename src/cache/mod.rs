@@ -4,6 +4,7 @@
 //! as an error, is skipped by every reader, and never stalls a watch.
 
 pub mod index;
+pub mod known;
 mod scope;
 mod service_index;
 mod watch;

@@ -483,16 +483,20 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
     let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
     let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
     match within_api_timeout(api.create(&params, &redeployment)).await {
-        Ok(created) => Ok(Reply::stored(
-            StatusCode::ACCEPTED,
-            Outcome::accepted,
-            format!(
-                "accepted: Redeployment {} will deploy {}",
-                created.name_any(),
-                planned_services(&created).join(", ")
-            ),
-            &created,
-        )),
+        Ok(created) => {
+            // The version the reconciler's first pass will find in its cache: no need to read it again.
+            context.known_versions.saw(&created, false);
+            Ok(Reply::stored(
+                StatusCode::ACCEPTED,
+                Outcome::accepted,
+                format!(
+                    "accepted: Redeployment {} will deploy {}",
+                    created.name_any(),
+                    planned_services(&created).join(", ")
+                ),
+                &created,
+            ))
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let existing = within_api_timeout(api.get(&redeployment.name_any())).await.map_err(unavailable)?;
             if !same_delivery(&existing, &redeployment) {

@@ -18,6 +18,7 @@ use serde_json::json;
 use super::{Error, service};
 use crate::{
     api::{App, AppStatus, HookStatus, Phase, Redeployment, conditions},
+    cache::known::{self, Freshness},
     context::Context,
     hook::credentials::{self, HookCredentials},
     install::FIELD_MANAGER,
@@ -41,6 +42,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
     if app.metadata.deletion_timestamp.is_some() {
         // Being deleted (perhaps with its namespace): its Secret goes with it.
         return Ok(Action::await_change());
+    }
+    if context.known_versions.freshness(app) == Freshness::Behind {
+        // Woken (by its Secret's watch, say) before the watch echoed our last
+        // status write: acting on this copy would write that status again.
+        return Ok(Action::requeue(known::ECHO_WAIT));
     }
     let namespace = app.namespace().ok_or_else(|| Error::NoNamespace(app.name_any()))?;
     let secrets = Api::<Secret>::namespaced(context.client.clone(), &namespace);
@@ -89,9 +95,10 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
     let current = app.status.clone().map(|s| AppStatus { recent_deliveries: Vec::new(), ..s });
     if current.as_ref() != Some(&status) {
         let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
-        Api::<App>::namespaced(context.client.clone(), &namespace)
+        let written = Api::<App>::namespaced(context.client.clone(), &namespace)
             .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
+        context.known_versions.saw(&written, false);
     }
     context.metrics.reconciled(CONTROLLER, started.elapsed());
     // Nothing wakes the App when its Services' status catches up.

@@ -12,10 +12,7 @@ mod observe;
 #[cfg(test)]
 mod tests;
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex},
-};
+use std::sync::Arc;
 
 use k8s_openapi::jiff::Timestamp;
 use kube::{
@@ -29,6 +26,7 @@ use kube::{
 
 pub use self::decide::overall_phase;
 use super::Error;
+use crate::cache::known::{self, Freshness};
 use crate::{
     api::{CANCEL_FINALIZER, Redeployment},
     context::Context,
@@ -80,11 +78,11 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     // this process last wrote or read.
     let redeployment = match context.known_versions.freshness(cached) {
         Freshness::Current => cached.clone(),
-        Freshness::Behind => return Ok(Action::requeue(ECHO_WAIT)),
+        Freshness::Behind => return Ok(Action::requeue(known::ECHO_WAIT)),
         Freshness::Unknown => {
             let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
             let Some(read) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
-            context.known_versions.saw(&read);
+            context.known_versions.saw(&read, finished(&read));
             read
         }
     };
@@ -100,102 +98,7 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     execute::execute(&observed, decision, context).await
 }
 
-/// How long a pass that found the cache behind our own write waits for the
-/// watch to echo it; the echo itself wakes the Redeployment sooner.
-const ECHO_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
-
-/// The version of each unfinished Redeployment this process last wrote or
-/// read. A cached copy at that version holds everything this process did to
-/// it, so a pass trusts it without a read: most passes are woken by the
-/// watch echoing our own status write.
-#[derive(Default)]
-pub struct KnownVersions(Mutex<HashMap<(String, String), Known>>);
-
-struct Known {
-    version: String,
-    /// The cached version a pass already waited on once.
-    waited_at: Option<String>,
-}
-
-/// What a cached copy is worth to a pass.
-#[derive(Debug, PartialEq)]
-enum Freshness {
-    /// At the version we know: use it.
-    Current,
-    /// Another version than ours, seen for the first time: most likely the
-    /// watch has not echoed our last write yet, so wait for the echo.
-    Behind,
-    /// Nothing known, or still not our version after waiting once (someone
-    /// else wrote it): read it.
-    Unknown,
-}
-
-impl KnownVersions {
-    fn freshness(&self, cached: &Redeployment) -> Freshness {
-        let Some(version) = cached.resource_version() else { return Freshness::Unknown };
-        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(known) = known.get_mut(&key(cached)) else { return Freshness::Unknown };
-        if known.version == version {
-            Freshness::Current
-        } else if known.waited_at.as_deref() != Some(version.as_str()) {
-            known.waited_at = Some(version);
-            Freshness::Behind
-        } else {
-            Freshness::Unknown
-        }
-    }
-
-    /// Notes the Redeployment as the API server gave it (read, or returned by
-    /// our status write); a finished one is forgotten (a pass that finds it
-    /// unfinished in the cache reads it).
-    pub(super) fn saw(&self, current: &Redeployment) {
-        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
-        let finished = current.status.as_ref().and_then(|s| s.phase).is_some_and(crate::api::Phase::is_finished);
-        match current.resource_version() {
-            Some(version) if !finished => known.insert(key(current), Known { version, waited_at: None }),
-            _ => known.remove(&key(current)),
-        };
-    }
-}
-
-fn key(redeployment: &Redeployment) -> (String, String) {
-    (redeployment.namespace().unwrap_or_default(), redeployment.name_any())
-}
-
-#[cfg(test)]
-mod known_versions_tests {
-    use serde_json::json;
-
-    use super::*;
-
-    fn at(version: &str, phase: Option<&str>) -> Redeployment {
-        let mut object = json!({
-            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment",
-            "metadata": { "name": "shop-1", "namespace": "ns", "resourceVersion": version },
-            "spec": { "app": "shop", "trigger": { "provider": "generic", "event": "call" } },
-        });
-        if let Some(phase) = phase {
-            object["status"] = json!({ "phase": phase });
-        }
-        serde_json::from_value(object).unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))
-    }
-
-    #[test]
-    fn a_cached_copy_is_trusted_at_our_version_waited_on_once_otherwise_read() {
-        use Freshness::*;
-        let writes = KnownVersions::default();
-        assert_eq!(writes.freshness(&at("5", None)), Unknown, "never written or read here: read it");
-        writes.saw(&at("5", None));
-        assert_eq!(writes.freshness(&at("5", None)), Current);
-        writes.saw(&at("7", Some("Deploying")));
-        assert_eq!(writes.freshness(&at("5", None)), Behind, "the watch has not echoed our write yet");
-        assert_eq!(writes.freshness(&at("7", Some("Deploying"))), Current, "the echo");
-        assert_eq!(writes.freshness(&at("8", Some("Deploying"))), Behind, "someone wrote after us: wait once");
-        assert_eq!(writes.freshness(&at("8", Some("Deploying"))), Unknown, "still not ours: read it");
-        writes.saw(&at("8", Some("Deploying")));
-        assert_eq!(writes.freshness(&at("8", Some("Deploying"))), Current);
-        writes.saw(&at("9", Some("Succeeded")));
-        assert_eq!(writes.freshness(&at("9", Some("Succeeded"))), Unknown, "a finished one is forgotten");
-        assert!(writes.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
-    }
+/// Whether the Redeployment has finished: its version need not be kept.
+fn finished(redeployment: &Redeployment) -> bool {
+    redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(crate::api::Phase::is_finished)
 }

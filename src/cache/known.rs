@@ -1,0 +1,122 @@
+//! The version of each object this process last wrote or read, per kind.
+//! A cached copy at that version holds everything this process did to it, so
+//! a reconciler can trust it without a read; most passes are woken by the
+//! watch echoing the reconciler's own write, and a pass woken by something
+//! else just before that echo would otherwise act on a copy that misses it.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use kube::{Resource, ResourceExt};
+
+/// How long a pass that found the cache behind our own write waits for the
+/// watch to echo it; the echo itself wakes the object sooner.
+pub const ECHO_WAIT: Duration = Duration::from_millis(500);
+
+#[derive(Clone, Default)]
+pub struct KnownVersions(Arc<Mutex<HashMap<Key, Known>>>);
+
+type Key = (String, String, String);
+
+struct Known {
+    version: String,
+    /// The cached version a pass already waited on once.
+    waited_at: Option<String>,
+}
+
+/// What a cached copy is worth to a pass.
+#[derive(Debug, PartialEq)]
+pub enum Freshness {
+    /// At the version we know: use it.
+    Current,
+    /// Another version than ours, seen for the first time: most likely the
+    /// watch has not echoed our last write yet, so wait for the echo.
+    Behind,
+    /// Nothing known, or still not our version after waiting once (someone
+    /// else wrote it): read it.
+    Unknown,
+}
+
+impl KnownVersions {
+    pub fn freshness<K: Resource<DynamicType = ()>>(&self, cached: &K) -> Freshness {
+        let Some(version) = cached.resource_version() else { return Freshness::Unknown };
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(known) = known.get_mut(&key(cached)) else { return Freshness::Unknown };
+        if known.version == version {
+            Freshness::Current
+        } else if known.waited_at.as_deref() != Some(version.as_str()) {
+            known.waited_at = Some(version);
+            Freshness::Behind
+        } else {
+            Freshness::Unknown
+        }
+    }
+
+    /// Notes the object as the API server gave it (read, or returned by our
+    /// write); `done` forgets it instead (a pass that finds it otherwise in
+    /// the cache reads it).
+    pub fn saw<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match current.resource_version() {
+            Some(version) if !done => known.insert(key(current), Known { version, waited_at: None }),
+            _ => known.remove(&key(current)),
+        };
+    }
+
+    /// Forgets a deleted object.
+    pub fn forget<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) {
+        let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        known.remove(&(K::kind(&()).into_owned(), namespace.to_string(), name.to_string()));
+    }
+}
+
+fn key<K: Resource<DynamicType = ()>>(object: &K) -> Key {
+    (K::kind(&()).into_owned(), object.namespace().unwrap_or_default(), object.name_any())
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+    use crate::api::{App, Redeployment};
+
+    fn at(version: &str) -> Redeployment {
+        serde_json::from_value(json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment",
+            "metadata": { "name": "shop-1", "namespace": "ns", "resourceVersion": version },
+            "spec": { "app": "shop", "trigger": { "provider": "generic", "event": "call" } },
+        }))
+        .unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))
+    }
+
+    #[test]
+    fn a_cached_copy_is_trusted_at_our_version_waited_on_once_otherwise_read() {
+        use Freshness::*;
+        let known = KnownVersions::default();
+        assert_eq!(known.freshness(&at("5")), Unknown, "never written or read here: read it");
+        known.saw(&at("5"), false);
+        assert_eq!(known.freshness(&at("5")), Current);
+        known.saw(&at("7"), false);
+        assert_eq!(known.freshness(&at("5")), Behind, "the watch has not echoed our write yet");
+        assert_eq!(known.freshness(&at("7")), Current, "the echo");
+        assert_eq!(known.freshness(&at("8")), Behind, "someone wrote after us: wait once");
+        assert_eq!(known.freshness(&at("8")), Unknown, "still not ours: read it");
+        known.saw(&at("8"), false);
+        assert_eq!(known.freshness(&at("8")), Current);
+        let app: App = serde_json::from_value(json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
+            "metadata": { "name": "shop-1", "namespace": "ns", "resourceVersion": "8" }, "spec": {},
+        }))
+        .unwrap_or_else(|e| panic!("a valid App: {e}"));
+        assert_eq!(known.freshness(&app), Unknown, "kinds are apart");
+        known.saw(&at("9"), true);
+        assert_eq!(known.freshness(&at("9")), Unknown, "a finished one is forgotten");
+        known.saw(&at("10"), false);
+        known.forget::<Redeployment>("ns", "shop-1");
+        assert!(known.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+    }
+}
