@@ -25,20 +25,13 @@ use redeploy_operator::api::{Phase, Redeployment};
 use redeploy_testenv::{ControlPlane, RealNode};
 use serde_json::json;
 use support::{
-    apply_yaml, wait_for,
+    apply_yaml,
+    chart::{CHART, run},
+    wait_for,
     web_app::{WebRepository, finished, github_push, signed_push_finished, web_dockerfile},
 };
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
 const RELEASE: &str = "redeploy-operator";
-
-/// Runs `command`; its stdout, or an error with its stderr.
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let output = command.output()?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    anyhow::ensure!(output.status.success(), "{command:?} failed ({}):\n{stderr}{stdout}", output.status);
-    Ok(stdout.into_owned())
-}
 
 /// `make image IMAGE=<reference>`: the script builds (or reuses) the image
 /// tarball and pushes it. The first run builds the release binary

@@ -5,39 +5,21 @@
 
 mod support;
 
-use std::process::Command;
-
-use k8s_openapi::api::{
-    apps::v1::Deployment,
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::ServiceAccount,
-    events::v1::Event,
-    networking::v1::Ingress,
-};
-use kube::{
-    Api, Client,
-    api::{ListParams, PostParams},
-};
+use k8s_openapi::api::{apps::v1::Deployment, events::v1::Event, networking::v1::Ingress};
+use kube::{Api, Client, api::ListParams};
 use redeploy_operator::{
     api::{App, Phase, Redeployment, Service},
     leader::LeaseConfig,
 };
 use redeploy_testenv::ControlPlane;
 use serde_json::json;
-use support::eventually;
+use support::{
+    chart::{CHART, can, run, service_account_client},
+    eventually,
+};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
 const RELEASE: &str = "redeploy-operator";
 const SHA: &str = "6113728f27ae82c7b1a177c8d03f9e96e0adf246";
-
-/// Runs `command`; its stdout, or an error with its stderr.
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let output = command.output()?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    anyhow::ensure!(output.status.success(), "{command:?} failed ({}):\n{stderr}{stdout}", output.status);
-    Ok(stdout.into_owned())
-}
 
 #[test]
 fn the_chart_lints_and_refuses_what_it_cannot_run() -> anyhow::Result<()> {
@@ -64,25 +46,6 @@ fn the_chart_lints_and_refuses_what_it_cannot_run() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Whether the client may do `verb` on `resource` (`group` "" for the core group).
-async fn can(client: &Client, verb: &str, group: &str, resource: &str) -> anyhow::Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                namespace: Some("default".into()),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::Result<()> {
     let control_plane = ControlPlane::shared();
@@ -102,21 +65,14 @@ async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::
     assert_eq!(deployment.spec.replicas, Some(1));
 
     // The operator runs with the token of the chart's ServiceAccount.
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
-    let token = Api::<ServiceAccount>::namespaced(admin.clone(), &release_namespace)
-        .create_token_request(RELEASE, &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .ok_or_else(|| anyhow::anyhow!("the TokenRequest returned no token"))?;
-    let operator_client = control_plane.client_with_token(&token).await?;
+    let operator_client = service_account_client(control_plane, &admin, &release_namespace, RELEASE).await?;
     for (verb, group, resource) in
         [("patch", "apps", "deployments"), ("create", "redeploy.dev", "redeployments"), ("create", "batch", "jobs")]
     {
-        assert!(can(&operator_client, verb, group, resource).await?, "the operator may {verb} {resource}");
+        assert!(
+            can(&operator_client, verb, (group, resource), Some("default")).await?,
+            "the operator may {verb} {resource}"
+        );
     }
     for (verb, group, resource) in [
         ("delete", "apps", "deployments"),
@@ -128,7 +84,10 @@ async fn the_chart_installs_and_its_rbac_is_all_the_operator_needs() -> anyhow::
         ("update", "redeploy.dev", "apps"),
         ("update", "coordination.k8s.io", "leases"),
     ] {
-        assert!(!can(&operator_client, verb, group, resource).await?, "the operator may not {verb} {resource}");
+        assert!(
+            !can(&operator_client, verb, (group, resource), Some("default")).await?,
+            "the operator may not {verb} {resource}"
+        );
     }
     // Ready only once every watch has listed: any list or watch it may not do
     // keeps it unready. It elects itself leader on the chart's Lease, as in a pod.
@@ -389,42 +348,11 @@ async fn the_aggregated_roles_give_view_and_edit_users_the_redeploy_kinds() -> a
         );
         support::apply_yaml(&admin, &namespace, &objects).await?;
     }
-    let token = |user: &'static str| {
-        let (admin, namespace) = (admin.clone(), namespace.clone());
-        async move {
-            let request = TokenRequest {
-                spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-                ..Default::default()
-            };
-            Api::<ServiceAccount>::namespaced(admin, &namespace)
-                .create_token_request(user, &PostParams::default(), &request)
-                .await?
-                .status
-                .and_then(|s| s.token)
-                .ok_or_else(|| anyhow::anyhow!("no token for {user}"))
-        }
-    };
-    let viewer = control_plane.client_with_token(&token("viewer").await?).await?;
-    let editor = control_plane.client_with_token(&token("editor").await?).await?;
+    let viewer = service_account_client(control_plane, &admin, &namespace, "viewer").await?;
+    let editor = service_account_client(control_plane, &admin, &namespace, "editor").await?;
     let can_in = |client: Client, verb: &'static str, resource: &'static str| {
         let namespace = namespace.clone();
-        async move {
-            let review = SelfSubjectAccessReview {
-                spec: SelfSubjectAccessReviewSpec {
-                    resource_attributes: Some(ResourceAttributes {
-                        verb: Some(verb.into()),
-                        group: Some("redeploy.dev".into()),
-                        resource: Some(resource.into()),
-                        namespace: Some(namespace),
-                        ..Default::default()
-                    }),
-                    ..Default::default()
-                },
-                ..Default::default()
-            };
-            let answer = Api::<SelfSubjectAccessReview>::all(client).create(&PostParams::default(), &review).await?;
-            anyhow::Ok(answer.status.is_some_and(|s| s.allowed))
-        }
+        async move { can(&client, verb, ("redeploy.dev", resource), Some(&namespace)).await }
     };
     // The aggregation controller folds the chart's roles into view and edit.
     eventually("view and edit to include the redeploy kinds", || async {

@@ -4,14 +4,10 @@
 
 mod support;
 
-use std::{process::Command, time::Duration};
+use std::time::Duration;
 
-use k8s_openapi::api::{
-    authentication::v1::{TokenRequest, TokenRequestSpec},
-    authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec},
-    core::v1::{Secret, ServiceAccount},
-};
-use kube::{Api, Client, api::PostParams};
+use k8s_openapi::api::core::v1::Secret;
+use kube::{Api, api::PostParams};
 use redeploy_operator::{
     api::{App, Phase, Redeployment},
     cache::Scope,
@@ -20,75 +16,22 @@ use redeploy_operator::{
 };
 use redeploy_testenv::ControlPlane;
 use serde_json::json;
-use support::eventually;
+use support::{
+    chart::{CHART, can, run, service_account_client},
+    eventually,
+};
 
-const CHART: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/charts/redeploy-operator");
 /// A release name of its own: its aggregated ClusterRoles must not collide with other tests'.
 const RELEASE: &str = "scoped";
 
-/// Runs `command`; its stdout, or an error with its stderr.
-fn run(command: &mut Command) -> anyhow::Result<String> {
-    let output = command.output()?;
-    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    anyhow::ensure!(output.status.success(), "{command:?} failed ({}):\n{stderr}{stdout}", output.status);
-    Ok(stdout.into_owned())
-}
-
-/// Whether `client` may do `verb` on `resource` in `namespace` (`None`: in every namespace).
-async fn can(
-    client: &Client,
-    verb: &str,
-    (group, resource): (&str, &str),
-    namespace: Option<&str>,
-) -> anyhow::Result<bool> {
-    let review = SelfSubjectAccessReview {
-        spec: SelfSubjectAccessReviewSpec {
-            resource_attributes: Some(ResourceAttributes {
-                verb: Some(verb.into()),
-                group: Some(group.into()),
-                resource: Some(resource.into()),
-                namespace: namespace.map(str::to_string),
-                ..Default::default()
-            }),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let answer = Api::<SelfSubjectAccessReview>::all(client.clone()).create(&PostParams::default(), &review).await?;
-    Ok(answer.status.is_some_and(|s| s.allowed))
-}
-
 /// An App `shop` with an image-based Service `worker` and its Deployment.
-fn shop() -> String {
-    let deployment = json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "worker"},
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {"app": "worker"}},
-            "template": {
-                "metadata": {"labels": {"app": "worker"}},
-                "spec": {"containers": [{"name": "worker", "image": "registry.example.com/worker:1"}]},
-            },
-        },
-    });
-    format!(
-        r#"
-apiVersion: redeploy.dev/v1alpha1
-kind: App
-metadata: {{name: shop}}
-spec: {{}}
----
-apiVersion: redeploy.dev/v1alpha1
-kind: Service
-metadata: {{name: worker}}
-spec:
-  app: shop
-  target: {{name: worker}}
-  image: {{reference: "registry.example.com/worker:1"}}
----
-{deployment}
-"#
-    )
+fn shop() -> [serde_json::Value; 3] {
+    let image = "registry.example.com/worker:1";
+    [
+        support::object(support::app("shop")),
+        support::object(support::image_service("worker", "shop", image)),
+        support::object(support::deployment("worker", image)),
+    ]
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -136,18 +79,8 @@ async fn with_watch_namespaces_the_operator_works_there_and_can_touch_nothing_el
         let namespace = document["metadata"]["namespace"].as_str().unwrap_or(&release_namespace).to_string();
         support::apply(&admin, &namespace, [document.clone()]).await?;
     }
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
     let account = format!("{RELEASE}-redeploy-operator");
-    let token = Api::<ServiceAccount>::namespaced(admin.clone(), &release_namespace)
-        .create_token_request(&account, &PostParams::default(), &request)
-        .await?
-        .status
-        .and_then(|s| s.token)
-        .ok_or_else(|| anyhow::anyhow!("the TokenRequest returned no token"))?;
-    let operator_client = control_plane.client_with_token(&token).await?;
+    let operator_client = service_account_client(control_plane, &admin, &release_namespace, &account).await?;
 
     let kinds = [
         ("", "secrets"),
@@ -179,7 +112,7 @@ async fn with_watch_namespaces_the_operator_works_there_and_can_touch_nothing_el
     eventually("the operator to lead", || async { Ok(operator.is_leading().then_some(())) }).await?;
 
     for namespace in [&a, &c] {
-        support::apply_yaml(&admin, namespace, &shop()).await?;
+        support::apply(&admin, namespace, shop()).await?;
     }
     // In a: the hook Secret, a call accepted, the rollout done.
     let secrets_a = Api::<Secret>::namespaced(admin.clone(), &a);

@@ -195,7 +195,7 @@ pub fn key<K: Resource>(object: &K) -> ObjectKey {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
     use kube::{api::ObjectMeta, core::error_boundary::DeserializeGuard};
     use serde_json::json;
@@ -203,7 +203,7 @@ mod tests {
     use super::*;
     use crate::api::App;
 
-    fn map(namespace: &str, name: &str) -> ConfigMap {
+    pub(in crate::cache) fn map(namespace: &str, name: &str) -> ConfigMap {
         let metadata = ObjectMeta {
             name: Some(name.into()),
             namespace: Some(namespace.into()),
@@ -211,6 +211,23 @@ mod tests {
             ..Default::default()
         };
         ConfigMap { metadata, ..Default::default() }
+    }
+
+    /// A list, changes, and a re-list after which `b` and `c` are gone.
+    pub(in crate::cache) fn relist_script() -> Vec<Event<ConfigMap>> {
+        vec![
+            Event::Init,
+            Event::InitApply(map("ns", "a")),
+            Event::InitApply(map("ns", "b")),
+            Event::InitDone,
+            Event::Apply(map("ns", "c")),
+            Event::Apply(map("ns", "d")),
+            Event::Delete(map("ns", "d")),
+            // The watch fell behind: everything is listed again, `b` and `c` are gone.
+            Event::Init,
+            Event::InitApply(map("ns", "a")),
+            Event::InitDone,
+        ]
     }
 
     /// Writes down every call it gets.
@@ -266,19 +283,7 @@ mod tests {
 
     #[tokio::test]
     async fn applies_deletes_and_a_relist_removes_what_it_no_longer_lists() {
-        let events = vec![
-            Event::Init,
-            Event::InitApply(map("ns", "a")),
-            Event::InitApply(map("ns", "b")),
-            Event::InitDone,
-            Event::Apply(map("ns", "c")),
-            Event::Apply(map("ns", "d")),
-            Event::Delete(map("ns", "d")),
-            // The watch fell behind: everything is listed again, `b` and `c` are gone.
-            Event::Init,
-            Event::InitApply(map("ns", "a")),
-            Event::InitDone,
-        ];
+        let events = relist_script();
         let (log, synced) = run(1, events.into_iter().map(|e| (0, Ok(e))).collect()).await;
         assert_eq!(
             log,

@@ -123,30 +123,19 @@ impl<K: Lookup<DynamicType = ()>> Clone for Trigger<K> {
 #[cfg(test)]
 mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::{api::ObjectMeta, runtime::reflector};
+    use kube::runtime::reflector;
 
-    use super::{super::index::Driver, *};
-
-    fn map(namespace: &str, name: &str) -> ConfigMap {
-        let metadata = ObjectMeta { name: Some(name.into()), namespace: Some(namespace.into()), ..Default::default() };
-        ConfigMap { metadata, ..Default::default() }
-    }
+    use super::{
+        super::index::{
+            Driver,
+            tests::{map, relist_script},
+        },
+        *,
+    };
 
     #[test]
     fn a_relist_reports_what_it_no_longer_lists_as_deleted() {
-        let events = [
-            Event::Init,
-            Event::InitApply(map("ns", "a")),
-            Event::InitApply(map("ns", "b")),
-            Event::InitDone,
-            Event::Apply(map("ns", "c")),
-            Event::Apply(map("ns", "d")),
-            Event::Delete(map("ns", "d")),
-            // The watch fell behind: everything is listed again, `b` and `c` are gone.
-            Event::Init,
-            Event::InitApply(map("ns", "a")),
-            Event::InitDone,
-        ];
+        let events = relist_script();
         let (reader, writer) = reflector::store();
         let mut seen = Vec::new();
         let mut index = StoreIndex {

@@ -32,6 +32,7 @@ use redeploy_operator::install::{FIELD_MANAGER, apply_crds};
 use redeploy_testenv::ControlPlane;
 use tokio::sync::OnceCell;
 
+pub mod chart;
 pub mod web_app;
 
 /// `sha256=<hex HMAC-SHA256 of body>`: GitHub's `X-Hub-Signature-256`, Gitea's and the generic
