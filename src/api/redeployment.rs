@@ -193,6 +193,11 @@ pub enum Phase {
 }
 
 impl Redeployment {
+    /// Whether its status says it has finished (whatever the outcome).
+    pub fn is_finished(&self) -> bool {
+        self.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished)
+    }
+
     /// Orders Redeployments by when they were asked for: the time the call
     /// was accepted (or, for one created by hand, created), then the name.
     pub fn order_key(&self) -> (Option<Timestamp>, String) {

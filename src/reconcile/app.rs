@@ -17,7 +17,7 @@ use serde_json::json;
 
 use super::{Error, service};
 use crate::{
-    api::{App, AppStatus, HookStatus, Phase, Redeployment, conditions},
+    api::{App, AppStatus, HookStatus, Redeployment, conditions},
     cache::known::{self, Freshness},
     context::Context,
     hook::credentials::{self, HookCredentials},
@@ -161,10 +161,7 @@ async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<
     let services = context.caches.services_of(namespace, &app.name_any());
     let behind: Vec<String> =
         services.iter().filter(|s| !service::records_current(s, &redeployments)).map(|s| s.name_any()).collect();
-    let finished = redeployments.iter().filter(|r| {
-        r.metadata.deletion_timestamp.is_none()
-            && r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished)
-    });
+    let finished = redeployments.iter().filter(|r| r.metadata.deletion_timestamp.is_none() && r.is_finished());
     let (prune, deferred) = prunable(finished.cloned().collect(), limit, &behind);
     let api = Api::<Redeployment>::namespaced(context.client.clone(), namespace);
     for old in prune {
@@ -204,7 +201,7 @@ mod tests {
     use k8s_openapi::{apimachinery::pkg::apis::meta::v1::MicroTime, jiff::Timestamp};
 
     use super::*;
-    use crate::api::{RedeploymentSpec, RedeploymentStatus, ServicePhase, ServiceResult};
+    use crate::api::{Phase, RedeploymentSpec, RedeploymentStatus, ServicePhase, ServiceResult};
 
     fn finished(name: &str, second: i64, service: &str) -> Redeployment {
         let mut redeployment = Redeployment::new(name, RedeploymentSpec { app: "shop".into(), ..Default::default() });

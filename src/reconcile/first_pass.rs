@@ -48,6 +48,10 @@ impl AppsFirst {
 
     /// Returns once every App of the first list was reconciled, or after the limit.
     pub async fn wait(&self) {
+        if *self.done.borrow() {
+            // Every Service reconciliation after start-up passes here.
+            return;
+        }
         self.with_pending(|_| {});
         let mut done = self.done.subscribe();
         let _ = tokio::time::timeout(self.limit, done.wait_for(|done| *done)).await;

@@ -666,7 +666,7 @@ fn gate(observed: &Observed) -> Gate {
         .iter()
         .filter(|r| r.spec.app == redeployment.spec.app && r.name_any() != redeployment.name_any())
         .filter(|r| r.metadata.deletion_timestamp.is_none())
-        .filter(|r| !r.status.as_ref().and_then(|s| s.phase).is_some_and(Phase::is_finished))
+        .filter(|r| !r.is_finished())
         .collect();
     let covers = |other: &Redeployment| mine.iter().all(|s| other.spec.plan.iter().any(|p| p.service == *s));
     let newest_covering =

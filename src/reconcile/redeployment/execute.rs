@@ -206,6 +206,6 @@ async fn write_status(
         Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
             .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
-    context.known_versions.saw(&written, super::finished(&written));
+    context.known_versions.saw(&written, written.is_finished());
     Ok(())
 }

@@ -82,7 +82,7 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         Freshness::Unknown => {
             let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
             let Some(read) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
-            context.known_versions.saw(&read, finished(&read));
+            context.known_versions.saw(&read, read.is_finished());
             read
         }
     };
@@ -96,9 +96,4 @@ async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action
     let observed = observe::observe_deleted(redeployment.clone(), context);
     let decision = decide::decide_cancel(&observed, Timestamp::now());
     execute::execute(&observed, decision, context).await
-}
-
-/// Whether the Redeployment has finished: its version need not be kept.
-fn finished(redeployment: &Redeployment) -> bool {
-    redeployment.status.as_ref().and_then(|s| s.phase).is_some_and(crate::api::Phase::is_finished)
 }
