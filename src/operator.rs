@@ -34,6 +34,7 @@ use crate::{
         handler::{HookState, Limits},
         index::HookIndex,
         routes::{AdminState, admin_router, hook_router},
+        signature_keys::SignatureKeys,
     },
     leader::{Elector, LeaseConfig},
     metrics::Metrics,
@@ -360,6 +361,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         app.reconcile(namespace, name);
     }));
 
+    let signature_keys = SignatureKeys::default();
+    background.spawn(signature_keys.clone().run(client.clone(), scope.clone()));
+
     let controller_config = || controller::Config::default().concurrency(RECONCILE_CONCURRENCY);
     let app_controller = Controller::for_stream(futures::stream::pending(), apps.clone())
         .with_config(controller_config())
@@ -380,6 +384,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         jobs,
         workloads,
         hooks,
+        signature_keys: signature_keys.clone(),
         listed: listed.to_vec(),
         synced: Default::default(),
     };

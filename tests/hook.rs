@@ -523,6 +523,56 @@ async fn a_configured_signature_cannot_be_dodged_by_choosing_the_provider() -> a
     Ok(())
 }
 
+/// The hook keeps a signature key it read while its Secret is unchanged;
+/// a key changed or deleted in its Secret takes effect within moments, not
+/// after some expiry.
+#[tokio::test]
+async fn a_changed_or_deleted_signature_key_takes_effect_at_once() -> anyhow::Result<()> {
+    let (client, namespace, hook) = signed_app("hook-key-change", GENERIC_KEY, "production").await?;
+    let call = |key: &'static [u8], i: u32| {
+        let hook = hook.clone();
+        async move {
+            let form = format!("git_ref=main&call={i}").into_bytes();
+            let signature = support::hmac_sha256_signature(key, &form);
+            post(&hook, &[FORM, ("X-Signature-256", &signature)], form).await
+        }
+    };
+    let (status, body) = call(b"g3neric", 0).await?;
+    assert_eq!(status, 202, "{body}");
+    let (status, body) = call(b"g3neric", 1).await?;
+    assert_eq!(status, 202, "the key read for the first call: {body}");
+
+    let secrets = Api::<Secret>::namespaced(client.clone(), &namespace);
+    let rotated = json!({ "stringData": { "generic": "r0tated" } });
+    secrets.patch("signing-keys", &PatchParams::default(), &Patch::Merge(&rotated)).await?;
+    let changed = std::time::Instant::now();
+    let mut i = 2;
+    eventually("the new key to be required", || {
+        i += 2;
+        let i = i;
+        async move {
+            let (old, body) = call(b"g3neric", i).await?;
+            anyhow::ensure!(old == 202 || old == 401, "the old key: {old} {body}");
+            let (new, body) = call(b"r0tated", i + 1).await?;
+            anyhow::ensure!(new == 202 || new == 401, "the new key: {new} {body}");
+            Ok((old == 401 && new == 202).then_some(()))
+        }
+    })
+    .await?;
+    let took = changed.elapsed();
+    assert!(took < std::time::Duration::from_secs(5), "the change took {took:?} to take effect");
+    let (status, body) = call(b"g3neric", 1000).await?;
+    assert_eq!(status, 401, "the old key stays refused: {body}");
+
+    secrets.delete("signing-keys", &Default::default()).await?;
+    eventually("a deleted key to refuse every call", || async {
+        let (status, body) = call(b"r0tated", 2000).await?;
+        Ok((status == 500).then_some(body))
+    })
+    .await?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_generic_hmac_signs_calls_without_a_git_host() -> anyhow::Result<()> {
     let (client, namespace, hook) = signed_app("hook-generic", GENERIC_KEY, "production").await?;

@@ -7,7 +7,7 @@
 use std::{
     collections::HashMap,
     sync::{Arc, Mutex},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use kube::{Resource, ResourceExt};
@@ -25,6 +25,8 @@ struct Known {
     version: String,
     /// The cached version a pass already waited on once.
     waited_at: Option<String>,
+    /// When this process last wrote the object.
+    written_at: Option<Instant>,
 }
 
 /// What a cached copy is worth to a pass.
@@ -59,10 +61,30 @@ impl KnownVersions {
     /// write); `done` forgets it instead (a pass that finds it otherwise in
     /// the cache reads it).
     pub fn saw<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool) {
+        self.note(current, done, None);
+    }
+
+    /// [`saw`](Self::saw) for the answer to this process's own write (a
+    /// create or an update), noting when it was made.
+    pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K, done: bool) {
+        self.note(written, done, Some(Instant::now()));
+    }
+
+    /// How long ago this process last wrote the object, if it did and still tracks it.
+    pub fn since_written<K: Resource<DynamicType = ()>>(&self, object: &K) -> Option<Duration> {
+        let known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        known.get(&key(object))?.written_at.map(|at| at.elapsed())
+    }
+
+    fn note<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool, written_at: Option<Instant>) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let key = key(current);
         match current.resource_version() {
-            Some(version) if !done => known.insert(key(current), Known { version, waited_at: None }),
-            _ => known.remove(&key(current)),
+            Some(version) if !done => {
+                let written_at = written_at.or_else(|| known.get(&key).and_then(|k| k.written_at));
+                known.insert(key, Known { version, waited_at: None, written_at })
+            }
+            _ => known.remove(&key),
         };
     }
 
@@ -116,6 +138,13 @@ mod tests {
         known.saw(&at("9"), true);
         assert_eq!(known.freshness(&at("9")), Unknown, "a finished one is forgotten");
         known.saw(&at("10"), false);
+        assert_eq!(known.since_written(&at("10")), None, "read, never written");
+        known.wrote(&at("11"), false);
+        known.saw(&at("12"), false);
+        assert!(
+            known.since_written(&at("12")).is_some_and(|d| d < Duration::from_secs(60)),
+            "a read keeps the time of the write"
+        );
         known.forget::<Redeployment>("ns", "shop-1");
         assert!(known.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
     }

@@ -32,7 +32,7 @@ pub use self::{
 };
 use crate::{
     api::{App, DeploymentProfile, Redeployment, Service},
-    hook::index::HookIndex,
+    hook::{index::HookIndex, signature_keys::SignatureKeys},
 };
 
 #[derive(Clone)]
@@ -48,6 +48,8 @@ pub struct Caches {
     pub jobs: Store<Job>,
     pub workloads: WorkloadIndex,
     pub hooks: HookIndex,
+    /// The hooks' signature keys read so far, and the versions of the Secrets holding them.
+    pub signature_keys: SignatureKeys,
     /// One per store above: set once its watches have listed.
     pub listed: Vec<Synced>,
     /// Set once [`Caches::wait_synced`] has returned.

@@ -485,7 +485,7 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
     match within_api_timeout(api.create(&params, &redeployment)).await {
         Ok(created) => {
             // The version the reconciler's first pass will find in its cache: no need to read it again.
-            context.known_versions.saw(&created, false);
+            context.known_versions.wrote(&created, false);
             Ok(Reply::stored(
                 StatusCode::ACCEPTED,
                 Outcome::accepted,
@@ -702,6 +702,10 @@ async fn signature_key(
     reference: &SecretKeyRef,
 ) -> Result<Vec<u8>, Reply> {
     let namespace = app.namespace().unwrap_or_default();
+    let keys = &state.context.caches.signature_keys;
+    if let Some(key) = keys.get(&namespace, &reference.name, &reference.key) {
+        return Ok(key);
+    }
     let secrets = Api::<Secret>::namespaced(state.context.client.clone(), &namespace);
     let secret = within_api_timeout(secrets.get_opt(&reference.name)).await.map_err(|error| {
         tracing::warn!(app = %app.name_any(), %namespace, %error, "reading a signature key failed");
@@ -713,12 +717,15 @@ async fn signature_key(
         )
         .retry_after(5)
     })?;
-    let problem = match secret.map(|s| s.data.unwrap_or_default()) {
+    let problem = match secret {
         None => "does not exist",
-        Some(mut data) => match data.remove(&reference.key) {
+        Some(secret) => match secret.data.as_ref().and_then(|data| data.get(&reference.key)) {
             None => "has no such key",
             Some(value) if value.0.is_empty() => "holds an empty value under that key",
-            Some(value) => return Ok(value.0),
+            Some(value) => {
+                keys.remember(&secret, &reference.key, &value.0);
+                return Ok(value.0.clone());
+            }
         },
     };
     let note = format!(
@@ -810,6 +817,7 @@ mod tests {
             service_index: Default::default(),
             workloads: Default::default(),
             hooks: HookIndex::default(),
+            signature_keys: Default::default(),
             listed: Vec::new(),
             synced: Arc::new(synced.into()),
         };

@@ -10,3 +10,4 @@ pub mod providers;
 pub mod record;
 pub mod routes;
 pub mod signature;
+pub mod signature_keys;

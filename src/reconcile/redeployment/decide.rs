@@ -83,6 +83,29 @@ const BUILD_POLL: Duration = Duration::from_secs(30);
 const ROLLOUT_POLL: Duration = Duration::from_secs(5);
 const WAIT_POLL: Duration = Duration::from_secs(2);
 
+/// How often at most a Redeployment's status is written when only its
+/// messages changed: a rollout reports each step of its workload, and a
+/// write per step cost the API server more than the rollout itself.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether `next` differs from `previous` in its messages only: progress
+/// that can wait for [`PROGRESS_EVERY`], unlike any change of phase, record
+/// or condition.
+pub fn only_messages_differ(previous: &RedeploymentStatus, next: &RedeploymentStatus) -> bool {
+    fn without_messages(status: &RedeploymentStatus) -> RedeploymentStatus {
+        let mut status = status.clone();
+        status.message = None;
+        for result in &mut status.services {
+            result.message = None;
+        }
+        for condition in &mut status.conditions {
+            condition.message.clear();
+        }
+        status
+    }
+    without_messages(previous) == without_messages(next)
+}
+
 /// Whether a Redeployment is finished with nothing left to tell GitHub: its
 /// cached copy is then enough to know that a pass has nothing to do.
 pub fn is_done(redeployment: &Redeployment) -> bool {

@@ -115,7 +115,16 @@ pub async fn execute(observed: &Observed, decision: Decision, context: &Context)
     }
 
     if Some(&status) != redeployment.status.as_ref() {
-        write_status(context, redeployment, &status).await?;
+        let previous = redeployment.status.clone().unwrap_or_default();
+        let recent = context.known_versions.since_written(redeployment).filter(|since| *since < decide::PROGRESS_EVERY);
+        match recent {
+            // The pass after the wait writes it, unless one with more to write comes first.
+            Some(since) if decide::only_messages_differ(&previous, &status) => {
+                let wait = decide::PROGRESS_EVERY.saturating_sub(since);
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
+            _ => write_status(context, redeployment, &status).await?,
+        }
     }
     if let Some(phase) = finished {
         context.metrics.redeployment_finished(phase, decide::age(redeployment, Timestamp::now()));
@@ -206,6 +215,6 @@ async fn write_status(
         Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
             .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
-    context.known_versions.saw(&written, written.is_finished());
+    context.known_versions.wrote(&written, written.is_finished());
     Ok(())
 }

@@ -128,7 +128,11 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
             let recorded =
                 status.services.iter().find(|r| r.service == planned.service).and_then(|r| r.build_job.clone());
             let name = recorded.unwrap_or_else(|| build::job_name(&observed.redeployment.name_any(), &planned.service));
-            if let Some(job) = observe_job(context, &namespace, &observed.redeployment, &name).await? {
+            // Before the build starts, a Job the cache does not hold is not
+            // read: if an earlier pass made it, creating it again answers 409,
+            // which execute takes as that Job.
+            let must_exist = phase == ServicePhase::Building;
+            if let Some(job) = observe_job(context, &namespace, &observed.redeployment, &name, must_exist).await? {
                 observed.jobs.insert(planned.service.clone(), job);
             }
         }
@@ -149,12 +153,14 @@ async fn observe_job(
     namespace: &str,
     redeployment: &Redeployment,
     name: &str,
+    must_exist: bool,
 ) -> Result<Option<ObservedJob>, Error> {
     // The watched copy when there is one; one not watched yet (just made by
-    // an earlier pass) is read, as its absence would fail the build.
+    // an earlier pass) is read when its absence would fail the build.
     let cached = context.caches.jobs.get(&ObjectRef::new(name).within(namespace)).map(|job| (*job).clone());
     let job = match cached {
         Some(job) => job,
+        None if !must_exist => return Ok(None),
         None => match Api::<Job>::namespaced(context.client.clone(), namespace).get_opt(name).await? {
             Some(job) => job,
             None => return Ok(None),

@@ -16,7 +16,9 @@ use kube::{ResourceExt, runtime::events::EventType};
 use serde_json::json;
 
 use super::{
-    decide::{Decision, Effect, decide, decide_cancel, digests_wanted, overall_phase, plan_refusal},
+    decide::{
+        Decision, Effect, decide, decide_cancel, digests_wanted, only_messages_differ, overall_phase, plan_refusal,
+    },
     observe::{JobState, Observed, ObservedJob},
 };
 use crate::{
@@ -1214,4 +1216,33 @@ fn the_phase_follows_the_services() {
     assert_eq!(overall_phase(&results(&[Failed, Canceled]), false), Phase::Failed);
     assert_eq!(overall_phase(&results(&[Canceled, Canceled]), false), Phase::Canceled);
     assert_eq!(overall_phase(&results(&[Superseded]), true), Phase::Superseded);
+}
+
+#[test]
+fn only_a_change_of_messages_may_wait_to_be_written() {
+    let deploying = |message: &str| ServiceResult {
+        service: "web".into(),
+        phase: ServicePhase::Deploying,
+        rollout_generation: Some(2),
+        message: Some(message.into()),
+        ..Default::default()
+    };
+    let before = RedeploymentStatus {
+        phase: Some(Phase::Deploying),
+        services: vec![deploying("waiting for the Deployment controller")],
+        ..Default::default()
+    };
+    let mut next = before.clone();
+    next.services[0] = deploying("0 of 1 pods updated, 0 available");
+    next.message = Some("rolling out".into());
+    assert!(only_messages_differ(&before, &next), "progress only");
+    let mut finished = next.clone();
+    finished.services[0].phase = ServicePhase::Succeeded;
+    assert!(!only_messages_differ(&before, &finished), "a phase changed");
+    let mut recorded = next.clone();
+    recorded.services[0].rollout_generation = Some(3);
+    assert!(!only_messages_differ(&before, &recorded), "a record changed");
+    let mut phase = next;
+    phase.phase = Some(Phase::Succeeded);
+    assert!(!only_messages_differ(&before, &phase), "the overall phase changed");
 }
