@@ -9,9 +9,15 @@
 //! Then it starts the operator as a separate process (the `redeploy-operator`
 //! binary of this build: `target/release/` under `cargo bench`) and reports:
 //!
-//! - the time from spawn to `/readyz` 200, to every App having its hook
-//!   Secret (`.status.hook` set), to every Service reconciled (`.status.type`
-//!   set) and to the operator being idle;
+//! - the time from spawn to `/readyz` 200, to every App's hook Secret
+//!   existing, to the hook of the App whose Secret came last answering a dry
+//!   run (`?dry_run=1`, which stores nothing) with 200 instead of 404, to
+//!   every App's `.status.hook` being set (the Secrets and statuses as a watch
+//!   started before the operator saw them, with how they spread over time),
+//!   to every Service reconciled (`.status.type` set) and to the operator
+//!   being idle; and the API server's requests (`apiserver_request_total`
+//!   from its `/metrics`, by verb, resource and code) from `/readyz` to every
+//!   `.status.hook`;
 //! - its resident memory (VmRSS, and the peak VmHWM) at those points and after
 //!   each fan-out;
 //! - rounds of, alternately: a plain `kube::Client` applying
@@ -27,14 +33,19 @@
 //! Before the operator starts, a plain client creates one Secret per App at
 //! concurrency 32: what the App reconciler's writes cost this API server.
 //!
-//! Targets: every App's hook (`.status.hook`) within 2x that time after
-//! `/readyz`; peak resident memory under 64 MiB; the fan-out within 1.0x the
-//! plain client's PATCH time at concurrency 32. A missed target is reported,
-//! not an error: the exit status is non-zero only when a step fails, and then
-//! the report of what was measured until that step is printed before the error.
-//! The bench's own reads (lists, the hook Secret, the Redeployment's phase) are
-//! retried a few times when the API server fails them transiently (5xx, 429,
-//! no answer); the timed requests are not.
+//! Targets: within 2x that time after `/readyz`, every App's hook Secret
+//! exists and the last one's hook answers (the issue's "every hook Secret
+//! exists ... so a restarted operator serves new Apps at once"; the operator
+//! serves a hook as soon as its own watch sees the Secret); every App's
+//! `.status.hook` is reported against the same 2x (a second write per App,
+//! which the operator makes after every Secret); peak resident memory under
+//! 64 MiB; the fan-out within 1.0x the plain client's PATCH time at
+//! concurrency 32. A missed target is reported, not an error: the exit
+//! status is non-zero only when a step fails, and then the report of what was
+//! measured until that step is printed before the error. The bench's own
+//! reads (lists, the hook Secret, the Redeployment's phase) are retried a few
+//! times when the API server fails them transiently (5xx, 429, no answer);
+//! the timed requests are not.
 //!
 //! `cargo bench --bench scale` (or `make scale`) measures; env `SCALE_APPS`
 //! (default 1000), `SCALE_SERVICES` (10), `SCALE_NAMESPACES` (10), `SCALE_BIG`
@@ -68,6 +79,7 @@ use kube::{
 };
 use redeploy_operator::{
     api::{App, Phase, Redeployment, Service},
+    hook::credentials::{APP_LABEL, HOOK_LABEL},
     install::{FIELD_MANAGER, apply_crds},
     workload,
 };
@@ -245,6 +257,8 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
         .await?;
     report.secrets_baseline = Some(started.elapsed());
 
+    // Watched from before the operator starts: when each hook Secret and each App's `.status.hook` appeared.
+    let mut start_watch = StartWatch::start(&client).await?;
     // The operator, in a process of its own.
     let mut operator = Operator::spawn(control_plane)?;
     report.binary = Some(operator.binary.clone());
@@ -256,17 +270,36 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
         })
         .await?;
     report.point("ready", &operator)?;
+    let ready = Instant::now();
+    let requests_before = support::apiserver_requests(&client).await?;
     report.load("operator ready");
 
-    let apps = Api::<App>::all(client.clone());
+    // Every hook Secret, then its hook answering a dry run: the operator
+    // serves a hook once its own watch of hook Secrets has seen it. The App
+    // whose Secret came last is probed (a dry run stores nothing).
+    let total = s.total_apps();
+    start_watch.wait(&mut operator, "every App's hook Secret", s.patience(), |w| w.secrets.len() >= total).await?;
+    let last_secret = start_watch.last_secret().unwrap_or_default();
+    report.point("all hook Secrets exist", &operator)?;
+    let probe = format!("{last_secret}?dry_run=1");
     operator
-        .wait_for("every App's hook Secret", s.patience(), Duration::from_millis(500), || async {
-            let with_hook =
-                list_all(&apps).await?.iter().filter(|a| a.status.as_ref().is_some_and(|s| s.hook.is_some())).count();
-            Ok((with_hook == s.total_apps()).then_some(()))
+        .wait_for("the last App's hook to answer", s.patience(), Duration::from_millis(20), || async {
+            let response = http.post(&probe).header("Content-Length", "0").send().await?;
+            Ok((response.status() == 200).then_some(()))
         })
         .await?;
-    report.point("all hook Secrets", &operator)?;
+    report.point("last hook answers", &operator)?;
+    start_watch.wait(&mut operator, "every App's .status.hook", s.patience(), |w| w.hooks.len() >= total).await?;
+    let requests_after = support::apiserver_requests(&client).await?;
+    report.start_requests = requests_after
+        .iter()
+        .map(|(key, after)| (key.clone(), after - requests_before.get(key).copied().unwrap_or_default()))
+        .filter(|(_, count)| *count >= 1.0)
+        .collect();
+    report.start_spread = Some(start_watch.spread(ready));
+    drop(start_watch);
+    report.point("every .status.hook", &operator)?;
+    report.load("every App's hook");
 
     let services = Api::<Service>::all(client.clone());
     operator
@@ -604,6 +637,149 @@ impl Drop for Tracker {
     }
 }
 
+/// Watches, from before the operator starts, the hook Secrets (labelled) and
+/// the Apps: when the watch first saw each App's Secret, and its `.status.hook`.
+struct StartWatch {
+    changes: mpsc::UnboundedReceiver<StartChange>,
+    /// By App (`namespace/name`): when its Secret was first seen, and its hook URL.
+    secrets: HashMap<String, (Instant, String)>,
+    /// By App: when its `.status.hook` was first seen set.
+    hooks: HashMap<String, Instant>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+enum StartChange {
+    Secret { app: String, url: String, at: Instant },
+    Hook { app: String, at: Instant },
+}
+
+/// When the hook Secrets and the Apps' `.status.hook` appeared, after `/readyz`, in order.
+struct StartSpread {
+    secrets: Vec<Duration>,
+    hooks: Vec<Duration>,
+}
+
+impl StartWatch {
+    async fn start(client: &Client) -> anyhow::Result<StartWatch> {
+        let (sender, changes) = mpsc::unbounded_channel();
+        let secrets = Api::<Secret>::all(client.clone());
+        let config = watcher::Config::default().labels(&format!("{HOOK_LABEL}=true"));
+        let (secrets_synced, secrets_listed) = tokio::sync::oneshot::channel();
+        let to = sender.clone();
+        let secrets_task = tokio::spawn(async move {
+            let mut synced = Some(secrets_synced);
+            let mut events = watcher(secrets, config).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(secret) | watcher::Event::InitApply(secret)) => {
+                        let app = format!(
+                            "{}/{}",
+                            secret.namespace().unwrap_or_default(),
+                            secret.labels().get(APP_LABEL).cloned().unwrap_or_default()
+                        );
+                        let url = support::secret_value(&secret, "url").unwrap_or_default();
+                        let _ = to.send(StartChange::Secret { app, url, at: Instant::now() });
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(synced) = synced.take() {
+                            let _ = synced.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => eprintln!("scale: watching hook Secrets: {error}"),
+                }
+            }
+        });
+        let apps = Api::<App>::all(client.clone());
+        let (apps_synced, apps_listed) = tokio::sync::oneshot::channel();
+        let apps_task = tokio::spawn(async move {
+            let mut synced = Some(apps_synced);
+            let mut events = watcher(apps, watcher::Config::default()).default_backoff().boxed();
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(watcher::Event::Apply(app) | watcher::Event::InitApply(app)) => {
+                        if app.status.as_ref().is_some_and(|s| s.hook.is_some()) {
+                            let app = format!("{}/{}", app.namespace().unwrap_or_default(), app.name_any());
+                            let _ = sender.send(StartChange::Hook { app, at: Instant::now() });
+                        }
+                    }
+                    Ok(watcher::Event::InitDone) => {
+                        if let Some(synced) = synced.take() {
+                            let _ = synced.send(());
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(error) => eprintln!("scale: watching Apps: {error}"),
+                }
+            }
+        });
+        let mut watch = StartWatch {
+            changes,
+            secrets: HashMap::new(),
+            hooks: HashMap::new(),
+            tasks: vec![secrets_task, apps_task],
+        };
+        tokio::time::timeout(Duration::from_secs(60), secrets_listed).await??;
+        tokio::time::timeout(Duration::from_secs(60), apps_listed).await??;
+        watch.drain();
+        Ok(watch)
+    }
+
+    /// Takes in what the watches have seen so far (the first sighting of each counts).
+    fn drain(&mut self) {
+        while let Ok(change) = self.changes.try_recv() {
+            match change {
+                StartChange::Secret { app, url, at } => {
+                    self.secrets.entry(app).or_insert((at, url));
+                }
+                StartChange::Hook { app, at } => {
+                    self.hooks.entry(app).or_insert(at);
+                }
+            }
+        }
+    }
+
+    /// Returns once `done` holds of what the watches have seen, failing early when the operator exits.
+    async fn wait(
+        &mut self,
+        operator: &mut Operator,
+        what: &str,
+        timeout: Duration,
+        done: impl Fn(&StartWatch) -> bool,
+    ) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            operator.check_running()?;
+            self.drain();
+            if done(self) {
+                return Ok(());
+            }
+            anyhow::ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The hook URL of the App whose Secret was seen last.
+    fn last_secret(&self) -> Option<String> {
+        self.secrets.values().max_by_key(|(at, _)| *at).map(|(_, url)| url.clone())
+    }
+
+    fn spread(&self, ready: Instant) -> StartSpread {
+        let mut secrets: Vec<Duration> =
+            self.secrets.values().map(|(at, _)| at.saturating_duration_since(ready)).collect();
+        let mut hooks: Vec<Duration> = self.hooks.values().map(|at| at.saturating_duration_since(ready)).collect();
+        secrets.sort();
+        hooks.sort();
+        StartSpread { secrets, hooks }
+    }
+}
+
+impl Drop for StartWatch {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(|task| task.abort());
+    }
+}
+
 /// CPU ticks (at the usual 100 per second) over one second below which the operator counts as idle: 5%.
 const IDLE_TICKS_PER_SECOND: u64 = 5;
 
@@ -730,6 +906,9 @@ struct Report {
     secrets_baseline: Option<Duration>,
     settled: Option<Duration>,
     points: Vec<Point>,
+    /// The API server's requests from `/readyz` to every App's `.status.hook`, by verb, resource and code.
+    start_requests: Vec<(String, f64)>,
+    start_spread: Option<StartSpread>,
     rounds: Vec<Round>,
     load: Vec<(String, String)>,
 }
@@ -743,6 +922,8 @@ impl Report {
             secrets_baseline: None,
             settled: None,
             points: Vec::new(),
+            start_requests: Vec::new(),
+            start_spread: None,
             rounds: Vec::new(),
             load: Vec::new(),
         }
@@ -805,7 +986,9 @@ impl Report {
         for p in &self.points {
             let what = match p.what.as_str() {
                 "ready" => "/readyz 200".to_string(),
-                "all hook Secrets" => format!("all {} hook Secrets", s.total_apps()),
+                "all hook Secrets exist" => format!("all {} hook Secrets exist", s.total_apps()),
+                "last hook answers" => "the last one's hook answers".to_string(),
+                "every .status.hook" => format!("all {} .status.hook set", s.total_apps()),
                 "all Services reconciled" => format!("all {} Services reconciled", s.total_services()),
                 "idle" => "idle (CPU < 5%)".to_string(),
                 other => other.to_string(),
@@ -817,18 +1000,63 @@ impl Report {
                 mib(p.hwm_kib)
             );
         }
+        // A value, or `-` when it was not measured.
+        let cell = |value: Option<f64>, precision: usize| match value {
+            Some(value) => format!("{value:.precision$}"),
+            None => "-".to_string(),
+        };
         let since_spawn = |what: &str| self.points.iter().find(|p| p.what == what).map(|p| p.since_spawn);
-        if let (Some(ready), Some(hooks), Some(baseline)) =
-            (since_spawn("ready"), since_spawn("all hook Secrets"), self.secrets_baseline)
-        {
-            let start = hooks.saturating_sub(ready).as_secs_f64();
-            let ratio = start / baseline.as_secs_f64();
+        if let (Some(ready), Some(baseline)) = (since_spawn("ready"), self.secrets_baseline) {
+            let after_ready = |what: &str| since_spawn(what).map(|at| at.saturating_sub(ready).as_secs_f64());
+            let baseline = baseline.as_secs_f64();
             println!(
-                "start-up: every hook {start:.2} s after /readyz; a plain client creates {} Secrets (c={BASELINE_CONCURRENCY}) in {:.2} s; ratio {ratio:.2}  {} (target <= {MAX_START_RATIO:.1})",
-                s.total_apps(),
-                baseline.as_secs_f64(),
-                verdict(ratio <= MAX_START_RATIO)
+                "start-up, against a plain client creating {} Secrets (c={BASELINE_CONCURRENCY}) in {baseline:.2} s:",
+                s.total_apps()
             );
+            // The issue's words: every hook Secret exists and the operator serves it.
+            let served =
+                self.start_spread.as_ref().and_then(|spread| spread.secrets.last()).map(|last| last.as_secs_f64());
+            if let (Some(secrets), Some(answers)) = (served, after_ready("last hook answers")) {
+                let ratio = answers.max(secrets) / baseline;
+                println!(
+                    "  every hook Secret exists {secrets:.2} s after /readyz, the last one's hook answers at {answers:.2} s; ratio {ratio:.2}  {} (target <= {MAX_START_RATIO:.1})",
+                    verdict(ratio <= MAX_START_RATIO)
+                );
+            }
+            if let Some(hooks) = self.start_spread.as_ref().and_then(|spread| spread.hooks.last()) {
+                let ratio = hooks.as_secs_f64() / baseline;
+                println!(
+                    "  every App's .status.hook set {:.2} s after /readyz; ratio {ratio:.2}  {} (target <= {MAX_START_RATIO:.1})",
+                    hooks.as_secs_f64(),
+                    verdict(ratio <= MAX_START_RATIO)
+                );
+            }
+            if let Some(spread) = &self.start_spread {
+                let at = |times: &[Duration], share: f64| {
+                    let i = ((times.len() as f64 * share).ceil() as usize).clamp(1, times.len().max(1)) - 1;
+                    cell(times.get(i).map(|d| d.as_secs_f64()), 2)
+                };
+                println!("  s after /readyz     first    10%    50%    90%   last");
+                for (what, times) in [("hook Secret seen", &spread.secrets), (".status.hook seen", &spread.hooks)] {
+                    println!(
+                        "  {what:<18} {:>6} {:>6} {:>6} {:>6} {:>6}",
+                        at(times, 0.0),
+                        at(times, 0.1),
+                        at(times, 0.5),
+                        at(times, 0.9),
+                        at(times, 1.0)
+                    );
+                }
+            }
+            if !self.start_requests.is_empty() {
+                let total: f64 = self.start_requests.iter().map(|(_, count)| count).sum();
+                println!("  API server requests from /readyz to every .status.hook: {total:.0}");
+                let mut requests = self.start_requests.clone();
+                requests.sort_by(|a, b| b.1.total_cmp(&a.1));
+                for (what, count) in requests.iter().take(12) {
+                    println!("    {count:>7.0}  {what}");
+                }
+            }
         }
         if let Some(peak) = self.points.iter().map(|p| p.hwm_kib.max(p.rss_kib)).max() {
             println!(
@@ -856,11 +1084,6 @@ impl Report {
                 "Succeeded after s"
             );
         }
-        // A value, or `-` when it was not measured.
-        let cell = |value: Option<f64>, precision: usize| match value {
-            Some(value) => format!("{value:.precision$}"),
-            None => "-".to_string(),
-        };
         let secs = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
         let ms = |d: Option<Duration>| d.map(|d| d.as_secs_f64() * 1e3);
         for (i, r) in self.rounds.iter().enumerate() {

@@ -237,7 +237,8 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let scope = &config.scope;
     let listed: [Synced; 4] = Default::default();
     let known_versions = KnownVersions::default();
-    let (trigger, known) = (app_trigger.clone(), known_versions.clone());
+    let apps_first = AppsFirst::new(apps.clone(), app_trigger.clone(), FIRST_PASS_LIMIT);
+    let (trigger, known, first) = (app_trigger.clone(), known_versions.clone(), apps_first.clone());
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
@@ -251,6 +252,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             Change::Deleted(app) => {
                 let (namespace, name) = key(app);
                 known.forget::<App>(&namespace, &name);
+                first.forget(&namespace, &name);
             }
         },
     ));
@@ -418,7 +420,6 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         tasks.spawn(Elector::new(client.clone(), lease).run(leading.clone(), stopped(&stop)));
     }
     let lost_leadership = Arc::new(AtomicBool::new(false));
-    let apps_first = AppsFirst::new(context.caches.apps.clone(), FIRST_PASS_LIMIT);
     let services_after = apps_first.clone();
     let reconcilers = futures::future::join3(
         app_controller
@@ -427,7 +428,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
                 move |app, context| {
                     let first = apps_first.clone();
                     async move {
-                        let reconciled = app::reconcile(app.clone(), context).await;
+                        let reconciled = app::reconcile(app.clone(), context, &first).await;
                         first.reconciled(&app);
                         reconciled
                     }

@@ -15,7 +15,7 @@ use kube::{
 };
 use serde_json::json;
 
-use super::{Error, service};
+use super::{Error, first_pass::AppsFirst, service};
 use crate::{
     api::{App, AppStatus, HookStatus, Redeployment, conditions},
     cache::known::{self, Freshness},
@@ -26,7 +26,13 @@ use crate::{
 
 pub const CONTROLLER: &str = "app";
 
-pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>) -> Result<Action, Error> {
+/// Reconciles one App; `first_pass` holds its status write back at start-up
+/// until every App listed then has its hook Secret.
+pub async fn reconcile(
+    guard: Arc<DeserializeGuard<App>>,
+    context: Arc<Context>,
+    first_pass: &AppsFirst,
+) -> Result<Action, Error> {
     let started = Instant::now();
     let app = match &guard.0 {
         Ok(app) => app,
@@ -89,6 +95,11 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<App>>, context: Arc<Context>)
             HookCredentials::from_secret(&desired).ok_or_else(|| format!("Secret {secret_name} has no credentials"))
         }
     };
+
+    if !first_pass.may_write_status(&guard) {
+        // Start-up: the other Apps' Secrets go first; woken once they exist.
+        return Ok(Action::await_change());
+    }
 
     let deferred = prune_history(app, &context, &namespace).await?;
     let status = desired_status(app, &context, &secret_name, hook);

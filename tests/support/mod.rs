@@ -497,3 +497,26 @@ pub fn large_push(bytes: usize) -> anyhow::Result<Vec<u8>> {
     body.resize(bytes, b' ');
     Ok(body)
 }
+
+/// The API server's `apiserver_request_total`, summed by verb, resource
+/// (with its subresource) and response code: `"PATCH apps/status 200"`.
+pub async fn apiserver_requests(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    let request = http::Request::get("/metrics").body(Vec::new())?;
+    let text = client.request_text(request).await?;
+    let mut counts = BTreeMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let Some((labels, value)) = line.rsplit_once(' ') else { continue };
+        let label = |name: &str| {
+            let start = labels.find(&format!("{name}=\"")).map(|i| i + name.len() + 2)?;
+            labels[start..].split('"').next()
+        };
+        let (verb, resource) = (label("verb").unwrap_or_default(), label("resource").unwrap_or_default());
+        let resource = match label("subresource").filter(|s| !s.is_empty()) {
+            Some(sub) => format!("{resource}/{sub}"),
+            None => resource.to_string(),
+        };
+        let key = format!("{verb} {resource} {}", label("code").unwrap_or_default());
+        *counts.entry(key).or_insert(0.0) += value.parse::<f64>().unwrap_or_default();
+    }
+    Ok(counts)
+}
