@@ -46,7 +46,7 @@
 mod support;
 
 use std::{
-    collections::HashMap,
+    collections::{BTreeMap, HashMap},
     process::ExitCode,
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -514,6 +514,7 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
     for &rate in &settings.rates {
         // The plain client: one create and one patch per tick.
+        let before_plain = ServerWork::now(&client).await?;
         let plain = offered(rate, settings.seconds, |i| {
             let (configmaps, deployments) = (configmaps.clone(), deployments.clone());
             let name = plain_name(rate, i);
@@ -534,6 +535,8 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
         })
         .await;
         report.load(&format!("after the plain client at {rate}/s"));
+        let plain_server = ServerWork::since(&client, &before_plain).await?;
+        let before_calls = ServerWork::now(&client).await?;
 
         let calls = offered(rate, settings.seconds, |i| {
             let caller = caller.clone();
@@ -558,7 +561,7 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
             Ok((expected(&lock(&seen)) == 0).then_some(()))
         })
         .await;
-        let results = {
+        let mut results = {
             let seen = lock(&seen);
             let mut results = RateResults::new(rate, calls.len());
             for call in &calls {
@@ -592,8 +595,8 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
             }
             results
         };
+        results.server = Some((plain_server, ServerWork::since(&client, &before_calls).await?));
         report.rates.push(results);
-
         // The next rate starts once this one's Redeployments have finished.
         let _ = support::wait_for("every Redeployment finished", DRAIN_TIMEOUT, Duration::from_secs(1), || async {
             let all = redeployments.list(&ListParams::default()).await?.items;
@@ -627,6 +630,45 @@ struct RateResults {
     rejected: Vec<String>,
     unseen: Vec<String>,
     plain_failed: Vec<String>,
+    /// What the API server did during the plain client's ticks, and from the
+    /// first call until every call's patch or Job was seen.
+    server: Option<(ServerWork, ServerWork)>,
+}
+
+/// Requests the API server answered (anyone's: the operator's, the
+/// controllers', the bench's) and the seconds it spent on them, over a window.
+#[derive(Clone, Default)]
+struct ServerWork {
+    requests: BTreeMap<String, f64>,
+    seconds: BTreeMap<String, f64>,
+}
+
+impl ServerWork {
+    async fn now(client: &kube::Client) -> anyhow::Result<ServerWork> {
+        let requests = support::apiserver_requests(client).await?;
+        let seconds = support::apiserver_request_seconds(client).await?;
+        Ok(ServerWork { requests, seconds })
+    }
+
+    async fn since(client: &kube::Client, before: &ServerWork) -> anyhow::Result<ServerWork> {
+        let now = Self::now(client).await?;
+        let minus = |now: BTreeMap<String, f64>, before: &BTreeMap<String, f64>| {
+            now.into_iter()
+                .map(|(k, v)| (k.clone(), v - before.get(&k).copied().unwrap_or_default()))
+                .filter(|(_, v)| *v > 0.0)
+                .collect()
+        };
+        Ok(ServerWork { requests: minus(now.requests, &before.requests), seconds: minus(now.seconds, &before.seconds) })
+    }
+
+    fn total_requests(&self) -> f64 {
+        self.requests.values().sum()
+    }
+
+    /// Mean time the API server took per answer, in ms.
+    fn mean_ms(&self) -> f64 {
+        1000.0 * self.seconds.values().sum::<f64>() / self.total_requests().max(1.0)
+    }
 }
 
 impl RateResults {
@@ -642,6 +684,7 @@ impl RateResults {
             rejected: Vec::new(),
             unseen: Vec::new(),
             plain_failed: Vec::new(),
+            server: None,
         }
     }
 }
@@ -716,6 +759,22 @@ impl Report {
                 r.rejected.len(),
                 r.unseen.len()
             );
+            if let Some((plain, calls)) = &r.server {
+                println!(
+                    "{:>4}/s  API server during the plain client: {:.0} requests, {:.1} ms each on average; during the \
+                     calls (until every patch and Job was seen): {:.0} requests ({:.1} per call), {:.1} ms each on average",
+                    r.rate,
+                    plain.total_requests(),
+                    plain.mean_ms(),
+                    calls.total_requests(),
+                    calls.total_requests() / r.calls.max(1) as f64,
+                    calls.mean_ms()
+                );
+                let mut busiest: Vec<(&String, &f64)> = calls.requests.iter().collect();
+                busiest.sort_by(|a, b| b.1.total_cmp(a.1));
+                let busiest: Vec<String> = busiest.iter().take(12).map(|(k, v)| format!("{v:.0} {k}")).collect();
+                println!("{:>4}/s  most requests during the calls: {}", r.rate, busiest.join(", "));
+            }
             let (_, plain_p99, _) = quantiles(&r.plain);
             for (what, latencies) in [("first workload patch", &r.patched), ("build Job created", &r.job_created)] {
                 let (_, p99, _) = quantiles(latencies);

@@ -501,10 +501,22 @@ pub fn large_push(bytes: usize) -> anyhow::Result<Vec<u8>> {
 /// The API server's `apiserver_request_total`, summed by verb, resource
 /// (with its subresource) and response code: `"PATCH apps/status 200"`.
 pub async fn apiserver_requests(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    apiserver_sums(client, "apiserver_request_total").await
+}
+
+/// The seconds the API server spent answering requests
+/// (`apiserver_request_duration_seconds_sum`), summed by verb and resource
+/// (with its subresource), the code left empty: `"PATCH apps/status "`.
+pub async fn apiserver_request_seconds(client: &Client) -> anyhow::Result<BTreeMap<String, f64>> {
+    apiserver_sums(client, "apiserver_request_duration_seconds_sum").await
+}
+
+async fn apiserver_sums(client: &Client, metric: &str) -> anyhow::Result<BTreeMap<String, f64>> {
     let request = http::Request::get("/metrics").body(Vec::new())?;
     let text = client.request_text(request).await?;
     let mut counts = BTreeMap::new();
-    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+    let prefix = format!("{metric}{{");
+    for line in text.lines().filter(|l| l.starts_with(&prefix)) {
         let Some((labels, value)) = line.rsplit_once(' ') else { continue };
         let label = |name: &str| {
             let start = labels.find(&format!("{name}=\"")).map(|i| i + name.len() + 2)?;
