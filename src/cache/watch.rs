@@ -27,13 +27,19 @@ pub enum Change<'a, K> {
 pub async fn watch_into<K>(
     apis: Vec<Api<K>>,
     config: watcher::Config,
-    writer: Writer<K>,
+    mut writer: Writer<K>,
     synced: Synced,
     on_change: impl FnMut(Change<'_, K>, bool),
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
 {
+    // The store is filled object by object, never through its own list
+    // buffer, so it would never count as ready, and a Controller runs nothing
+    // on a store that is not. Readiness is `synced`'s to tell: nothing
+    // reconciles before every cache has listed (see `operator::start`).
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitDone);
     run_index(apis, config, StoreIndex { writer, on_change }, synced).await;
 }
 
