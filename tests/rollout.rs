@@ -213,7 +213,7 @@ async fn a_record_from_a_stale_copy_never_drops_a_build() -> anyhow::Result<()> 
     assert_eq!(status_managers(&recorded), one_manager, "one writer of the Service's status");
 
     // A status computed from the copy read before the build: refused.
-    let from_stale = desired_status(&stale, None, &[], Timestamp::now());
+    let from_stale = desired_status(&stale, None, &[] as &[Redeployment], Timestamp::now());
     let refused = apply_status(&client, &namespace, "web", stale.resource_version().as_deref(), &from_stale).await;
     assert!(matches!(&refused, Err(kube::Error::Api(s)) if s.code == 409), "{refused:?}");
     let status = services.get("web").await?.status.unwrap_or_default();

@@ -27,19 +27,26 @@ use super::slim;
 pub type ObjectKey = (String, String);
 
 /// What a watch keeps current. A scope of several namespaces runs one watch
-/// per namespace into the same index: [`Index::reset`] then concerns one of
+/// per namespace into the same index: [`Index::listed`] then concerns one of
 /// them, and must leave the objects of the others alone.
+///
+/// A full list is handed over object by object as it arrives, never
+/// buffered whole: with 10,000 objects a buffered list is a second copy of
+/// the cache. During a re-list the index holds the objects listed so far at
+/// their new versions and the others at their old ones, as it would behind a
+/// watch that lags; what the list no longer holds goes once it is complete.
 pub trait Index<K> {
-    /// `object` was created or changed.
-    fn apply(&mut self, object: K);
+    /// `object` was created or changed, or is part of a full list. `first`:
+    /// it comes from the watch's first full list (every reconciler looks at
+    /// everything then anyway).
+    fn apply(&mut self, object: K, first: bool);
 
     /// The object `namespace/name` was deleted.
     fn delete(&mut self, namespace: String, name: String);
 
-    /// One watch listed everything again: `objects` is all it holds now,
-    /// `removed` what it held before and no longer does. `first`: the
-    /// watch's first list (every reconciler looks at everything then anyway).
-    fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool);
+    /// One watch finished a full list: `removed` is what it held before and
+    /// no longer does. `first`: the watch's first list.
+    fn listed(&mut self, removed: Vec<ObjectKey>, first: bool);
 }
 
 /// Set once every watch feeding an index has loaded its first full list.
@@ -79,7 +86,7 @@ where
 }
 
 /// [`run_index`] of what `prepare` keeps of each object, made as soon as it
-/// arrives: a full list is buffered as that, never as whole objects.
+/// arrives.
 pub async fn run_index_as<K, T, I>(
     apis: Vec<Api<K>>,
     config: watcher::Config,
@@ -114,7 +121,7 @@ pub(super) fn map_event<K, T>(event: Event<K>, prepare: fn(K) -> T) -> Event<T> 
 async fn drive<T: Keyed, I: Index<T>>(
     kind: &str,
     mut events: impl Stream<Item = (usize, Result<Event<T>, watcher::Error>)> + Unpin,
-    mut driver: Driver<T>,
+    mut driver: Driver,
     mut index: I,
 ) {
     while let Some((watch, event)) = events.next().await {
@@ -137,21 +144,21 @@ impl<K: Resource> Keyed for K {
 }
 
 /// What one watch has told so far.
-struct WatchState<K> {
+struct WatchState {
     /// Every object it holds.
     known: HashSet<ObjectKey>,
-    /// The full list being received.
-    listing: Option<Vec<K>>,
+    /// The keys of the full list being received.
+    listing: Option<HashSet<ObjectKey>>,
     listed: bool,
 }
 
 /// The event handling of [`run_index`], without the watches.
-pub struct Driver<K> {
-    watches: Vec<WatchState<K>>,
+pub struct Driver {
+    watches: Vec<WatchState>,
     synced: Synced,
 }
 
-impl<K: Keyed> Driver<K> {
+impl Driver {
     pub fn new(watches: usize, synced: Synced) -> Self {
         let watches =
             (0..watches.max(1)).map(|_| WatchState { known: HashSet::new(), listing: None, listed: false }).collect();
@@ -159,27 +166,32 @@ impl<K: Keyed> Driver<K> {
     }
 
     /// Hands one event of watch number `watch` to `index`.
-    pub fn handle(&mut self, watch: usize, event: Event<K>, index: &mut impl Index<K>) {
+    pub fn handle<K: Keyed>(&mut self, watch: usize, event: Event<K>, index: &mut impl Index<K>) {
         let Some(state) = self.watches.get_mut(watch) else { return };
         match event {
-            // The index keeps its old contents until the new list is complete.
-            Event::Init => state.listing = Some(Vec::new()),
-            Event::InitApply(object) => state.listing.get_or_insert_with(Vec::new).push(object),
+            Event::Init => state.listing = Some(HashSet::new()),
+            Event::InitApply(object) => {
+                // Known at once: a list that fails midway leaves it in the
+                // index, and the next complete list must be able to remove it.
+                let key = object.key();
+                state.known.insert(key.clone());
+                state.listing.get_or_insert_with(HashSet::new).insert(key);
+                index.apply(object, !state.listed);
+            }
             Event::InitDone => {
-                let objects = state.listing.take().unwrap_or_default();
-                let listed: HashSet<ObjectKey> = objects.iter().map(Keyed::key).collect();
+                let listed = state.listing.take().unwrap_or_default();
                 let removed = state.known.difference(&listed).cloned().collect();
                 state.known = listed;
                 let first = !state.listed;
                 state.listed = true;
-                index.reset(objects, removed, first);
+                index.listed(removed, first);
                 if first && self.watches.iter().all(|w| w.listed) {
                     self.synced.set();
                 }
             }
             Event::Apply(object) => {
                 state.known.insert(object.key());
-                index.apply(object);
+                index.apply(object, false);
             }
             Event::Delete(object) => {
                 let (namespace, name) = object.key();
@@ -235,22 +247,21 @@ pub(super) mod tests {
     struct Log(Vec<String>);
 
     impl<K: Resource> Index<K> for Log {
-        fn apply(&mut self, object: K) {
+        fn apply(&mut self, object: K, first: bool) {
             let (namespace, name) = key(&object);
-            self.0.push(format!("apply {namespace}/{name}"));
+            let first = if first { " (first)" } else { "" };
+            self.0.push(format!("apply {namespace}/{name}{first}"));
         }
 
         fn delete(&mut self, namespace: String, name: String) {
             self.0.push(format!("delete {namespace}/{name}"));
         }
 
-        fn reset(&mut self, objects: Vec<K>, mut removed: Vec<ObjectKey>, first: bool) {
-            let mut listed: Vec<String> = objects.iter().map(|o| key(o).1).collect();
-            listed.sort();
+        fn listed(&mut self, mut removed: Vec<ObjectKey>, first: bool) {
             removed.sort();
             let removed: Vec<String> = removed.into_iter().map(|(_, name)| name).collect();
             let first = if first { " (first)" } else { "" };
-            self.0.push(format!("reset [{}] removed [{}]{first}", listed.join(" "), removed.join(" ")));
+            self.0.push(format!("listed, removed [{}]{first}", removed.join(" ")));
         }
     }
 
@@ -268,16 +279,16 @@ pub(super) mod tests {
     }
 
     impl<K, I: Index<K>> Index<K> for &mut I {
-        fn apply(&mut self, object: K) {
-            (**self).apply(object);
+        fn apply(&mut self, object: K, first: bool) {
+            (**self).apply(object, first);
         }
 
         fn delete(&mut self, namespace: String, name: String) {
             (**self).delete(namespace, name);
         }
 
-        fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool) {
-            (**self).reset(objects, removed, first);
+        fn listed(&mut self, removed: Vec<ObjectKey>, first: bool) {
+            (**self).listed(removed, first);
         }
     }
 
@@ -287,21 +298,44 @@ pub(super) mod tests {
         let (log, synced) = run(1, events.into_iter().map(|e| (0, Ok(e))).collect()).await;
         assert_eq!(
             log,
-            ["reset [a b] removed [] (first)", "apply ns/c", "apply ns/d", "delete ns/d", "reset [a] removed [b c]",]
+            [
+                "apply ns/a (first)",
+                "apply ns/b (first)",
+                "listed, removed [] (first)",
+                "apply ns/c",
+                "apply ns/d",
+                "delete ns/d",
+                "apply ns/a",
+                "listed, removed [b c]",
+            ]
         );
         assert!(synced.is_synced());
     }
 
     #[tokio::test]
-    async fn nothing_is_applied_before_its_list_is_complete_and_failures_do_not_stop_it() {
+    async fn a_list_that_fails_midway_is_not_synced_and_the_next_one_removes_what_it_left() {
         let events = vec![
             (0, Ok(Event::Init)),
             (0, Ok(Event::InitApply(map("ns", "a")))),
+            (0, Ok(Event::InitApply(map("ns", "b")))),
             (0, Err(watcher::Error::NoResourceVersion)),
         ];
         let (log, synced) = run::<ConfigMap>(1, events).await;
-        assert!(log.is_empty(), "{log:?}");
-        assert!(!synced.is_synced());
+        assert_eq!(log, ["apply ns/a (first)", "apply ns/b (first)"]);
+        assert!(!synced.is_synced(), "the list did not complete");
+
+        // The watcher lists again from the start; `b` was deleted meanwhile.
+        let synced = Synced::default();
+        let mut log = Log::default();
+        let mut driver = Driver::new(1, synced.clone());
+        for event in [Event::Init, Event::InitApply(map("ns", "a")), Event::InitApply(map("ns", "b"))] {
+            driver.handle(0, event, &mut log);
+        }
+        for event in [Event::Init, Event::InitApply(map("ns", "a")), Event::InitDone] {
+            driver.handle(0, event, &mut log);
+        }
+        assert_eq!(log.0[2..], ["apply ns/a (first)", "listed, removed [b] (first)"]);
+        assert!(synced.is_synced());
     }
 
     #[tokio::test]
@@ -313,10 +347,10 @@ pub(super) mod tests {
             driver.handle(0, event, &mut log);
         }
         assert!(!synced.is_synced(), "namespace b has not listed yet");
-        driver.handle(1, Event::Init, &mut log);
+        driver.handle(1, Event::<ConfigMap>::Init, &mut log);
         driver.handle(1, Event::InitApply(map("b", "y")), &mut log);
         driver.handle(0, Event::Apply(map("a", "z")), &mut log);
-        driver.handle(1, Event::InitDone, &mut log);
+        driver.handle(1, Event::<ConfigMap>::InitDone, &mut log);
         assert!(synced.is_synced());
         // Namespace a lists again without z; b's y is not touched.
         for event in [Event::Init, Event::InitApply(map("a", "x")), Event::InitDone] {
@@ -324,7 +358,15 @@ pub(super) mod tests {
         }
         assert_eq!(
             log.0,
-            ["reset [x] removed [] (first)", "apply a/z", "reset [y] removed [] (first)", "reset [x] removed [z]"]
+            [
+                "apply a/x (first)",
+                "listed, removed [] (first)",
+                "apply b/y (first)",
+                "apply a/z",
+                "listed, removed [] (first)",
+                "apply a/x",
+                "listed, removed [z]"
+            ]
         );
     }
 
@@ -345,7 +387,7 @@ pub(super) mod tests {
         assert!(valid.0.is_ok());
         let events = vec![Event::Init, Event::InitApply(malformed.clone()), Event::InitDone, Event::Apply(valid)];
         let (log, synced) = run(1, events.into_iter().map(|e| (0, Ok(e))).collect()).await;
-        assert_eq!(log, ["reset [broken] removed [] (first)", "apply ns/shop"]);
+        assert_eq!(log, ["apply ns/broken (first)", "listed, removed [] (first)", "apply ns/shop"]);
         assert!(synced.is_synced());
     }
 }

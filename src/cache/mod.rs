@@ -72,9 +72,13 @@ impl Caches {
             .collect()
     }
 
-    /// The valid Redeployments of `app`.
-    pub fn redeployments_of(&self, namespace: &str, app: &str) -> Vec<Redeployment> {
-        of_app(&self.redeployments, namespace, app, |r| &r.spec.app)
+    /// The valid Redeployments of `app`, as the cache holds them: one of a
+    /// large App names hundreds of Services, and each of them reads it, so
+    /// a copy per reader would cost megabytes at once.
+    pub fn redeployments_of(&self, namespace: &str, app: &str) -> Shared<Redeployment> {
+        let state = self.redeployments.state();
+        let of_app = |r: &Redeployment| r.namespace().as_deref() == Some(namespace) && r.spec.app == app;
+        Shared(state.into_iter().filter(|guard| guard.0.as_ref().is_ok_and(of_app)).collect())
     }
 
     /// The valid DeploymentProfiles of `app`.
@@ -95,6 +99,19 @@ impl Caches {
     /// True once every cache holds a full list.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+}
+
+/// Valid objects of a store, shared with it rather than copied.
+pub struct Shared<K>(Vec<Arc<DeserializeGuard<K>>>);
+
+impl<K> Shared<K> {
+    pub fn iter(&self) -> impl Iterator<Item = &K> {
+        self.0.iter().filter_map(|guard| guard.0.as_ref().ok())
+    }
+
+    pub fn to_vec(&self) -> Vec<&K> {
+        self.iter().collect()
     }
 }
 

@@ -2,7 +2,8 @@
 //! hook call or a workload event finds its Services without scanning them all.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{HashMap, hash_map::Entry},
+    hash::Hash,
     sync::{Arc, RwLock},
 };
 
@@ -10,8 +11,9 @@ use kube::ResourceExt;
 
 use crate::api::{Service, WorkloadKind};
 
-type WorkloadKey = (String, WorkloadKind, String);
-type AppKey = (String, String);
+/// A name held by several maps at once: one allocation, not one per map
+/// (with 10,000 Services the copies of their names cost megabytes).
+type Name = Arc<str>;
 
 /// What recording a Service changed in the Apps' lists of Services.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -26,70 +28,97 @@ pub enum Indexed {
 
 #[derive(Clone, Default)]
 pub struct ServiceIndex {
-    inner: Arc<RwLock<Maps>>,
+    inner: Arc<RwLock<HashMap<String, Namespace>>>,
 }
 
+/// The maps of one namespace: its name is not repeated in every key.
 #[derive(Default)]
-struct Maps {
-    by_workload: HashMap<WorkloadKey, BTreeSet<String>>,
-    by_app: HashMap<AppKey, BTreeSet<String>>,
-    /// (namespace, Service) -> where it is indexed.
-    by_service: HashMap<(String, String), (AppKey, WorkloadKey)>,
+struct Namespace {
+    /// Service -> where it is indexed.
+    services: HashMap<Name, Indexing>,
+    /// App -> its Services, sorted.
+    by_app: HashMap<Name, Vec<Name>>,
+    /// Workload -> the Services targeting it, sorted.
+    by_workload: HashMap<(WorkloadKind, Name), Vec<Name>>,
+}
+
+struct Indexing {
+    app: Name,
+    workload: (WorkloadKind, Name),
 }
 
 impl ServiceIndex {
     /// Records (or moves) `service`; says whether the Apps' lists of Services changed.
     pub fn insert(&self, service: &Service) -> Indexed {
-        let namespace = service.namespace().unwrap_or_default();
         let name = service.name_any();
-        let app = (namespace.clone(), service.spec.app.clone());
-        let workload = (namespace.clone(), service.spec.target.kind, service.spec.target.name.clone());
-        let mut maps = self.inner.write().unwrap_or_else(|e| e.into_inner());
-        let before = maps.unlink(&namespace, &name);
-        let indexed = match before {
+        let mut namespaces = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let maps = namespaces.entry(service.namespace().unwrap_or_default()).or_default();
+        let before = maps.unlink(&name);
+        let indexed = match &before {
             None => Indexed::New,
-            Some(before) if before == app.1 => Indexed::Unchanged,
-            Some(before) => Indexed::Moved { from: before },
+            Some(before) if *before.app == *service.spec.app => Indexed::Unchanged,
+            Some(before) => Indexed::Moved { from: before.app.to_string() },
         };
-        maps.by_app.entry(app.clone()).or_default().insert(name.clone());
-        maps.by_workload.entry(workload.clone()).or_default().insert(name.clone());
-        maps.by_service.insert((namespace, name), (app, workload));
+        let name: Name = name.into();
+        let target = &service.spec.target;
+        let app = add_to(&mut maps.by_app, Name::from(service.spec.app.as_str()), &name);
+        let workload = add_to(&mut maps.by_workload, (target.kind, Name::from(target.name.as_str())), &name);
+        maps.services.insert(name, Indexing { app, workload });
         indexed
     }
 
     /// Forgets a Service; returns the App it belonged to.
     pub fn remove(&self, namespace: &str, name: &str) -> Option<String> {
-        self.inner.write().unwrap_or_else(|e| e.into_inner()).unlink(namespace, name)
+        let mut namespaces = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let maps = namespaces.get_mut(namespace)?;
+        let app = maps.unlink(name).map(|before| before.app.to_string());
+        if maps.services.is_empty() {
+            namespaces.remove(namespace);
+        }
+        app
     }
 
     /// Names of the Services that target this workload.
     pub fn targeting(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Vec<String> {
-        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        let key = (namespace.to_string(), kind, name.to_string());
-        maps.by_workload.get(&key).into_iter().flatten().cloned().collect()
+        let namespaces = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let services = namespaces.get(namespace).and_then(|maps| maps.by_workload.get(&(kind, Name::from(name))));
+        services.into_iter().flatten().map(|s| s.to_string()).collect()
     }
 
     /// Names of the Services of `app`, sorted.
     pub fn services_of(&self, namespace: &str, app: &str) -> Vec<String> {
-        let maps = self.inner.read().unwrap_or_else(|e| e.into_inner());
-        maps.by_app.get(&(namespace.to_string(), app.to_string())).into_iter().flatten().cloned().collect()
+        let namespaces = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        let services = namespaces.get(namespace).and_then(|maps| maps.by_app.get(app));
+        services.into_iter().flatten().map(|s| s.to_string()).collect()
     }
 }
 
-impl Maps {
-    /// Removes a Service from every map; returns the App it belonged to.
-    fn unlink(&mut self, namespace: &str, name: &str) -> Option<String> {
-        let (app, workload) = self.by_service.remove(&(namespace.to_string(), name.to_string()))?;
-        remove_from(&mut self.by_app, &app, name);
-        remove_from(&mut self.by_workload, &workload, name);
-        Some(app.1)
+impl Namespace {
+    /// Removes a Service from every map; returns where it was indexed.
+    fn unlink(&mut self, name: &str) -> Option<Indexing> {
+        let before = self.services.remove(name)?;
+        remove_from(&mut self.by_app, &before.app, name);
+        remove_from(&mut self.by_workload, &before.workload, name);
+        Some(before)
     }
 }
 
-fn remove_from<K: Eq + std::hash::Hash>(map: &mut HashMap<K, BTreeSet<String>>, key: &K, name: &str) {
-    if let Some(set) = map.get_mut(key) {
-        set.remove(name);
-        if set.is_empty() {
+/// Adds `name` to the sorted list of `key`; returns the key as the map holds it.
+fn add_to<K: Eq + Hash + Clone>(map: &mut HashMap<K, Vec<Name>>, key: K, name: &Name) -> K {
+    let (key, names) = match map.entry(key) {
+        Entry::Occupied(entry) => (entry.key().clone(), entry.into_mut()),
+        Entry::Vacant(entry) => (entry.key().clone(), entry.insert(Vec::new())),
+    };
+    if let Err(at) = names.binary_search(name) {
+        names.insert(at, name.clone());
+    }
+    key
+}
+
+fn remove_from<K: Eq + Hash>(map: &mut HashMap<K, Vec<Name>>, key: &K, name: &str) {
+    if let Some(names) = map.get_mut(key) {
+        names.retain(|n| &**n != name);
+        if names.is_empty() {
             map.remove(key);
         }
     }

@@ -1,7 +1,7 @@
 //! The stores of whole objects, each kept by [`run_index`], telling the
 //! caller what changed.
 
-use std::{collections::HashSet, fmt::Debug, hash::Hash};
+use std::{fmt::Debug, hash::Hash};
 
 use futures::channel::mpsc;
 use kube::{
@@ -13,7 +13,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::index::{Index, ObjectKey, Synced, key, run_index};
+use super::index::{Index, ObjectKey, Synced, run_index};
 
 /// An object the watch saw applied or deleted.
 pub enum Change<'a, K> {
@@ -27,18 +27,23 @@ pub enum Change<'a, K> {
 pub async fn watch_into<K>(
     apis: Vec<Api<K>>,
     config: watcher::Config,
-    writer: Writer<K>,
+    mut writer: Writer<K>,
     synced: Synced,
     on_change: impl FnMut(Change<'_, K>, bool),
 ) where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Eq + Hash + Clone + Default,
 {
+    // The store is filled object by object, never through its own list
+    // buffer, so it would never count as ready, and a Controller runs nothing
+    // on a store that is not. Readiness is `synced`'s to tell: nothing
+    // reconciles before every cache has listed (see `operator::start`).
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitDone);
     run_index(apis, config, StoreIndex { writer, on_change }, synced).await;
 }
 
-/// A reflector store as an [`Index`]: what a re-list no longer holds is
-/// reported deleted, as no delete event told of it.
+/// A reflector store as an [`Index`].
 struct StoreIndex<K: Lookup + Clone + 'static, F>
 where
     K::DynamicType: Eq + Hash + Clone,
@@ -53,11 +58,13 @@ where
     K::DynamicType: Eq + Hash + Clone + Default,
     F: FnMut(Change<'_, K>, bool),
 {
-    fn apply(&mut self, object: K) {
+    /// Stored at once, also during a full list (the store's own list buffer
+    /// would hold a second copy of every object until the list completes).
+    fn apply(&mut self, object: K, first: bool) {
         let event = Event::Apply(object);
         self.writer.apply_watcher_event(&event);
         if let Event::Apply(object) = &event {
-            (self.on_change)(Change::Applied(object), false);
+            (self.on_change)(Change::Applied(object), first);
         }
     }
 
@@ -68,31 +75,11 @@ where
         (self.on_change)(Change::Deleted(&gone), false);
     }
 
-    /// Swaps the new contents in at once (what other watches of the scope
-    /// hold stays). Each listed object is reported as it goes into the
-    /// store's buffer, as kube's own reflector does, so a list is never held
-    /// twice; then what is gone.
-    fn reset(&mut self, objects: Vec<K>, removed: Vec<ObjectKey>, first: bool) {
-        let before = self.writer.as_reader().state();
-        let removed: HashSet<ObjectKey> = removed.into_iter().collect();
-        let listed: HashSet<ObjectKey> = objects.iter().map(key).collect();
-        self.writer.apply_watcher_event(&Event::Init);
-        for kept in before.iter().filter(|object| {
-            let key = key(&***object);
-            !removed.contains(&key) && !listed.contains(&key)
-        }) {
-            self.writer.apply_watcher_event(&Event::InitApply((**kept).clone()));
-        }
-        for object in objects {
-            let event = Event::InitApply(object);
-            self.writer.apply_watcher_event(&event);
-            if let Event::InitApply(object) = &event {
-                (self.on_change)(Change::Applied(object), first);
-            }
-        }
-        self.writer.apply_watcher_event(&Event::InitDone);
-        for gone in before.iter().filter(|object| removed.contains(&key(&***object))) {
-            (self.on_change)(Change::Deleted(gone), false);
+    /// What a re-list no longer holds is reported deleted, as no delete
+    /// event told of it.
+    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
+        for (namespace, name) in removed {
+            self.delete(namespace, name);
         }
     }
 }

@@ -95,36 +95,6 @@ impl WorkloadIndex {
             });
         }
     }
-
-    /// Swaps in a full list at once; unless `report` is false (a first
-    /// list), reports what it changed.
-    fn relist(
-        &self,
-        listed: Vec<(Key, Workload)>,
-        removed: Vec<Key>,
-        report: bool,
-        on_change: &impl Fn(WorkloadChange<'_>),
-    ) {
-        let mut changes = Vec::new();
-        {
-            let mut by_key = self.by_key.write().unwrap_or_else(|e| e.into_inner());
-            for (key, workload) in listed {
-                let before = by_key.insert(key.clone(), workload.clone());
-                if report && before.as_ref() != Some(&workload) {
-                    changes.push((key, before, Some(workload)));
-                }
-            }
-            for key in removed {
-                let before = by_key.remove(&key);
-                if report && before.is_some() {
-                    changes.push((key, before, None));
-                }
-            }
-        }
-        for ((kind, namespace, name), before, after) in &changes {
-            on_change(WorkloadChange { kind: *kind, namespace, name, before: before.as_ref(), after: after.as_ref() });
-        }
-    }
 }
 
 /// A watched workload as kept: its summary only.
@@ -154,18 +124,24 @@ struct KindIndex<F> {
 }
 
 impl<F: Fn(WorkloadChange<'_>)> Index<Summarized> for KindIndex<F> {
-    fn apply(&mut self, object: Summarized) {
-        self.workloads.set(object.key, Some(object.workload), &self.on_change);
+    /// A first list reports nothing (every reconciler looks at everything then).
+    fn apply(&mut self, object: Summarized, first: bool) {
+        let report = |change: WorkloadChange<'_>| {
+            if !first {
+                (self.on_change)(change);
+            }
+        };
+        self.workloads.set(object.key, Some(object.workload), &report);
     }
 
     fn delete(&mut self, namespace: String, name: String) {
         self.workloads.set((self.kind, namespace, name), None, &self.on_change);
     }
 
-    fn reset(&mut self, objects: Vec<Summarized>, removed: Vec<ObjectKey>, first: bool) {
-        let listed = objects.into_iter().map(|object| (object.key, object.workload)).collect();
-        let removed = removed.into_iter().map(|(namespace, name)| (self.kind, namespace, name)).collect();
-        self.workloads.relist(listed, removed, !first, &self.on_change);
+    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
+        for (namespace, name) in removed {
+            self.delete(namespace, name);
+        }
     }
 }
 

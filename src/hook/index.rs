@@ -181,10 +181,19 @@ struct HookWatch<F> {
 }
 
 impl<F: Fn(&AppKey)> Index<Secret> for HookWatch<F> {
-    fn apply(&mut self, secret: Secret) {
-        let owner = owner_app(&secret);
-        self.index.write().apply(secret);
-        owner.iter().for_each(&self.wake);
+    /// Wakes the App the Secret belonged to and the one it belongs to now.
+    fn apply(&mut self, secret: Secret, first: bool) {
+        let owners = {
+            let mut table = self.index.write();
+            let before = table.secrets.get(&secret_key(&secret)).and_then(owner_app);
+            let mut owners: Vec<AppKey> = before.into_iter().chain(owner_app(&secret)).collect();
+            owners.dedup();
+            table.apply(secret);
+            owners
+        };
+        if !first {
+            owners.iter().for_each(&self.wake);
+        }
     }
 
     fn delete(&mut self, namespace: String, name: String) {
@@ -198,22 +207,9 @@ impl<F: Fn(&AppKey)> Index<Secret> for HookWatch<F> {
         owner.iter().for_each(&self.wake);
     }
 
-    fn reset(&mut self, secrets: Vec<Secret>, removed: Vec<ObjectKey>, first: bool) {
-        let mut owners = Vec::new();
-        {
-            let mut table = self.index.write();
-            for key in removed {
-                owners.extend(table.secrets.get(&key).and_then(owner_app));
-                table.delete(&key);
-            }
-            for secret in secrets {
-                let before = table.secrets.get(&secret_key(&secret)).and_then(owner_app);
-                owners.extend(before.into_iter().chain(owner_app(&secret)));
-                table.apply(secret);
-            }
-        }
-        if !first {
-            owners.iter().for_each(&self.wake);
+    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
+        for (namespace, name) in removed {
+            self.delete(namespace, name);
         }
     }
 }
@@ -328,7 +324,7 @@ mod tests {
     type Wake = Box<dyn Fn(&AppKey)>;
 
     struct Feed {
-        driver: Driver<Secret>,
+        driver: Driver,
         watch: HookWatch<Wake>,
         woken: Rc<RefCell<Vec<AppKey>>>,
     }

@@ -169,11 +169,12 @@ fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<
 async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<bool, Error> {
     let limit = usize::try_from(app.spec.history.limit).unwrap_or(0);
     let redeployments = context.caches.redeployments_of(namespace, &app.name_any());
+    let redeployments = redeployments.to_vec();
     let services = context.caches.services_of(namespace, &app.name_any());
     let behind: Vec<String> =
         services.iter().filter(|s| !service::records_current(s, &redeployments)).map(|s| s.name_any()).collect();
     let finished = redeployments.iter().filter(|r| r.metadata.deletion_timestamp.is_none() && r.is_finished());
-    let (prune, deferred) = prunable(finished.cloned().collect(), limit, &behind);
+    let (prune, deferred) = prunable(finished.copied().collect(), limit, &behind);
     let api = Api::<Redeployment>::namespaced(context.client.clone(), namespace);
     for old in prune {
         match api.delete(&old, &Default::default()).await {
@@ -188,10 +189,10 @@ async fn prune_history(app: &App, context: &Context, namespace: &str) -> Result<
 /// Names of the finished Redeployments beyond the newest `limit`, but those
 /// naming a Service of `behind` (whose status does not record yet what they
 /// did), and whether any was left for that (pure).
-fn prunable(mut finished: Vec<Redeployment>, limit: usize, behind: &[String]) -> (Vec<String>, bool) {
+fn prunable(mut finished: Vec<&Redeployment>, limit: usize, behind: &[String]) -> (Vec<String>, bool) {
     finished.sort_by_key(|r| std::cmp::Reverse(r.order_key()));
     let names = |r: &Redeployment| r.status.iter().flat_map(|s| &s.services).any(|x| behind.contains(&x.service));
-    let (deferred, prune): (Vec<Redeployment>, Vec<Redeployment>) =
+    let (deferred, prune): (Vec<&Redeployment>, Vec<&Redeployment>) =
         finished.into_iter().skip(limit).partition(|r| names(r));
     (prune.into_iter().map(|r| r.name_any()).collect(), !deferred.is_empty())
 }
@@ -227,10 +228,18 @@ mod tests {
     #[test]
     fn the_oldest_beyond_the_limit_are_pruned_unless_their_services_do_not_record_them_yet() {
         let history = || vec![finished("rd-3", 3, "web"), finished("rd-1", 1, "worker"), finished("rd-2", 2, "web")];
-        assert_eq!(prunable(history(), 1, &[]), (vec!["rd-2".to_string(), "rd-1".to_string()], false));
-        assert_eq!(prunable(history(), 3, &[]), (Vec::new(), false));
+        assert_eq!(prunable(history().iter().collect(), 1, &[]), (vec!["rd-2".to_string(), "rd-1".to_string()], false));
+        assert_eq!(prunable(history().iter().collect(), 3, &[]), (Vec::new(), false));
         let behind = ["web".to_string()];
-        assert_eq!(prunable(history(), 1, &behind), (vec!["rd-1".to_string()], true), "rd-2 waits for web");
-        assert_eq!(prunable(history(), 2, &behind), (vec!["rd-1".to_string()], false), "rd-3 is within the limit");
+        assert_eq!(
+            prunable(history().iter().collect(), 1, &behind),
+            (vec!["rd-1".to_string()], true),
+            "rd-2 waits for web"
+        );
+        assert_eq!(
+            prunable(history().iter().collect(), 2, &behind),
+            (vec!["rd-1".to_string()], false),
+            "rd-3 is within the limit"
+        );
     }
 }

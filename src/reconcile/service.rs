@@ -5,6 +5,7 @@
 //! one server-side apply ([`apply_status`]).
 
 use std::{
+    borrow::Borrow,
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -50,7 +51,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Service>>, context: Arc<Conte
     // building or rolling it out, wake this Service.
     let workload = context.caches.workloads.get(target.kind, &namespace, &target.name);
     let redeployments = context.caches.redeployments_of(&namespace, &service.spec.app);
-    let desired = desired_status(service, workload.as_ref(), &redeployments, Timestamp::now());
+    let desired = desired_status(service, workload.as_ref(), &redeployments.to_vec(), Timestamp::now());
     let action = if service.status.as_ref() == Some(&desired) && !has_legacy_owner(service) {
         Action::await_change()
     } else {
@@ -90,7 +91,7 @@ pub const LEGACY_RECORD_FIELD_MANAGER: &str = "redeploy-operator-records";
 pub fn desired_status(
     service: &Service,
     workload: Option<&Workload>,
-    redeployments: &[Redeployment],
+    redeployments: &[impl Borrow<Redeployment>],
     now: Timestamp,
 ) -> ServiceStatus {
     let namespace = service.namespace().unwrap_or_default();
@@ -128,7 +129,7 @@ struct Deployed {
 
 /// What `service` deployed last (pure): the newest Succeeded rollout of
 /// `redeployments`, else what its status says.
-fn deployed(service: &Service, redeployments: &[Redeployment]) -> Deployed {
+fn deployed(service: &Service, redeployments: &[impl Borrow<Redeployment>]) -> Deployed {
     let newest = of_service(service, redeployments)
         .filter(|(_, result)| result.phase == ServicePhase::Succeeded)
         .max_by_key(|(redeployment, _)| redeployment.order_key());
@@ -152,7 +153,7 @@ fn deployed(service: &Service, redeployments: &[Redeployment]) -> Deployed {
 /// Whether `service`'s status already records what `redeployments` built
 /// and deployed: until it does, none of them may be pruned from history, or
 /// what it recorded would be lost.
-pub fn records_current(service: &Service, redeployments: &[Redeployment]) -> bool {
+pub fn records_current(service: &Service, redeployments: &[impl Borrow<Redeployment>]) -> bool {
     let status = service.status.clone().unwrap_or_default();
     let recorded = Deployed {
         deployed_ref: status.deployed_ref,
@@ -168,7 +169,7 @@ pub fn records_current(service: &Service, redeployments: &[Redeployment]) -> boo
 /// commit built before": the build policies read it too, so a build is known
 /// as soon as the Redeployment that made it records it, before the Service's
 /// status does.
-pub fn recorded_builds(service: &Service, redeployments: &[Redeployment]) -> Vec<BuiltImage> {
+pub fn recorded_builds(service: &Service, redeployments: &[impl Borrow<Redeployment>]) -> Vec<BuiltImage> {
     let mut built: Vec<(&Redeployment, &BuiltImage)> =
         of_service(service, redeployments).filter_map(|(r, result)| Some((r, result.built.as_ref()?))).collect();
     built.sort_by_key(|(redeployment, _)| std::cmp::Reverse(redeployment.order_key()));
@@ -186,11 +187,12 @@ pub fn recorded_builds(service: &Service, redeployments: &[Redeployment]) -> Vec
 /// The results of `redeployments` about `service` (same namespace and App).
 fn of_service<'a>(
     service: &'a Service,
-    redeployments: &'a [Redeployment],
+    redeployments: &'a [impl Borrow<Redeployment>],
 ) -> impl Iterator<Item = (&'a Redeployment, &'a ServiceResult)> + 'a {
     let (namespace, name) = (service.namespace(), service.name_any());
     redeployments
         .iter()
+        .map(Borrow::borrow)
         .filter(move |r| r.namespace() == namespace && r.spec.app == service.spec.app)
         .flat_map(|r| r.status.iter().flat_map(|s| &s.services).map(move |result| (r, result)))
         .filter(move |(_, result)| result.service == name)

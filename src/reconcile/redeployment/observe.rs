@@ -96,7 +96,7 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
             None => Api::<DeploymentProfile>::namespaced(client.clone(), &namespace).get_opt(&name).await?,
         };
     }
-    observed.others = context.caches.redeployments_of(&namespace, &app_name);
+    observed.others = context.caches.redeployments_of(&namespace, &app_name).iter().cloned().collect();
 
     let phase_of = |service: &str| status.services.iter().find(|r| r.service == service).map(|r| r.phase);
     let unfinished: Vec<_> = observed

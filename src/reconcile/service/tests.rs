@@ -13,6 +13,9 @@ use crate::{
     workload::WorkloadObject,
 };
 
+/// No Redeployment at all.
+const NONE: &[Redeployment] = &[];
+
 fn now() -> Timestamp {
     "2026-12-02T10:00:00Z".parse().unwrap_or_else(|e| panic!("a timestamp: {e}"))
 }
@@ -74,7 +77,7 @@ fn commits(builds: &[BuiltImage]) -> Vec<&str> {
 #[test]
 fn the_status_says_the_source_type_and_whether_the_target_runs_the_container() {
     let service = web();
-    let status = |workload: Option<&Workload>| desired_status(&service, workload, &[], now());
+    let status = |workload: Option<&Workload>| desired_status(&service, workload, NONE, now());
     let missing = status(None);
     assert_eq!((missing.type_, missing.observed_generation), (Some(SourceType::Git), Some(3)));
     let reasons = |status: &ServiceStatus| {
@@ -165,7 +168,7 @@ fn a_status_already_written_is_what_the_next_pass_computes() {
     let later = now() + k8s_openapi::jiff::SignedDuration::from_mins(5);
     assert_eq!(desired_status(&service, Some(&deployment("main")), &redeployments, later), first);
     // The Redeployment pruned from history: what it recorded stays.
-    assert_eq!(desired_status(&service, Some(&deployment("main")), &[], later), first);
+    assert_eq!(desired_status(&service, Some(&deployment("main")), NONE, later), first);
 }
 
 #[test]
@@ -211,7 +214,7 @@ fn a_status_is_current_once_it_records_what_the_redeployments_did() {
     assert!(!records_current(&service, &first), "the build is not in the Service's status yet");
     service.status = Some(desired_status(&service, None, &first, now()));
     assert!(records_current(&service, &first));
-    assert!(records_current(&service, &[]), "pruned: what it did is recorded");
+    assert!(records_current(&service, NONE), "pruned: what it did is recorded");
     let mut second = first.to_vec();
     second.push(redeployment(
         "shop-2",
