@@ -83,7 +83,7 @@ impl Keyed for Version {
 }
 
 impl Index<Version> for SignatureKeys {
-    fn apply(&mut self, object: Version) {
+    fn apply(&mut self, object: Version, _first: bool) {
         self.write().versions.insert(object.secret, object.version);
     }
 
@@ -94,14 +94,11 @@ impl Index<Version> for SignatureKeys {
         keys.values.remove(&secret);
     }
 
-    fn reset(&mut self, objects: Vec<Version>, removed: Vec<ObjectKey>, _first: bool) {
+    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
         let mut keys = self.write();
         for secret in removed {
             keys.versions.remove(&secret);
             keys.values.remove(&secret);
-        }
-        for object in objects {
-            keys.versions.insert(object.secret, object.version);
         }
     }
 }
@@ -133,19 +130,20 @@ mod tests {
         let mut keys = SignatureKeys::default();
         keys.remember(&secret("5"), "key", b"old");
         assert_eq!(keys.get("shop", "github", "key"), None, "the watch has not shown the Secret yet");
-        keys.apply(watched("5"));
+        keys.apply(watched("5"), true);
         assert_eq!(keys.get("shop", "github", "key").as_deref(), Some(&b"old"[..]));
         assert_eq!(keys.get("shop", "github", "other"), None, "another key was never read");
-        keys.apply(watched("6"));
+        keys.apply(watched("6"), false);
         assert_eq!(keys.get("shop", "github", "key"), None, "changed: read it again");
         keys.remember(&secret("6"), "key", b"new");
         assert_eq!(keys.get("shop", "github", "key").as_deref(), Some(&b"new"[..]));
         keys.delete("shop".into(), "github".into());
         assert_eq!(keys.get("shop", "github", "key"), None, "deleted");
         keys.remember(&secret("7"), "key", b"newer");
-        keys.reset(vec![watched("7")], Vec::new(), false);
+        keys.apply(watched("7"), false);
+        keys.listed(Vec::new(), false);
         assert_eq!(keys.get("shop", "github", "key").as_deref(), Some(&b"newer"[..]));
-        keys.reset(Vec::new(), vec![("shop".into(), "github".into())], false);
+        keys.listed(vec![("shop".into(), "github".into())], false);
         assert_eq!(keys.get("shop", "github", "key"), None, "gone from a re-list");
     }
 }
