@@ -480,6 +480,10 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
         Ok((reconciled == objects.len()).then_some(()))
     })
     .await?;
+    // ...and a quiet control plane: the Deployment controller has caught up
+    // with the thousands of Deployments just made (it writes each one's
+    // status, and makes its ReplicaSet, long after the creates returned).
+    caught_up(&deployments).await?;
     report.load("set up");
 
     let seen: Shared<Seen> = Default::default();
@@ -606,12 +610,28 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
                 .then_some(()))
         })
         .await;
+        caught_up(&deployments).await?;
         report.load(&format!("after the Redeployments at {rate}/s finished"));
     }
     for task in watches {
         task.abort();
     }
     Ok(report)
+}
+
+/// Waits until the Deployment controller has seen the last change of every Deployment.
+async fn caught_up(deployments: &Api<Deployment>) -> anyhow::Result<()> {
+    support::wait_for("the Deployment controller to catch up", DRAIN_TIMEOUT, Duration::from_secs(1), || async {
+        let all = deployments.list(&ListParams::default()).await?.items;
+        Ok(all
+            .iter()
+            .all(|d| {
+                let observed = d.status.as_ref().and_then(|s| s.observed_generation).unwrap_or_default();
+                observed >= d.metadata.generation.unwrap_or(1)
+            })
+            .then_some(()))
+    })
+    .await
 }
 
 /// What one offered rate gave.
