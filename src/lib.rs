@@ -1,6 +1,7 @@
 //! redeploy-operator: a secret redeployment hook for every application, and
 //! the reconcilers that turn each accepted call into tracked rollouts.
 
+pub mod allocator;
 pub mod api;
 pub mod build;
 pub mod cache;

@@ -2,8 +2,13 @@ use clap::Parser;
 use redeploy_operator::cli::{Cli, Command, run_crds};
 use tracing_subscriber::EnvFilter;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    // Before the runtime starts its threads.
+    redeploy_operator::allocator::configure();
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run())
+}
+
+async fn run() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Crds { dir } => run_crds(dir),
         Command::Run(args) => {

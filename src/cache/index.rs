@@ -10,7 +10,10 @@
 
 use std::{collections::HashSet, fmt::Debug};
 
-use futures::{Stream, StreamExt, stream};
+use futures::{
+    Stream, StreamExt,
+    stream::{self, BoxStream},
+};
 use kube::{
     Api, Resource, ResourceExt,
     runtime::{
@@ -102,10 +105,50 @@ pub async fn run_index_as<K, T, I>(
     let kind = K::kind(&Default::default()).into_owned();
     let watches = apis.len();
     let events = stream::select_all(apis.into_iter().enumerate().map(|(watch, api)| {
-        let events = watcher(api, config.clone()).default_backoff().modify(slim);
+        let events = streamed_or_paged(api, config.clone()).default_backoff().modify(slim);
         events.map(move |event| (watch, event.map(|event| map_event(event, prepare)))).boxed()
     }));
     drive(&kind, events, Driver::new(watches, synced), index).await;
+}
+
+/// The events of one watch whose full lists arrive as a stream of single
+/// objects (a streaming list, Kubernetes' WatchList), or, from an API server
+/// that refuses those, in pages of `config.page_size` objects. A page is
+/// decoded whole (500 objects by default), so a streamed list keeps at most
+/// one object of it in memory at a time.
+fn streamed_or_paged<K>(api: Api<K>, config: watcher::Config) -> BoxStream<'static, watcher::Result<Event<K>>>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + 'static,
+    K::DynamicType: Default,
+{
+    let streamed = watcher(api.clone(), config.clone().streaming_lists()).boxed();
+    let state = (streamed, Some((api, config)));
+    stream::unfold(state, |(mut events, mut paged)| async move {
+        loop {
+            let event = events.next().await?;
+            if let (Err(error), Some(_)) = (&event, &paged)
+                && refuses_streaming_lists(error)
+                && let Some((api, config)) = paged.take()
+            {
+                tracing::info!(%error, "the API server refuses streaming lists; listing in pages");
+                events = watcher(api, config).boxed();
+                continue;
+            }
+            return Some((event, (events, paged)));
+        }
+    })
+    .boxed()
+}
+
+/// Whether `error` is an API server refusing the parameters of a streaming
+/// list (`sendInitialEvents`, `resourceVersionMatch` on a watch): 400 or 422
+/// from a server without the WatchList feature, before any event.
+fn refuses_streaming_lists(error: &watcher::Error) -> bool {
+    match error {
+        watcher::Error::WatchStartFailed(kube::Error::Api(status)) => matches!(status.code, 400 | 422),
+        watcher::Error::WatchError(status) => matches!(status.code, 400 | 422),
+        _ => false,
+    }
 }
 
 pub(super) fn map_event<K, T>(event: Event<K>, prepare: fn(K) -> T) -> Event<T> {

@@ -128,21 +128,70 @@ where
 /// Annotation `kubectl apply` keeps a whole copy of the object in.
 const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
 
-/// Drops what no reader of a cached object needs: the field sets of its
-/// managed fields (who manages it is kept: the Service reconciler takes
-/// over what a legacy manager owns) and the copy `kubectl apply` keeps,
-/// often most of a small object's size.
+/// Drops what no reader of a cached object needs: every managed-fields
+/// entry but those of the managers a reader asks about ([`KEPT_MANAGERS`]:
+/// the Service reconciler takes over what the legacy records manager owns),
+/// and of those their field sets; and the copy `kubectl apply` keeps, often
+/// most of a small object's size. With 10,000 Services the entries of their
+/// creator and of this operator alone cost megabytes.
 pub fn slim<K: Resource>(object: &mut K) {
     let meta = object.meta_mut();
-    for entry in meta.managed_fields.iter_mut().flatten() {
-        *entry = ManagedFieldsEntry {
-            manager: entry.manager.take(),
-            operation: entry.operation.take(),
-            subresource: entry.subresource.take(),
-            ..Default::default()
-        };
+    if let Some(entries) = meta.managed_fields.take() {
+        let kept: Vec<ManagedFieldsEntry> = entries
+            .into_iter()
+            .filter(|entry| entry.manager.as_deref().is_some_and(|manager| KEPT_MANAGERS.contains(&manager)))
+            .map(|entry| ManagedFieldsEntry {
+                manager: entry.manager,
+                operation: entry.operation,
+                subresource: entry.subresource,
+                ..Default::default()
+            })
+            .collect();
+        meta.managed_fields = (!kept.is_empty()).then_some(kept);
     }
     if let Some(annotations) = meta.annotations.as_mut() {
         annotations.remove(LAST_APPLIED);
+    }
+}
+
+/// The field managers whose entries a reader of a cached object looks for.
+const KEPT_MANAGERS: &[&str] = &[crate::reconcile::service::LEGACY_RECORD_FIELD_MANAGER];
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::FieldsV1};
+    use kube::api::ObjectMeta;
+
+    use super::*;
+    use crate::reconcile::service::LEGACY_RECORD_FIELD_MANAGER;
+
+    #[test]
+    fn slim_keeps_only_the_managers_a_reader_asks_about_without_their_field_sets() {
+        let entry = |manager: &str, subresource: Option<&str>| ManagedFieldsEntry {
+            manager: Some(manager.into()),
+            operation: Some("Apply".into()),
+            subresource: subresource.map(Into::into),
+            fields_v1: Some(FieldsV1(serde_json::json!({ "f:status": {} }))),
+            ..Default::default()
+        };
+        let annotations = BTreeMap::from([(LAST_APPLIED.to_string(), "{}".to_string()), ("a".into(), "b".into())]);
+        let mut map = ConfigMap {
+            metadata: ObjectMeta {
+                managed_fields: Some(vec![entry("kubectl", None), entry(LEGACY_RECORD_FIELD_MANAGER, Some("status"))]),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        slim(&mut map);
+        let legacy = ManagedFieldsEntry { fields_v1: None, ..entry(LEGACY_RECORD_FIELD_MANAGER, Some("status")) };
+        assert_eq!(map.metadata.managed_fields, Some(vec![legacy]));
+        assert_eq!(map.metadata.annotations, Some(BTreeMap::from([("a".into(), "b".into())])));
+
+        map.metadata.managed_fields = Some(vec![entry("kubectl", None)]);
+        slim(&mut map);
+        assert_eq!(map.metadata.managed_fields, None);
     }
 }

@@ -486,9 +486,7 @@ mod tests {
         assert_eq!(feed.event(watcher::Event::Apply(rotated)), shop_app);
         let kept = index.secret("team", "shop-hook");
         assert_eq!(kept.as_ref().and_then(HookCredentials::from_secret).map(|c| c.token), Some("t2".into()));
-        let managers = kept.and_then(|s| s.metadata.managed_fields).unwrap_or_default();
-        let slimmed = ManagedFieldsEntry { manager: Some("kubectl".into()), ..Default::default() };
-        assert_eq!(managers, [slimmed], "slimmed to who manages it");
+        assert_eq!(kept.and_then(|s| s.metadata.managed_fields), None, "slimmed: no reader asks who manages it");
         assert_eq!(feed.event(watcher::Event::Delete(shop("id1", "t2"))), shop_app);
         assert!(index.secret("team", "shop-hook").is_none());
         // A relist wakes the owner of a Secret it no longer lists.

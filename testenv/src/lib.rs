@@ -53,6 +53,8 @@ pub struct ControlPlane {
     etcd_port: u16,
     etcd_peer_port: u16,
     processes: Mutex<Vec<Process>>,
+    /// kube-apiserver's flags beyond the ones every control plane here has.
+    apiserver_flags: Vec<String>,
     /// Started on first use by [`real_node`](Self::real_node); an error is kept as its message.
     real_node: OnceLock<Result<Option<RealNode>, String>>,
 }
@@ -87,6 +89,16 @@ impl ControlPlane {
     /// Starts a control plane whose state, kubeconfig and logs live in `dir`
     /// (kept after it stops); `None` uses a temporary directory.
     pub fn start_in(dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts a control plane of its own, in a temporary directory, whose
+    /// kube-apiserver also gets `flags` (for example a feature gate turned off).
+    pub fn start_with_apiserver_flags(flags: &[&str]) -> anyhow::Result<Self> {
+        Self::start_with(None, flags)
+    }
+
+    fn start_with(dir: Option<PathBuf>, apiserver_flags: &[&str]) -> anyhow::Result<Self> {
         let bin = binaries()?;
         let (temp, dir) = match dir {
             Some(dir) => {
@@ -108,6 +120,7 @@ impl ControlPlane {
             etcd_port: free_port()?,
             etcd_peer_port: free_port()?,
             processes: Mutex::new(Vec::new()),
+            apiserver_flags: apiserver_flags.iter().map(|flag| flag.to_string()).collect(),
             real_node: OnceLock::new(),
         };
         // Run the async parts on a runtime of their own, so this works from
@@ -231,6 +244,7 @@ impl ControlPlane {
     /// Starts kube-apiserver (again, after [`stop_apiserver`](Self::stop_apiserver)).
     pub fn start_apiserver(&self) -> anyhow::Result<()> {
         let d = |name: &str| self.dir.join(name).display().to_string();
+        let extra = self.apiserver_flags.iter().map(String::as_str);
         self.spawn(
             "kube-apiserver",
             &[
@@ -255,7 +269,10 @@ impl ControlPlane {
                 "--max-requests-inflight=1000",
                 "--max-mutating-requests-inflight=500",
                 "--profiling=false",
-            ],
+            ]
+            .into_iter()
+            .chain(extra)
+            .collect::<Vec<_>>(),
         )
     }
 
