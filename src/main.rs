@@ -15,6 +15,7 @@ async fn run() -> anyhow::Result<()> {
             tracing_subscriber::fmt()
                 .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
                 .init();
+            tokio::spawn(redeploy_operator::allocator::return_free_memory());
             let client = kube::Client::try_default().await?;
             redeploy_operator::operator::start(client, args.config()).await?.until_signal().await
         }

@@ -103,7 +103,27 @@ impl Caches {
 }
 
 /// Valid objects of a store, shared with it rather than copied.
+#[derive(Debug)]
 pub struct Shared<K>(Vec<Arc<DeserializeGuard<K>>>);
+
+impl<K> Clone for Shared<K> {
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K> Default for Shared<K> {
+    fn default() -> Self {
+        Self(Vec::new())
+    }
+}
+
+/// Objects of no store (tests, and what a pass adds to what it read).
+impl<K> From<Vec<K>> for Shared<K> {
+    fn from(objects: Vec<K>) -> Self {
+        Self(objects.into_iter().map(|object| Arc::new(DeserializeGuard(Ok(object)))).collect())
+    }
+}
 
 impl<K> Shared<K> {
     pub fn iter(&self) -> impl Iterator<Item = &K> {

@@ -11,7 +11,7 @@
 
 use std::{
     cmp::Reverse,
-    collections::{BTreeMap, HashMap},
+    collections::HashMap,
     sync::{Arc, RwLock},
 };
 
@@ -57,8 +57,9 @@ struct Claim {
 
 #[derive(Default)]
 struct Table {
-    /// Every claim on an id, by Secret.
-    by_id: HashMap<String, BTreeMap<SecretKey, Claim>>,
+    /// Every claim on an id, by Secret: almost always one, so a list (a
+    /// map's node would take room for eleven claims per hook).
+    by_id: HashMap<String, Vec<(SecretKey, Claim)>>,
     /// The id each Secret claims, to drop its claim when it changes or goes.
     id_of: HashMap<SecretKey, String>,
     /// Every labelled hook Secret, claim or not ([`slim`]med): the App
@@ -84,14 +85,14 @@ impl Table {
 
     fn insert(&mut self, key: SecretKey, id: String, claim: Claim) {
         self.remove(&key);
-        self.by_id.entry(id.clone()).or_default().insert(key.clone(), claim);
+        self.by_id.entry(id.clone()).or_default().push((key.clone(), claim));
         self.id_of.insert(key, id);
     }
 
     fn remove(&mut self, key: &SecretKey) {
         let Some(id) = self.id_of.remove(key) else { return };
         if let Some(claims) = self.by_id.get_mut(&id) {
-            claims.remove(key);
+            claims.retain(|(claimed_by, _)| claimed_by != key);
             if claims.is_empty() {
                 self.by_id.remove(&id);
             }
@@ -129,6 +130,7 @@ impl HookIndex {
             .by_id
             .get(id)?
             .iter()
+            .map(|(key, claim)| (key, claim))
             .filter(|(_, claim)| self.owner_is_current(claim))
             .min_by(|a, b| owner_order(a).cmp(&owner_order(b)))
             .map(|(_, claim)| claim)?;
@@ -273,6 +275,8 @@ fn claim(secret: &Secret) -> Option<(SecretKey, String, Claim)> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use k8s_openapi::{
         ByteString,
         apimachinery::pkg::apis::meta::v1::{FieldsV1, ManagedFieldsEntry, OwnerReference},

@@ -387,8 +387,8 @@ impl Pass<'_> {
                 // The Service's status may not list yet what an older
                 // Redeployment built: the gate let this one start once that
                 // one was finished in the cache, with its `built` recorded.
-                let redeployments: Vec<Redeployment> =
-                    self.observed.others.iter().chain([self.redeployment()]).cloned().collect();
+                let redeployments: Vec<&Redeployment> =
+                    self.observed.others.iter().chain([self.redeployment()]).collect();
                 let builds = service::recorded_builds(service, &redeployments);
                 let reusable = planned.git_ref.as_deref().and_then(|r| builds.iter().find(|b| b.commit == r));
                 match (policy, reusable, builds.first()) {

@@ -16,6 +16,7 @@ use super::decide;
 use crate::{
     api::{App, DeploymentProfile, PlanAction, Redeployment, Service, ServicePhase},
     build,
+    cache::Shared,
     context::Context,
     reconcile::{
         Error,
@@ -43,8 +44,9 @@ pub struct Observed {
     pub jobs: BTreeMap<String, ObservedJob>,
     /// The registry's answer for the tags [`decide::digests_wanted`] asked for.
     pub digests: BTreeMap<String, Result<Resolved, String>>,
-    /// The other Redeployments of the App, for the supersede/wait gate.
-    pub others: Vec<Redeployment>,
+    /// The other Redeployments of the App, for the supersede/wait gate, as
+    /// the cache holds them (a large App's history is megabytes).
+    pub others: Shared<Redeployment>,
     /// The default build Job's image.
     pub builder_image: String,
 }
@@ -96,7 +98,7 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
             None => Api::<DeploymentProfile>::namespaced(client.clone(), &namespace).get_opt(&name).await?,
         };
     }
-    observed.others = context.caches.redeployments_of(&namespace, &app_name).iter().cloned().collect();
+    observed.others = context.caches.redeployments_of(&namespace, &app_name);
 
     let phase_of = |service: &str| status.services.iter().find(|r| r.service == service).map(|r| r.phase);
     let unfinished: Vec<_> = observed
@@ -240,7 +242,7 @@ impl Observed {
             workloads: BTreeMap::new(),
             jobs: BTreeMap::new(),
             digests: BTreeMap::new(),
-            others: Vec::new(),
+            others: Shared::default(),
             builder_image: builder_image.to_string(),
         }
     }

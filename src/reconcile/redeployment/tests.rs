@@ -395,7 +395,7 @@ fn each_build_policy_builds_reuses_or_deploys_the_last_image() {
         let built = BuiltImage { commit: commit.into(), image: image_of(&web(), commit), digest: Some(digest()) };
         let result = ServiceResult { built: Some(built), ..result("web", Succeeded) };
         let older = redeployment_named("shop-0", at(-60), vec![build("web", Some(commit))]);
-        observed.others.push(with_results(older, vec![result]));
+        observed.others = vec![with_results(older, vec![result])].into();
         observed
     };
     check(vec![
@@ -637,7 +637,7 @@ fn a_newer_redeployment_supersedes_a_pending_one_and_an_older_running_one_makes_
         vec![result("worker", Pending), result("other", Pending)],
     );
     let with_others = |mut o: Observed, others: Vec<Redeployment>| {
-        o.others = others;
+        o.others = others.into();
         o
     };
     let superseded = with_others(observed(redeployment(vec![restart("worker")]), vec![worker()]), vec![newer]);
@@ -1129,7 +1129,8 @@ fn only_the_digests_a_pass_would_use_are_resolved() {
     waiting.others = vec![with_results(
         redeployment_named("shop-0", at(-5), vec![pin("a")]),
         vec![result("a", ServicePhase::Deploying)],
-    )];
+    )]
+    .into();
     assert_eq!(digests_wanted(&waiting), Vec::<String>::new(), "a Redeployment that waits resolves nothing");
 }
 
