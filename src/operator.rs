@@ -26,8 +26,8 @@ use crate::{
     api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase},
     build::REDEPLOYMENT_LABEL,
     cache::{
-        Caches, Change, Indexed, Scope, ServiceIndex, Synced, Trigger, WorkloadChange, WorkloadIndex,
-        known::KnownVersions, watch_into,
+        Caches, Change, Indexed, OwnRedeployments, Scope, ServiceIndex, SharedWriter, Synced, Trigger, WorkloadChange,
+        WorkloadIndex, known::KnownVersions, watch_into,
     },
     context::{Context, Settings},
     hook::{
@@ -229,6 +229,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     let (services, services_writer) = reflector::store::<DeserializeGuard<Service>>();
     let (profiles, profiles_writer) = reflector::store::<DeserializeGuard<DeploymentProfile>>();
     let (redeployments, redeployments_writer) = reflector::store::<DeserializeGuard<Redeployment>>();
+    let redeployments_writer = SharedWriter::new(redeployments_writer);
     let (jobs, jobs_writer) = reflector::store::<Job>();
     let service_index = ServiceIndex::default();
     let workloads = WorkloadIndex::default();
@@ -242,7 +243,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
-        apps_writer,
+        SharedWriter::new(apps_writer),
         listed[0].clone(),
         move |change, _| match change {
             Change::Applied(app) => {
@@ -263,7 +264,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
-        services_writer,
+        SharedWriter::new(services_writer),
         listed[1].clone(),
         move |change, initial| match change {
             Change::Applied(guard) => {
@@ -289,7 +290,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
-        profiles_writer,
+        SharedWriter::new(profiles_writer),
         profiles_synced,
         |change, _| {
             if let Change::Applied(DeserializeGuard(Err(invalid))) = change {
@@ -309,7 +310,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
-        redeployments_writer,
+        redeployments_writer.clone(),
         listed[3].clone(),
         move |change, initial| {
             let (namespace, name) = match &change {
@@ -334,7 +335,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis::<Job>(&client),
         watcher::Config::default().labels(REDEPLOYMENT_LABEL),
-        jobs_writer,
+        SharedWriter::new(jobs_writer),
         Synced::default(),
         move |change, _| {
             let (Change::Applied(job) | Change::Deleted(job)) = change;
@@ -383,6 +384,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         service_index,
         profiles,
         redeployments,
+        own_redeployments: OwnRedeployments { writer: redeployments_writer, trigger: redeployment_trigger.clone() },
         jobs,
         workloads,
         hooks,

@@ -27,7 +27,7 @@ pub use self::{
     index::{Index, Synced, run_index},
     scope::Scope,
     service_index::{Indexed, ServiceIndex},
-    watch::{Change, Trigger, watch_into},
+    watch::{Change, SharedWriter, Trigger, watch_into},
     workloads::{WorkloadChange, WorkloadIndex},
 };
 use crate::{
@@ -43,6 +43,9 @@ pub struct Caches {
     pub service_index: ServiceIndex,
     pub profiles: Store<DeserializeGuard<DeploymentProfile>>,
     pub redeployments: Store<DeserializeGuard<Redeployment>>,
+    /// Stores and reconciles a Redeployment this process created without
+    /// waiting for its watch ([`OwnRedeployments`]).
+    pub own_redeployments: OwnRedeployments,
     /// The build Jobs (labelled [`crate::build::REDEPLOYMENT_LABEL`]). Not
     /// waited for: a pass that does not find a Job here reads it.
     pub jobs: Store<Job>,
@@ -99,6 +102,31 @@ impl Caches {
     /// True once every cache holds a full list.
     pub fn is_synced(&self) -> bool {
         self.synced.load(Ordering::Acquire)
+    }
+}
+
+/// The Redeployment store's writer and the Redeployment reconciler's
+/// trigger, for what this process itself creates and finds gone.
+#[derive(Clone)]
+pub struct OwnRedeployments {
+    pub writer: SharedWriter<DeserializeGuard<Redeployment>>,
+    pub trigger: Trigger<DeserializeGuard<Redeployment>>,
+}
+
+impl OwnRedeployments {
+    /// The hook created `redeployment`: its first pass starts now, not once
+    /// the watch delivers it (a watch event under load can take tens of
+    /// milliseconds, on the path from the call to the rollout).
+    pub fn created(&self, redeployment: &Redeployment) {
+        let (namespace, name) = (redeployment.namespace().unwrap_or_default(), redeployment.name_any());
+        if self.writer.created(DeserializeGuard(Ok(redeployment.clone()))) {
+            self.trigger.reconcile(&namespace, &name);
+        }
+    }
+
+    /// The API server answered that `namespace/name` does not exist.
+    pub fn gone(&self, namespace: &str, name: &str) {
+        self.writer.gone(namespace, name);
     }
 }
 

@@ -1,7 +1,12 @@
 //! The stores of whole objects, each kept by [`run_index`], telling the
 //! caller what changed.
 
-use std::{fmt::Debug, hash::Hash};
+use std::{
+    collections::HashSet,
+    fmt::Debug,
+    hash::Hash,
+    sync::{Arc, Mutex, MutexGuard},
+};
 
 use futures::channel::mpsc;
 use kube::{
@@ -13,12 +18,92 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::index::{Index, ObjectKey, Synced, run_index};
+use super::index::{Index, ObjectKey, Synced, key, run_index};
 
 /// An object the watch saw applied or deleted.
 pub enum Change<'a, K> {
     Applied(&'a K),
     Deleted(&'a K),
+}
+
+/// A store's writer, shared by its watch and by this process's own
+/// creates ([`SharedWriter::created`]).
+pub struct SharedWriter<K: Lookup + Clone + 'static>(Arc<Mutex<Shared<K>>>)
+where
+    K::DynamicType: Eq + Hash + Clone;
+
+struct Shared<K: Lookup + Clone + 'static>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    writer: Writer<K>,
+    /// Stored by [`SharedWriter::created`], not yet by the watch.
+    unconfirmed: HashSet<ObjectKey>,
+}
+
+impl<K: Lookup + Clone + 'static> Clone for SharedWriter<K>
+where
+    K::DynamicType: Eq + Hash + Clone,
+{
+    fn clone(&self) -> Self {
+        Self(self.0.clone())
+    }
+}
+
+impl<K> SharedWriter<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    pub fn new(writer: Writer<K>) -> Self {
+        Self(Arc::new(Mutex::new(Shared { writer, unconfirmed: HashSet::new() })))
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Shared<K>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stores `object`, just created by this process, unless the watch
+    /// already stored it (at that version or a later one); true if stored.
+    /// Its reconciler can then start without waiting for the watch's echo,
+    /// as client-go's mutation cache lets an informer's reader see its own
+    /// writes. The echo replaces it with the same version.
+    pub fn created(&self, object: K) -> bool {
+        let mut shared = self.lock();
+        let reference = ObjectRef::from_obj_with(&object, Default::default());
+        if shared.writer.as_reader().get(&reference).is_some() {
+            return false;
+        }
+        shared.unconfirmed.insert(key(&object));
+        shared.writer.apply_watcher_event(&Event::Apply(object));
+        true
+    }
+
+    /// The API server answered that `namespace/name` does not exist. If
+    /// [`Self::created`] stored it and the watch never told of it (deleted
+    /// right after its create), the watch never will: it is dropped here. What
+    /// the watch stored, the watch removes.
+    pub fn gone(&self, namespace: &str, name: &str) {
+        let mut shared = self.lock();
+        if !shared.unconfirmed.remove(&(namespace.to_string(), name.to_string())) {
+            return;
+        }
+        let reference = ObjectRef::new_with(name, Default::default()).within(namespace);
+        if let Some(gone) = shared.writer.as_reader().get(&reference) {
+            shared.writer.apply_watcher_event(&Event::Delete((*gone).clone()));
+        }
+    }
+
+    /// The watch's own change: stored, and no longer unconfirmed.
+    fn apply_watched(&self, event: &Event<K>) {
+        let mut shared = self.lock();
+        if !shared.unconfirmed.is_empty()
+            && let Event::Apply(object) | Event::Delete(object) = event
+        {
+            shared.unconfirmed.remove(&key(object));
+        }
+        shared.writer.apply_watcher_event(event);
+    }
 }
 
 /// Watches `apis` into `writer`, and tells `on_change` of every object
@@ -27,7 +112,7 @@ pub enum Change<'a, K> {
 pub async fn watch_into<K>(
     apis: Vec<Api<K>>,
     config: watcher::Config,
-    mut writer: Writer<K>,
+    writer: SharedWriter<K>,
     synced: Synced,
     on_change: impl FnMut(Change<'_, K>, bool),
 ) where
@@ -38,8 +123,8 @@ pub async fn watch_into<K>(
     // buffer, so it would never count as ready, and a Controller runs nothing
     // on a store that is not. Readiness is `synced`'s to tell: nothing
     // reconciles before every cache has listed (see `operator::start`).
-    writer.apply_watcher_event(&Event::Init);
-    writer.apply_watcher_event(&Event::InitDone);
+    writer.apply_watched(&Event::Init);
+    writer.apply_watched(&Event::InitDone);
     run_index(apis, config, StoreIndex { writer, on_change }, synced).await;
 }
 
@@ -48,7 +133,7 @@ struct StoreIndex<K: Lookup + Clone + 'static, F>
 where
     K::DynamicType: Eq + Hash + Clone,
 {
-    writer: Writer<K>,
+    writer: SharedWriter<K>,
     on_change: F,
 }
 
@@ -62,7 +147,7 @@ where
     /// would hold a second copy of every object until the list completes).
     fn apply(&mut self, object: K, first: bool) {
         let event = Event::Apply(object);
-        self.writer.apply_watcher_event(&event);
+        self.writer.apply_watched(&event);
         if let Event::Apply(object) = &event {
             (self.on_change)(Change::Applied(object), first);
         }
@@ -70,8 +155,11 @@ where
 
     fn delete(&mut self, namespace: String, name: String) {
         let reference = ObjectRef::new_with(&name, Default::default()).within(&namespace);
-        let Some(gone) = self.writer.as_reader().get(&reference) else { return };
-        self.writer.apply_watcher_event(&Event::Delete((*gone).clone()));
+        let gone = {
+            let Some(gone) = self.writer.lock().writer.as_reader().get(&reference) else { return };
+            self.writer.apply_watched(&Event::Delete((*gone).clone()));
+            gone
+        };
         (self.on_change)(Change::Deleted(&gone), false);
     }
 
@@ -126,7 +214,7 @@ mod tests {
         let (reader, writer) = reflector::store();
         let mut seen = Vec::new();
         let mut index = StoreIndex {
-            writer,
+            writer: SharedWriter::new(writer),
             on_change: |change: Change<'_, ConfigMap>, initial: bool| {
                 let (what, object) = match change {
                     Change::Applied(object) => ("applied", object),
@@ -164,7 +252,8 @@ mod tests {
     #[test]
     fn a_relist_of_one_namespace_keeps_the_others_objects() {
         let (reader, writer) = reflector::store();
-        let mut index = StoreIndex { writer, on_change: |_: Change<'_, ConfigMap>, _: bool| {} };
+        let mut index =
+            StoreIndex { writer: SharedWriter::new(writer), on_change: |_: Change<'_, ConfigMap>, _: bool| {} };
         let mut driver = Driver::new(2, Synced::default());
         for (watch, event) in [
             (0, Event::Init),
@@ -180,5 +269,30 @@ mod tests {
         }
         let names: Vec<String> = reader.state().iter().filter_map(|m| m.metadata.name.clone()).collect();
         assert_eq!(names, ["y"]);
+    }
+
+    #[test]
+    fn an_object_this_process_created_is_stored_at_once_and_dropped_if_gone_before_its_watch_told() {
+        let (reader, writer) = reflector::store::<ConfigMap>();
+        let writer = SharedWriter::new(writer);
+        let names = || reader.state().iter().filter_map(|m| m.metadata.name.clone()).collect::<Vec<_>>();
+        let mut index = StoreIndex { writer: writer.clone(), on_change: |_: Change<'_, ConfigMap>, _: bool| {} };
+
+        assert!(writer.created(map("ns", "a")), "not stored yet: stored");
+        assert_eq!(names(), ["a"]);
+        writer.gone("ns", "a");
+        assert!(names().is_empty(), "created, then gone before its watch told of it: dropped");
+
+        index.apply(map("ns", "b"), false);
+        assert!(!writer.created(map("ns", "b")), "the watch stored it first: kept as the watch has it");
+        writer.gone("ns", "b");
+        assert_eq!(names(), ["b"], "what the watch stored, only the watch removes");
+
+        assert!(writer.created(map("ns", "c")));
+        index.apply(map("ns", "c"), false);
+        writer.gone("ns", "c");
+        let mut held = names();
+        held.sort();
+        assert_eq!(held, ["b", "c"], "confirmed by its watch: only the watch removes it");
     }
 }

@@ -486,6 +486,7 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
         Ok(created) => {
             // The version the reconciler's first pass will find in its cache: no need to read it again.
             context.known_versions.wrote(&created, false);
+            context.caches.own_redeployments.created(&created);
             Ok(Reply::stored(
                 StatusCode::ACCEPTED,
                 Outcome::accepted,
@@ -813,6 +814,10 @@ mod tests {
             services: reflector::store().0,
             profiles: reflector::store().0,
             redeployments: reflector::store().0,
+            own_redeployments: crate::cache::OwnRedeployments {
+                writer: crate::cache::SharedWriter::new(reflector::store().1),
+                trigger: crate::cache::Trigger::new().0,
+            },
             jobs: reflector::store().0,
             service_index: Default::default(),
             workloads: Default::default(),

@@ -211,10 +211,20 @@ async fn write_status(
     status: &RedeploymentStatus,
 ) -> Result<(), Error> {
     let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "status": status });
-    let written =
-        Api::<Redeployment>::namespaced(context.client.clone(), &redeployment.namespace().unwrap_or_default())
-            .patch_status(&redeployment.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
-    context.known_versions.wrote(&written, written.is_finished());
-    Ok(())
+    let (namespace, name) = (redeployment.namespace().unwrap_or_default(), redeployment.name_any());
+    let written = Api::<Redeployment>::namespaced(context.client.clone(), &namespace)
+        .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await;
+    match written {
+        Ok(written) => {
+            context.known_versions.wrote(&written, written.is_finished());
+            Ok(())
+        }
+        // Deleted, and its finalizer removed, before this pass: nothing is left to record.
+        Err(kube::Error::Api(status)) if status.code == 404 => {
+            context.caches.own_redeployments.gone(&namespace, &name);
+            Ok(())
+        }
+        Err(error) => Err(error.into()),
+    }
 }

@@ -81,7 +81,10 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
         Freshness::Behind => return Ok(Action::requeue(known::ECHO_WAIT)),
         Freshness::Unknown => {
             let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
-            let Some(read) = api.get_opt(&cached.name_any()).await? else { return Ok(Action::await_change()) };
+            let Some(read) = api.get_opt(&cached.name_any()).await? else {
+                context.caches.own_redeployments.gone(&cached.namespace().unwrap_or_default(), &cached.name_any());
+                return Ok(Action::await_change());
+            };
             context.known_versions.saw(&read, read.is_finished());
             read
         }
