@@ -15,6 +15,14 @@
 //!   `?services=<Git-built Service>`: the Redeployment creates a build Job (a
 //!   stand-in builder: the Job's creation is what is measured).
 //!
+//! Each rate's Apps, Services and Deployments (and the plain client's
+//! Deployments) are made just before that rate runs, once the operator and the
+//! Deployment controller are quiet again: a rate is measured on a control
+//! plane holding what the rates before it left, never the objects a later
+//! rate needs (made up front, the 2,000 Services and 4,000 Deployments of
+//! 100/s for 20 s doubled the API server's answer time during 20/s, the plain
+//! client's as much as the operator's).
+//!
 //! The calls go round the Apps; every call names a Service of its own, so no call waits behind an earlier
 //! unfinished Redeployment of the same Service (the operator runs those one
 //! after the other). Every Deployment has `replicas: 0`: no pods run, so the
@@ -392,100 +400,9 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
     });
     support::apply(&client, &namespace, [keys]).await?;
     let deployments = Api::<Deployment>::namespaced(client.clone(), &namespace);
-    let services = Api::<Service>::namespaced(client.clone(), &namespace);
-    let apps = Api::<App>::namespaced(client.clone(), &namespace);
-    let mut app_names: Vec<String> = Vec::new();
-    let mut objects: Vec<(Kind, String, String)> = Vec::new();
-    let mut plain_deployments: Vec<String> = Vec::new();
-    // Rate 0: the untimed warm-up calls.
-    for rate in std::iter::once(0).chain(settings.rates.iter().copied()) {
-        let calls = if rate == 0 { 2 * WARM_UP } else { settings.calls(rate) };
-        for index in 0..calls.div_ceil(2) {
-            for kind in [Kind::Image, Kind::Git] {
-                let (name, app) = kind.service(rate, index);
-                if app_names.last() != Some(&app) {
-                    app_names.push(app.clone());
-                }
-                objects.push((kind, name, app));
-            }
-        }
-        if rate > 0 {
-            plain_deployments.extend((0..calls).map(|i| plain_name(rate, i)));
-        }
-    }
-    let started = Instant::now();
-    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-    let key = |key: &str| json!({ "name": "latency-keys", "key": key });
-    let creates = app_names
-        .iter()
-        .map(|app| Create::App(app))
-        .chain(objects.iter().map(|(kind, name, app)| Create::Service(*kind, name, app)))
-        .chain(plain_deployments.iter().map(|name| Create::Deployment(name)));
-    futures::stream::iter(creates)
-        .map(|create| {
-            let (deployments, services, apps, params, key) = (&deployments, &services, &apps, &params, &key);
-            async move {
-                match create {
-                    Create::App(name) => {
-                        let app = serde_json::from_value(json!({
-                            "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "metadata": { "name": name },
-                            "spec": { "hook": { "signatureSecrets": { "github": key("github"), "generic": key("generic") } } },
-                        }))?;
-                        apps.create(params, &app).await?;
-                    }
-                    Create::Service(kind, name, app) => {
-                        deployments.create(params, &support::idle_deployment(name)).await?;
-                        services.create(params, &service(kind, name, app)?).await?;
-                    }
-                    Create::Deployment(name) => {
-                        deployments.create(params, &support::idle_deployment(name)).await?;
-                    }
-                }
-                anyhow::Ok(())
-            }
-        })
-        .buffer_unordered(CREATE_CONCURRENCY)
-        .collect::<Vec<_>>()
-        .await
-        .into_iter()
-        .collect::<anyhow::Result<Vec<()>>>()?;
-    println!(
-        "latency: created {} Apps, {} Services and their Deployments, {} Deployments for the plain client in {:.1} s",
-        app_names.len(),
-        objects.len(),
-        plain_deployments.len(),
-        started.elapsed().as_secs_f64()
-    );
-
-    // Measured on a quiet operator: every App's hook known, every Service reconciled.
-    let urls = support::wait_for("every App's hook", Duration::from_secs(600), Duration::from_secs(1), || async {
-        let with_hook = apps.list(&ListParams::default()).await?.items;
-        let with_hook = with_hook.iter().filter(|a| a.status.as_ref().is_some_and(|s| s.hook.is_some())).count();
-        if with_hook < app_names.len() {
-            return Ok(None);
-        }
-        let secrets = Api::<Secret>::namespaced(client.clone(), &namespace).list(&ListParams::default()).await?;
-        let mut urls = HashMap::new();
-        for secret in &secrets.items {
-            if let Some(app) = secret.name_any().strip_suffix("-hook") {
-                urls.insert(app.to_string(), support::secret_value(secret, "url")?);
-            }
-        }
-        Ok(app_names.iter().all(|app| urls.contains_key(app)).then_some(urls))
-    })
-    .await?;
-    support::wait_for("every Service reconciled", Duration::from_secs(600), Duration::from_secs(1), || async {
-        let all = services.list(&ListParams::default()).await?.items;
-        let reconciled = all.iter().filter(|s| s.status.as_ref().is_some_and(|s| s.type_.is_some())).count();
-        Ok((reconciled == objects.len()).then_some(()))
-    })
-    .await?;
-    // ...and a quiet control plane: the Deployment controller has caught up
-    // with the thousands of Deployments just made (it writes each one's
-    // status, and makes its ReplicaSet, long after the creates returned).
-    caught_up(&deployments).await?;
+    // The warm-up calls' objects (rate 0); each rate's are made just before it.
+    let mut urls = make_objects(&client, &namespace, settings, 0).await?;
     report.load("set up");
-
     let seen: Shared<Seen> = Default::default();
     let watches = [
         watch(deployments.clone(), seen.clone(), patched, |d: &Deployment| {
@@ -500,7 +417,7 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
 
     let http = reqwest::Client::builder().pool_max_idle_per_host(usize::MAX).build()?;
     let run = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos();
-    let caller = Arc::new(Caller { http, urls, run });
+    let caller = Arc::new(Caller { http: http.clone(), urls: urls.clone(), run });
     let redeployments = Api::<Redeployment>::namespaced(client.clone(), &namespace);
     for index in 0..WARM_UP {
         for kind in [Kind::Image, Kind::Git] {
@@ -517,6 +434,9 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
     }
     let configmaps = Api::<ConfigMap>::namespaced(client.clone(), &namespace);
     for &rate in &settings.rates {
+        urls.extend(make_objects(&client, &namespace, settings, rate).await?);
+        report.load(&format!("set up for {rate}/s"));
+        let caller = Arc::new(Caller { http: http.clone(), urls: urls.clone(), run });
         // The plain client: one create and one patch per tick.
         let before_plain = ServerWork::now(&client).await?;
         let plain = offered(rate, settings.seconds, |i| {
@@ -617,6 +537,117 @@ async fn measure(control_plane: &ControlPlane, settings: &Settings) -> anyhow::R
         task.abort();
     }
     Ok(report)
+}
+
+/// Makes the objects of the calls at `rate` (0: the warm-up calls): their
+/// Apps, a Deployment and a Service per call, and a Deployment per plain
+/// patch; then waits until the operator is quiet (every new App's hook known,
+/// every Service reconciled) and the Deployment controller has caught up.
+/// Each rate's objects are made just before it, so a rate is measured on a
+/// control plane holding what the rates before it left, never what the ones
+/// after it need. Returns the new Apps' hook URLs.
+async fn make_objects(
+    client: &kube::Client,
+    namespace: &str,
+    settings: &Settings,
+    rate: u32,
+) -> anyhow::Result<HashMap<String, String>> {
+    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace);
+    let services = Api::<Service>::namespaced(client.clone(), namespace);
+    let apps = Api::<App>::namespaced(client.clone(), namespace);
+    let mut app_names: Vec<String> = Vec::new();
+    let mut objects: Vec<(Kind, String, String)> = Vec::new();
+    let mut plain_deployments: Vec<String> = Vec::new();
+    let calls = if rate == 0 { 2 * WARM_UP } else { settings.calls(rate) };
+    for index in 0..calls.div_ceil(2) {
+        for kind in [Kind::Image, Kind::Git] {
+            let (name, app) = kind.service(rate, index);
+            if app_names.last() != Some(&app) {
+                app_names.push(app.clone());
+            }
+            objects.push((kind, name, app));
+        }
+    }
+    if rate > 0 {
+        plain_deployments.extend((0..calls).map(|i| plain_name(rate, i)));
+    }
+    let started = Instant::now();
+    let params = PostParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let key = |key: &str| json!({ "name": "latency-keys", "key": key });
+    let creates = app_names
+        .iter()
+        .map(|app| Create::App(app))
+        .chain(objects.iter().map(|(kind, name, app)| Create::Service(*kind, name, app)))
+        .chain(plain_deployments.iter().map(|name| Create::Deployment(name)));
+    futures::stream::iter(creates)
+        .map(|create| {
+            let (deployments, services, apps, params, key) = (&deployments, &services, &apps, &params, &key);
+            async move {
+                match create {
+                    Create::App(name) => {
+                        let app = serde_json::from_value(json!({
+                            "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "metadata": { "name": name },
+                            "spec": { "hook": { "signatureSecrets": { "github": key("github"), "generic": key("generic") } } },
+                        }))?;
+                        apps.create(params, &app).await?;
+                    }
+                    Create::Service(kind, name, app) => {
+                        deployments.create(params, &support::idle_deployment(name)).await?;
+                        services.create(params, &service(kind, name, app)?).await?;
+                    }
+                    Create::Deployment(name) => {
+                        deployments.create(params, &support::idle_deployment(name)).await?;
+                    }
+                }
+                anyhow::Ok(())
+            }
+        })
+        .buffer_unordered(CREATE_CONCURRENCY)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<Vec<()>>>()?;
+    println!(
+        "latency: for {}: created {} Apps, {} Services and their Deployments, {} Deployments for the plain client in {:.1} s",
+        if rate == 0 { "the warm-up calls".to_string() } else { format!("{rate}/s") },
+        app_names.len(),
+        objects.len(),
+        plain_deployments.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    // Measured on a quiet operator: every App's hook known, every Service reconciled.
+    let urls = support::wait_for("every App's hook", Duration::from_secs(600), Duration::from_secs(1), || async {
+        let all = apps.list(&ListParams::default()).await?.items;
+        let new_with_hook = all
+            .iter()
+            .filter(|a| app_names.contains(&a.name_any()))
+            .filter(|a| a.status.as_ref().is_some_and(|s| s.hook.is_some()))
+            .count();
+        if new_with_hook < app_names.len() {
+            return Ok(None);
+        }
+        let secrets = Api::<Secret>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?;
+        let mut urls = HashMap::new();
+        for secret in &secrets.items {
+            if let Some(app) = secret.name_any().strip_suffix("-hook") {
+                urls.insert(app.to_string(), support::secret_value(secret, "url")?);
+            }
+        }
+        urls.retain(|app, _| app_names.contains(app));
+        Ok(app_names.iter().all(|app| urls.contains_key(app)).then_some(urls))
+    })
+    .await?;
+    support::wait_for("every Service reconciled", Duration::from_secs(600), Duration::from_secs(1), || async {
+        let all = services.list(&ListParams::default()).await?.items;
+        Ok(all.iter().all(|s| s.status.as_ref().is_some_and(|s| s.type_.is_some())).then_some(()))
+    })
+    .await?;
+    // ...and a quiet control plane: the Deployment controller has caught up
+    // with the thousands of Deployments just made (it writes each one's
+    // status, and makes its ReplicaSet, long after the creates returned).
+    caught_up(&deployments).await?;
+    Ok(urls)
 }
 
 /// Waits until the Deployment controller has seen the last change of every Deployment.
