@@ -79,14 +79,12 @@ impl Caches {
     /// large App names hundreds of Services, and each of them reads it, so
     /// a copy per reader would cost megabytes at once.
     pub fn redeployments_of(&self, namespace: &str, app: &str) -> Shared<Redeployment> {
-        let state = self.redeployments.state();
-        let of_app = |r: &Redeployment| r.namespace().as_deref() == Some(namespace) && r.spec.app == app;
-        Shared(state.into_iter().filter(|guard| guard.0.as_ref().is_ok_and(of_app)).collect())
+        of_app(&self.redeployments, namespace, app, |r| &r.spec.app)
     }
 
     /// The valid DeploymentProfiles of `app`.
     pub fn profiles_of(&self, namespace: &str, app: &str) -> Vec<DeploymentProfile> {
-        of_app(&self.profiles, namespace, app, |p| &p.spec.app)
+        of_app(&self.profiles, namespace, app, |p| &p.spec.app).iter().cloned().collect()
     }
 
     /// Returns once every cache holds a full list.
@@ -164,13 +162,17 @@ impl<K> Shared<K> {
 }
 
 /// The valid objects of `store` in `namespace` that belong to `app`.
-fn of_app<K>(store: &Store<DeserializeGuard<K>>, namespace: &str, app: &str, app_of: impl Fn(&K) -> &String) -> Vec<K>
+fn of_app<K>(
+    store: &Store<DeserializeGuard<K>>,
+    namespace: &str,
+    app: &str,
+    app_of: impl Fn(&K) -> &String,
+) -> Shared<K>
 where
     K: Resource<DynamicType = ()> + Clone,
 {
-    let state = store.state();
-    let valid = state.iter().filter_map(|guard| guard.0.as_ref().ok());
-    valid.filter(|o| o.namespace().as_deref() == Some(namespace) && app_of(o) == app).cloned().collect()
+    let of_app = |o: &K| o.namespace().as_deref() == Some(namespace) && app_of(o) == app;
+    Shared(store.state().into_iter().filter(|guard| guard.0.as_ref().is_ok_and(of_app)).collect())
 }
 
 /// Annotation `kubectl apply` keeps a whole copy of the object in.

@@ -95,10 +95,8 @@ impl Index<Version> for SignatureKeys {
     }
 
     fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
-        let mut keys = self.write();
-        for secret in removed {
-            keys.versions.remove(&secret);
-            keys.values.remove(&secret);
+        for (namespace, name) in removed {
+            self.delete(namespace, name);
         }
     }
 }
