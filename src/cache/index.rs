@@ -142,7 +142,9 @@ where
 
 /// Whether `error` is an API server refusing the parameters of a streaming
 /// list (`sendInitialEvents`, `resourceVersionMatch` on a watch): 400 or 422
-/// from a server without the WatchList feature, before any event.
+/// from a server without the WatchList feature (or one that lost it in a
+/// downgrade: such a watch could never start again, so a later refusal
+/// falls back too).
 fn refuses_streaming_lists(error: &watcher::Error) -> bool {
     match error {
         watcher::Error::WatchStartFailed(kube::Error::Api(status)) => matches!(status.code, 400 | 422),
