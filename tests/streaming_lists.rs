@@ -14,7 +14,7 @@ use kube::{
     api::{ObjectMeta, PostParams},
     runtime::watcher,
 };
-use redeploy_operator::cache::{Index, Synced, index::ObjectKey, run_index};
+use redeploy_operator::cache::{Index, Synced, run_index};
 use redeploy_testenv::ControlPlane;
 
 mod support;
@@ -30,12 +30,6 @@ impl Index<ConfigMap> for Names {
 
     fn delete(&mut self, _namespace: String, name: String) {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&name);
-    }
-
-    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
-        for (namespace, name) in removed {
-            self.delete(namespace, name);
-        }
     }
 }
 

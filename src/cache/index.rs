@@ -48,8 +48,13 @@ pub trait Index<K> {
     fn delete(&mut self, namespace: String, name: String);
 
     /// One watch finished a full list: `removed` is what it held before and
-    /// no longer does. `first`: the watch's first list.
-    fn listed(&mut self, removed: Vec<ObjectKey>, first: bool);
+    /// no longer does. `first`: the watch's first list. What a re-list no
+    /// longer holds is deleted, as no delete event told of it.
+    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
+        for (namespace, name) in removed {
+            self.delete(namespace, name);
+        }
+    }
 }
 
 /// Set once every watch feeding an index has loaded its first full list.

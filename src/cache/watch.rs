@@ -28,11 +28,11 @@ pub enum Change<'a, K> {
 
 /// A store's writer, shared by its watch and by this process's own
 /// creates ([`SharedWriter::created`]).
-pub struct SharedWriter<K: Lookup + Clone + 'static>(Arc<Mutex<Shared<K>>>)
+pub struct SharedWriter<K: Lookup + Clone + 'static>(Arc<Mutex<WriterState<K>>>)
 where
     K::DynamicType: Eq + Hash + Clone;
 
-struct Shared<K: Lookup + Clone + 'static>
+struct WriterState<K: Lookup + Clone + 'static>
 where
     K::DynamicType: Eq + Hash + Clone,
 {
@@ -56,10 +56,10 @@ where
     K::DynamicType: Eq + Hash + Clone + Default,
 {
     pub fn new(writer: Writer<K>) -> Self {
-        Self(Arc::new(Mutex::new(Shared { writer, unconfirmed: HashSet::new() })))
+        Self(Arc::new(Mutex::new(WriterState { writer, unconfirmed: HashSet::new() })))
     }
 
-    fn lock(&self) -> MutexGuard<'_, Shared<K>> {
+    fn lock(&self) -> MutexGuard<'_, WriterState<K>> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
@@ -85,13 +85,17 @@ where
     /// the watch stored, the watch removes.
     pub fn gone(&self, namespace: &str, name: &str) {
         let mut shared = self.lock();
-        if !shared.unconfirmed.remove(&(namespace.to_string(), name.to_string())) {
-            return;
+        if shared.unconfirmed.remove(&(namespace.to_string(), name.to_string())) {
+            shared.remove(namespace, name);
         }
-        let reference = ObjectRef::new_with(name, Default::default()).within(namespace);
-        if let Some(gone) = shared.writer.as_reader().get(&reference) {
-            shared.writer.apply_watcher_event(&Event::Delete((*gone).clone()));
-        }
+    }
+
+    /// The watch told that `namespace/name` was deleted: removed, and
+    /// returned as it was stored.
+    fn delete_watched(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let mut shared = self.lock();
+        shared.unconfirmed.remove(&(namespace.to_string(), name.to_string()));
+        shared.remove(namespace, name)
     }
 
     /// The watch's own change: stored, and no longer unconfirmed.
@@ -103,6 +107,20 @@ where
             shared.unconfirmed.remove(&key(object));
         }
         shared.writer.apply_watcher_event(event);
+    }
+}
+
+impl<K> WriterState<K>
+where
+    K: Resource + Clone + 'static,
+    K::DynamicType: Eq + Hash + Clone + Default,
+{
+    /// Removes `namespace/name` from the store; returns it as it was stored.
+    fn remove(&mut self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        let reference = ObjectRef::new_with(name, Default::default()).within(namespace);
+        let gone = self.writer.as_reader().get(&reference)?;
+        self.writer.apply_watcher_event(&Event::Delete((*gone).clone()));
+        Some(gone)
     }
 }
 
@@ -154,20 +172,8 @@ where
     }
 
     fn delete(&mut self, namespace: String, name: String) {
-        let reference = ObjectRef::new_with(&name, Default::default()).within(&namespace);
-        let gone = {
-            let Some(gone) = self.writer.lock().writer.as_reader().get(&reference) else { return };
-            self.writer.apply_watched(&Event::Delete((*gone).clone()));
-            gone
-        };
-        (self.on_change)(Change::Deleted(&gone), false);
-    }
-
-    /// What a re-list no longer holds is reported deleted, as no delete
-    /// event told of it.
-    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
-        for (namespace, name) in removed {
-            self.delete(namespace, name);
+        if let Some(gone) = self.writer.delete_watched(&namespace, &name) {
+            (self.on_change)(Change::Deleted(&gone), false);
         }
     }
 }

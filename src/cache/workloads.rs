@@ -137,12 +137,6 @@ impl<F: Fn(WorkloadChange<'_>)> Index<Summarized> for KindIndex<F> {
     fn delete(&mut self, namespace: String, name: String) {
         self.workloads.set((self.kind, namespace, name), None, &self.on_change);
     }
-
-    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
-        for (namespace, name) in removed {
-            self.delete(namespace, name);
-        }
-    }
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use subtle::ConstantTimeEq;
 use super::credentials::{self, APP_LABEL, HOOK_LABEL, HookCredentials};
 use crate::{
     api::App,
-    cache::{Index, Scope, Synced, index::ObjectKey, run_index, slim},
+    cache::{Index, Scope, Synced, run_index, slim},
 };
 
 /// Where an authenticated hook call goes.
@@ -130,7 +130,6 @@ impl HookIndex {
             .by_id
             .get(id)?
             .iter()
-            .map(|(key, claim)| (key, claim))
             .filter(|(_, claim)| self.owner_is_current(claim))
             .min_by(|a, b| owner_order(a).cmp(&owner_order(b)))
             .map(|(_, claim)| claim)?;
@@ -208,21 +207,13 @@ impl<F: Fn(&AppKey)> Index<Secret> for HookWatch<F> {
         };
         owner.iter().for_each(&self.wake);
     }
-
-    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
-        for (namespace, name) in removed {
-            self.delete(namespace, name);
-        }
-    }
 }
 
 /// Which of several claims on one id is its owner (the smallest): an id
 /// issued for the claiming App beats one that was not (a copy), then the
 /// older Secret (a copy is made after the original), then the namespace and
 /// name, so that every replica and every restart picks the same one.
-fn owner_order<'a>(
-    (key, claim): &(&'a SecretKey, &'a Claim),
-) -> (Reverse<bool>, bool, Option<&'a Time>, &'a SecretKey) {
+fn owner_order((key, claim): &(SecretKey, Claim)) -> (Reverse<bool>, bool, Option<&Time>, &SecretKey) {
     (Reverse(claim.bound), claim.created.is_none(), claim.created.as_ref(), key)
 }
 

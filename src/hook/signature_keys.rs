@@ -93,12 +93,6 @@ impl Index<Version> for SignatureKeys {
         keys.versions.remove(&secret);
         keys.values.remove(&secret);
     }
-
-    fn listed(&mut self, removed: Vec<ObjectKey>, _first: bool) {
-        for (namespace, name) in removed {
-            self.delete(namespace, name);
-        }
-    }
 }
 
 #[cfg(test)]
