@@ -14,6 +14,7 @@ use k8s_openapi::{
 use kube::{
     Api, Client, Resource,
     api::{Patch, PatchParams},
+    core::PartialObjectMeta,
 };
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -263,24 +264,27 @@ pub async fn get(client: &Client, namespace: &str, target: &WorkloadTarget) -> k
     }
 }
 
-/// Applies a strategic merge `patch` to the workload; returns it as patched.
-pub async fn patch(client: &Client, namespace: &str, target: &WorkloadTarget, patch: &Value) -> kube::Result<Workload> {
-    async fn patch_kind<K: WorkloadObject>(
-        client: &Client,
-        namespace: &str,
-        name: &str,
-        patch: &Value,
-    ) -> kube::Result<Workload> {
-        let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
-        let patched =
-            Api::<K>::namespaced(client.clone(), namespace).patch(name, &params, &Patch::Strategic(patch)).await?;
-        Ok(patched.summary())
-    }
-    match target.kind {
-        WorkloadKind::Deployment => patch_kind::<Deployment>(client, namespace, &target.name, patch).await,
-        WorkloadKind::StatefulSet => patch_kind::<StatefulSet>(client, namespace, &target.name, patch).await,
-        WorkloadKind::DaemonSet => patch_kind::<DaemonSet>(client, namespace, &target.name, patch).await,
-    }
+/// The answer a workload patch asks for: the object's metadata alone (a
+/// `meta.k8s.io/v1` PartialObjectMetadata), as `kubectl get -o name` and
+/// client-go's metadata client do. Only its generation is read, and a whole
+/// workload is many times larger for the API server to encode and for the
+/// operator to decode, 500 times over in a large App's fan-out.
+const METADATA_ONLY: &str = "application/json;as=PartialObjectMetadata;g=meta.k8s.io;v=v1";
+
+/// Applies a strategic merge `patch` to the workload; returns its generation as patched.
+pub async fn patch(client: &Client, namespace: &str, target: &WorkloadTarget, patch: &Value) -> kube::Result<i64> {
+    let url = match target.kind {
+        WorkloadKind::Deployment => Deployment::url_path(&(), Some(namespace)),
+        WorkloadKind::StatefulSet => StatefulSet::url_path(&(), Some(namespace)),
+        WorkloadKind::DaemonSet => DaemonSet::url_path(&(), Some(namespace)),
+    };
+    let params = PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() };
+    let mut request = kube::core::Request::new(url)
+        .patch(&target.name, &params, &Patch::Strategic(patch))
+        .map_err(kube::Error::BuildRequest)?;
+    request.headers_mut().insert(http::header::ACCEPT, http::HeaderValue::from_static(METADATA_ONLY));
+    let patched: PartialObjectMeta = client.request(request).await?;
+    Ok(patched.metadata.generation.unwrap_or_default())
 }
 
 /// The Redeployment a workload's pod template names, if any.

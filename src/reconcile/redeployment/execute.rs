@@ -148,7 +148,7 @@ async fn run_step(context: &Context, namespace: &str, effects: &[Effect]) -> Res
             }
             Effect::PatchWorkload { target, patch, .. } => workload::patch(client, namespace, target, patch)
                 .await
-                .map(|patched| rollout_generation = Some(patched.generation)),
+                .map(|generation| rollout_generation = Some(generation)),
             Effect::RollBack { target, patch, .. } => workload::patch(client, namespace, target, patch).await.map(drop),
             _ => Ok(()),
         };
