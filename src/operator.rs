@@ -40,7 +40,7 @@ use crate::{
     metrics::Metrics,
     reconcile::{
         self, app,
-        first_pass::{AppsFirst, FIRST_PASS_LIMIT},
+        first_pass::{AppsFirst, FIRST_PASS_LIMIT, LISTED_SERVICES_QUEUED, Reconciled, hand_over_listed},
         redeployment, service,
     },
     server::{ConnectionLimits, serve},
@@ -259,7 +259,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     ));
 
     // During the first list every controller reconciles all its objects
-    // anyway: the watches then wake only the objects' own controller.
+    // anyway: the watches then wake only the objects' own controller. The
+    // Services listed then are handed over after the Apps' first pass
+    // (`first_pass::hand_over_listed`).
     let (index, trigger, app) = (service_index.clone(), service_trigger.clone(), app_trigger.clone());
     background.spawn(watch_into(
         scope.apis(&client),
@@ -275,7 +277,9 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
                         app.reconcile(&namespace, app_name);
                     }
                 }
-                trigger.reconcile(&namespace, &name);
+                if !initial {
+                    trigger.reconcile(&namespace, &name);
+                }
             }
             Change::Deleted(guard) => {
                 let (namespace, name) = key(guard);
@@ -423,7 +427,15 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     }
     let lost_leadership = Arc::new(AtomicBool::new(false));
     let services_after = apps_first.clone();
-    let reconcilers = futures::future::join3(
+    let services_reconciled = Reconciled::default();
+    let listed_services = hand_over_listed(
+        context.caches.services.clone(),
+        service_trigger.clone(),
+        apps_first.clone(),
+        services_reconciled.clone(),
+        LISTED_SERVICES_QUEUED,
+    );
+    let reconcilers = futures::future::join4(
         app_controller
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(
@@ -447,16 +459,19 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
             .graceful_shutdown_on(stopped_sync(&stop, &mut background))
             .run(
                 move |service, context| {
-                    let first = services_after.clone();
+                    let (first, reconciled) = (services_after.clone(), services_reconciled.clone());
                     async move {
                         first.wait().await;
-                        service::reconcile(service, context).await
+                        let result = service::reconcile(service, context).await;
+                        reconciled.one_more();
+                        result
                     }
                 },
                 reconcile::error_policy(service::CONTROLLER),
                 context.clone(),
             )
             .for_each(|_| async {}),
+        listed_services,
     );
     let (mut leading_changes, lost, stop_all, stopped_first) =
         (leading.subscribe(), lost_leadership.clone(), stop.clone(), stopped(&stop));

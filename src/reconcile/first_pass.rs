@@ -10,7 +10,11 @@
 //!   theirs leaves its status for later ([`AppsFirst::may_write_status`]),
 //!   and those Apps are woken once every Secret was made;
 //! - Service reconciliations wait until every App listed at start has been
-//!   reconciled once (status written).
+//!   reconciled once (status written);
+//! - the Services listed at start are handed to their reconciler only then,
+//!   a few hundred at a time ([`hand_over_listed`]): queued at once, 10,500
+//!   of them held about 7 MiB in the controller's queue (its delay queue and
+//!   maps keep the room they grew to) while they waited anyway.
 //!
 //! An App deleted meanwhile is forgotten; either wait ends after
 //! [`FIRST_PASS_LIMIT`] anyway.
@@ -27,7 +31,10 @@ use kube::{
 };
 use tokio::sync::watch;
 
-use crate::{api::App, cache::Trigger};
+use crate::{
+    api::{App, Service},
+    cache::Trigger,
+};
 
 /// The longest the first pass holds back the App status writes and the Service reconciliations.
 pub const FIRST_PASS_LIMIT: Duration = Duration::from_secs(60);
@@ -36,6 +43,50 @@ type Key = (String, String);
 
 fn key_of(app: &DeserializeGuard<App>) -> Key {
     (app.namespace().unwrap_or_default().into_owned(), app.name().unwrap_or_default().into_owned())
+}
+
+/// How many listed Services [`hand_over_listed`] keeps queued or being
+/// reconciled at once: enough to keep the reconciler's 32 slots busy.
+pub const LISTED_SERVICES_QUEUED: u64 = 256;
+
+/// Counts finished Service reconciliations (whatever their outcome), for
+/// [`hand_over_listed`] to keep pace with.
+#[derive(Clone)]
+pub struct Reconciled(Arc<watch::Sender<u64>>);
+
+impl Default for Reconciled {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(0).0))
+    }
+}
+
+impl Reconciled {
+    pub fn one_more(&self) {
+        self.0.send_modify(|count| *count += 1);
+    }
+}
+
+/// Once the Apps' first pass is done, asks for every Service of the first
+/// list to be reconciled, keeping at most `queued` of them ahead of the
+/// reconciliations `reconciled` counts. Those counted include reconciliations
+/// asked for by others, so it may run a little ahead; never behind.
+pub async fn hand_over_listed(
+    services: Store<DeserializeGuard<Service>>,
+    trigger: Trigger<DeserializeGuard<Service>>,
+    first: AppsFirst,
+    reconciled: Reconciled,
+    queued: u64,
+) {
+    first.wait().await;
+    let mut progress = reconciled.0.subscribe();
+    let before = *progress.borrow_and_update();
+    for (handed, service) in (0u64..).zip(services.state()) {
+        let caught_up = progress.wait_for(|count| handed < count.saturating_sub(before).saturating_add(queued));
+        if caught_up.await.is_err() {
+            return;
+        }
+        trigger.reconcile(&service.namespace().unwrap_or_default(), &service.name().unwrap_or_default());
+    }
 }
 
 /// What the first pass still waits for; made at the first use, once the App cache is complete.
@@ -177,8 +228,11 @@ impl AppsFirst {
 
 #[cfg(test)]
 mod tests {
-    use futures::StreamExt;
-    use kube::runtime::{reflector, watcher::Event};
+    use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
+    use kube::runtime::{
+        reflector::{self, ObjectRef},
+        watcher::Event,
+    };
     use serde_json::json;
 
     use super::*;
@@ -189,6 +243,15 @@ mod tests {
             "metadata": { "name": name, "namespace": "ns" }, "spec": {},
         }))
         .unwrap_or_else(|e| panic!("a valid App: {e}"))
+    }
+
+    fn service(name: &str) -> DeserializeGuard<Service> {
+        serde_json::from_value(json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
+            "metadata": { "name": name, "namespace": "ns" },
+            "spec": { "app": "a", "target": { "name": name }, "image": { "reference": "example.com/web" } },
+        }))
+        .unwrap_or_else(|e| panic!("a valid Service: {e}"))
     }
 
     fn listed(names: &[&str]) -> Store<DeserializeGuard<App>> {
@@ -268,5 +331,39 @@ mod tests {
         let woken = tokio::time::timeout(Duration::from_secs(5), woken.next()).await;
         assert_eq!(woken.ok().flatten().map(|r| r.name), Some("a".to_string()));
         assert!(stuck.may_write_status(&app("a")));
+    }
+
+    async fn next_asked(
+        asked: &mut UnboundedReceiver<ObjectRef<DeserializeGuard<Service>>>,
+    ) -> Option<ObjectRef<DeserializeGuard<Service>>> {
+        tokio::time::timeout(Duration::from_millis(200), asked.next()).await.ok().flatten()
+    }
+
+    #[tokio::test]
+    async fn listed_services_are_handed_over_after_the_apps_and_as_they_are_reconciled() {
+        let (services, mut writer) = reflector::store();
+        for name in ["s1", "s2", "s3", "s4", "s5"] {
+            writer.apply_watcher_event(&Event::Apply(service(name)));
+        }
+        let (trigger, mut asked) = Trigger::new();
+        let first = AppsFirst::new(listed(&["a"]), Trigger::new().0, Duration::from_secs(60));
+        let reconciled = Reconciled::default();
+        let handing = tokio::spawn(hand_over_listed(services, trigger, first.clone(), reconciled.clone(), 2));
+        assert!(next_asked(&mut asked).await.is_none(), "App a was not reconciled yet");
+        first.reconciled(&app("a"));
+        let mut handed = Vec::new();
+        for _ in 0..2 {
+            handed.extend(next_asked(&mut asked).await.map(|r| r.name));
+        }
+        assert_eq!(handed.len(), 2, "two at a time: {handed:?}");
+        assert!(next_asked(&mut asked).await.is_none(), "none reconciled yet, so no third");
+        for _ in 0..3 {
+            reconciled.one_more();
+            handed.extend(next_asked(&mut asked).await.map(|r| r.name));
+        }
+        handed.sort();
+        assert_eq!(handed, ["s1", "s2", "s3", "s4", "s5"]);
+        let ended = tokio::time::timeout(Duration::from_secs(5), handing).await;
+        assert!(ended.is_ok(), "every listed Service was handed over");
     }
 }
