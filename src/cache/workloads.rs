@@ -32,13 +32,15 @@ pub struct WorkloadChange<'a> {
 
 #[derive(Clone, Default)]
 pub struct WorkloadIndex {
-    by_key: Arc<RwLock<HashMap<Key, Workload>>>,
+    /// Each summary behind its own pointer: a map keeps room for more
+    /// entries than it holds, and a pass shares the summaries it reads.
+    by_key: Arc<RwLock<HashMap<Key, Arc<Workload>>>>,
     /// Per kind: whether its first full list is loaded.
     synced: [Synced; 3],
 }
 
 impl WorkloadIndex {
-    pub fn get(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Option<Workload> {
+    pub fn get(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Option<Arc<Workload>> {
         let by_key = self.by_key.read().unwrap_or_else(|e| e.into_inner());
         by_key.get(&(kind, namespace.to_string(), name.to_string())).cloned()
     }
@@ -80,17 +82,17 @@ impl WorkloadIndex {
         let before = {
             let mut by_key = self.by_key.write().unwrap_or_else(|e| e.into_inner());
             match workload.clone() {
-                Some(workload) => by_key.insert(key.clone(), workload),
+                Some(workload) => by_key.insert(key.clone(), Arc::new(workload)),
                 None => by_key.remove(&key),
             }
         };
-        if before != workload {
+        if before.as_deref() != workload.as_ref() {
             let (kind, namespace, name) = &key;
             on_change(WorkloadChange {
                 kind: *kind,
                 namespace,
                 name,
-                before: before.as_ref(),
+                before: before.as_deref(),
                 after: workload.as_ref(),
             });
         }

@@ -51,7 +51,7 @@ pub async fn reconcile(guard: Arc<DeserializeGuard<Service>>, context: Arc<Conte
     // building or rolling it out, wake this Service.
     let workload = context.caches.workloads.get(target.kind, &namespace, &target.name);
     let redeployments = context.caches.redeployments_of(&namespace, &service.spec.app);
-    let desired = desired_status(service, workload.as_ref(), &redeployments.to_vec(), Timestamp::now());
+    let desired = desired_status(service, workload.as_deref(), &redeployments.to_vec(), Timestamp::now());
     let action = if service.status.as_ref() == Some(&desired) && !has_legacy_owner(service) {
         Action::await_change()
     } else {

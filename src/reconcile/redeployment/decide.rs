@@ -717,7 +717,7 @@ fn gate(observed: &Observed) -> Gate {
 /// plan is held against the Services as they are now.
 fn refusal(observed: &Observed) -> Option<String> {
     let redeployment = &observed.redeployment;
-    let lookup = |name: &str| observed.services.get(name).cloned();
+    let lookup = |name: &str| observed.services.get(name).map(|service| &**service);
     plan_refusal(&redeployment.spec.app, &redeployment.spec.plan, lookup, observed.profile.as_ref())
 }
 
@@ -727,10 +727,10 @@ fn refusal(observed: &Observed) -> Option<String> {
 /// image-based ones with `resolveDigest`), a profile of another App. A
 /// planned Service `lookup` does not know may not be cached yet: the step
 /// waits for it, then fails it alone.
-pub(super) fn plan_refusal(
+pub(super) fn plan_refusal<'a>(
     app: &str,
     plan: &[PlannedService],
-    lookup: impl Fn(&str) -> Option<Service>,
+    lookup: impl Fn(&str) -> Option<&'a Service>,
     profile: Option<&DeploymentProfile>,
 ) -> Option<String> {
     let mut problems = Vec::new();

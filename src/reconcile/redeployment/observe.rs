@@ -3,12 +3,13 @@
 //! first, and the API server for what they lack (they may not have seen an
 //! object created together with the Redeployment yet).
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, ops::Deref, sync::Arc};
 
 use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, LogParams},
+    core::error_boundary::DeserializeGuard,
     runtime::reflector::ObjectRef,
 };
 
@@ -34,10 +35,10 @@ pub struct Observed {
     /// The profile `spec.profile` names.
     pub profile: Option<DeploymentProfile>,
     /// The planned Services that exist, by name, whatever App they belong to.
-    pub services: BTreeMap<String, Service>,
+    pub services: BTreeMap<String, SharedService>,
     /// The workloads of the planned Services still running, by Service name;
     /// a workload that does not exist is absent.
-    pub workloads: BTreeMap<String, Workload>,
+    pub workloads: BTreeMap<String, Arc<Workload>>,
     /// The build Job of each Git-built Service still pending or building, by
     /// Service name: the one its result records, or the one named after
     /// (Redeployment, Service) that an earlier pass may have created.
@@ -49,6 +50,35 @@ pub struct Observed {
     pub others: Shared<Redeployment>,
     /// The default build Job's image.
     pub builder_image: String,
+}
+
+/// A valid Service as the cache holds it: shared with the cache, not copied
+/// (a large App's pass reads hundreds of them).
+#[derive(Clone, Debug)]
+pub struct SharedService(Arc<DeserializeGuard<Service>>);
+
+impl SharedService {
+    /// `None` for an object that is not a valid Service.
+    pub fn new(cached: Arc<DeserializeGuard<Service>>) -> Option<Self> {
+        cached.0.is_ok().then_some(Self(cached))
+    }
+}
+
+impl From<Service> for SharedService {
+    fn from(service: Service) -> Self {
+        Self(Arc::new(DeserializeGuard(Ok(service))))
+    }
+}
+
+impl Deref for SharedService {
+    type Target = Service;
+
+    fn deref(&self) -> &Service {
+        match &self.0.0 {
+            Ok(service) => service,
+            Err(_) => unreachable!("a SharedService is made of a valid Service only"),
+        }
+    }
 }
 
 /// A build Job as far as a pass cares.
@@ -112,15 +142,15 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
     let services = Api::<Service>::namespaced(client.clone(), &namespace);
     for planned in &unfinished {
         let cached = context.caches.services.get(&ObjectRef::new(&planned.service).within(&namespace));
-        let service = match cached.and_then(|guard| guard.0.as_ref().ok().cloned()) {
+        let service = match cached.and_then(SharedService::new) {
             Some(service) => Some(service),
-            None => services.get_opt(&planned.service).await?,
+            None => services.get_opt(&planned.service).await?.map(SharedService::from),
         };
         let Some(service) = service else { continue };
         let target = &service.spec.target;
         let workload = match context.caches.workloads.get(target.kind, &namespace, &target.name) {
             Some(workload) => Some(workload),
-            None => workload::get(client, &namespace, target).await?,
+            None => workload::get(client, &namespace, target).await?.map(Arc::new),
         };
         if let Some(workload) = workload {
             observed.workloads.insert(planned.service.clone(), workload);

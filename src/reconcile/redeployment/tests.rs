@@ -2,7 +2,7 @@
 //! concrete status and effects it must decide. Effects are shown as one line
 //! each (see [`line`]), so a row reads as what the pass does.
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{collections::BTreeMap, sync::Arc, time::Duration};
 
 use k8s_openapi::{
     api::{
@@ -278,9 +278,9 @@ fn observed(redeployment: Redeployment, services: Vec<(Service, Option<Workload>
     for (service, workload) in services {
         let name = service.name_any();
         if let Some(workload) = workload {
-            observed.workloads.insert(name.clone(), workload.summary());
+            observed.workloads.insert(name.clone(), Arc::new(workload.summary()));
         }
-        observed.services.insert(name, service);
+        observed.services.insert(name, service.into());
     }
     observed
 }
@@ -1173,7 +1173,7 @@ fn a_plan_is_held_against_the_apps_services_and_profile() {
             .into_iter()
             .map(|s| (s.name_any(), s))
             .collect();
-    let lookup = |name: &str| services.get(name).cloned();
+    let lookup = |name: &str| services.get(name);
     let planner_made = [
         build("web", None),
         restart("worker"),
