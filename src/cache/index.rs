@@ -196,10 +196,27 @@ impl<K: Resource> Keyed for K {
 /// What one watch has told so far.
 struct WatchState {
     /// Every object it holds.
-    known: HashSet<ObjectKey>,
+    known: HashSet<HeldKey>,
     /// The keys of the full list being received.
-    listing: Option<HashSet<ObjectKey>>,
+    listing: Option<HashSet<HeldKey>>,
     listed: bool,
+}
+
+/// An [`ObjectKey`] as the driver holds it, `namespace/name` in one
+/// allocation: it keeps a key per watched object (two during a re-list), a
+/// third of the room of two `String`s. Neither part can hold a `/`.
+#[derive(Clone, PartialEq, Eq, Hash)]
+struct HeldKey(Box<str>);
+
+impl HeldKey {
+    fn of((namespace, name): &ObjectKey) -> Self {
+        Self(format!("{namespace}/{name}").into_boxed_str())
+    }
+
+    fn into_key(self) -> ObjectKey {
+        let (namespace, name) = self.0.split_once('/').unwrap_or_default();
+        (namespace.to_string(), name.to_string())
+    }
 }
 
 /// The event handling of [`run_index`], without the watches.
@@ -223,14 +240,14 @@ impl Driver {
             Event::InitApply(object) => {
                 // Known at once: a list that fails midway leaves it in the
                 // index, and the next complete list must be able to remove it.
-                let key = object.key();
+                let key = HeldKey::of(&object.key());
                 state.known.insert(key.clone());
                 state.listing.get_or_insert_with(HashSet::new).insert(key);
                 index.apply(object, !state.listed);
             }
             Event::InitDone => {
                 let listed = state.listing.take().unwrap_or_default();
-                let removed = state.known.difference(&listed).cloned().collect();
+                let removed = state.known.difference(&listed).cloned().map(HeldKey::into_key).collect();
                 state.known = listed;
                 let first = !state.listed;
                 state.listed = true;
@@ -240,12 +257,13 @@ impl Driver {
                 }
             }
             Event::Apply(object) => {
-                state.known.insert(object.key());
+                state.known.insert(HeldKey::of(&object.key()));
                 index.apply(object, false);
             }
             Event::Delete(object) => {
-                let (namespace, name) = object.key();
-                state.known.remove(&(namespace.clone(), name.clone()));
+                let key = object.key();
+                state.known.remove(&HeldKey::of(&key));
+                let (namespace, name) = key;
                 index.delete(namespace, name);
             }
         }
