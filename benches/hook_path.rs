@@ -131,15 +131,18 @@ fn git_service(name: &str, repository: &str) -> Service {
         ServiceSpec {
             app: APP.into(),
             target: WorkloadTarget { name: name.into(), ..Default::default() },
-            git: Some(GitSource {
+            git: Some(Box::new(GitSource {
                 repository: repository.into(),
                 branch: Some(BRANCH.into()),
                 dockerfile: "Dockerfile".into(),
                 context: ".".into(),
                 secret_ref: None,
                 ..Default::default()
-            }),
-            build: Some(BuildSpec { image: format!("registry.example.com/shop/{name}"), ..Default::default() }),
+            })),
+            build: Some(Box::new(BuildSpec {
+                image: format!("registry.example.com/shop/{name}"),
+                ..Default::default()
+            })),
             image: None,
         },
     );

@@ -627,7 +627,7 @@ fn select(
                 action: PlanAction::Build,
                 git_ref: service_ref(modifiers, s).or_else(|| modifiers.git_ref.clone()).or_else(|| git.branch.clone()),
             },
-            None => image_action(s, s.spec.image.as_ref()),
+            None => image_action(s, s.spec.image.as_deref()),
         })
         .collect();
     Ok(Selection { trigger: "a call without Git information".into(), planned })
@@ -642,7 +642,7 @@ fn select_image(event: &HookEvent, app: &str, own: &[&Service], decided: &mut De
         return Err(format!("the registry event names no valid image (`{}`): nothing is deployed", pushed.repository));
     };
     let images: Vec<(&Service, &ImageSource)> =
-        own.iter().filter(|s| s.spec.git.is_none()).filter_map(|s| Some((*s, s.spec.image.as_ref()?))).collect();
+        own.iter().filter(|s| s.spec.git.is_none()).filter_map(|s| Some((*s, s.spec.image.as_deref()?))).collect();
     for service in own.iter().filter(|s| s.spec.git.is_some()) {
         decide(decided, service, Decision::GitBuiltOnImagePush, "a registry push redeploys only image-based Services");
     }
@@ -681,7 +681,7 @@ fn select_git(
     modifiers: &Modifiers,
     decided: &mut Decided,
 ) -> Result<Selection, String> {
-    let gits: Vec<(&Service, &GitSource)> = own.iter().filter_map(|s| Some((*s, s.spec.git.as_ref()?))).collect();
+    let gits: Vec<(&Service, &GitSource)> = own.iter().filter_map(|s| Some((*s, s.spec.git.as_deref()?))).collect();
     let event_branch = event.branch.as_deref().map(short_branch);
     // Parsed once per call, not once per Service: URL parsing dominates planning.
     let pushed: Vec<RepoId> = event.repository_urls.iter().filter_map(|url| RepoId::parse(url)).collect();

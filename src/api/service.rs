@@ -55,15 +55,17 @@ pub struct ServiceSpec {
     pub app: String,
     /// The workload this Service rolls out.
     pub target: WorkloadTarget,
+    // The sources are boxed: a Service has one of them, and every Service is
+    // cached, so their room inline (a quarter of a Service) was mostly empty.
     /// Build the image from this Git repository.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub git: Option<GitSource>,
+    pub git: Option<Box<GitSource>>,
     /// Where and how a Git-built Service's image is built.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub build: Option<BuildSpec>,
+    pub build: Option<Box<BuildSpec>>,
     /// Deploy this registry image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub image: Option<ImageSource>,
+    pub image: Option<Box<ImageSource>>,
 }
 
 impl ServiceSpec {

@@ -254,7 +254,7 @@ pub fn job_name(redeployment: &str, service: &str) -> String {
 /// without `spec.build` has no repository (the result starts with `:`);
 /// [`render_job`] refuses such Services first.
 pub fn image_for(service: &Service, commit: &str) -> String {
-    let repository = service.spec.build.as_ref().map(|b| b.image.trim()).unwrap_or_default();
+    let repository = service.spec.build.as_deref().map(|b| b.image.trim()).unwrap_or_default();
     format!("{repository}:{}", commit.trim())
 }
 
@@ -262,7 +262,7 @@ pub fn image_for(service: &Service, commit: &str) -> String {
 /// repository (same registry and repository, however spelled): whatever
 /// writes the termination message must not choose what is deployed.
 pub fn check_outcome(service: &Service, outcome: &BuildOutcome) -> Result<(), BuildError> {
-    let repository = service.spec.build.as_ref().map(|b| b.image.trim().to_string()).unwrap_or_default();
+    let repository = service.spec.build.as_deref().map(|b| b.image.trim().to_string()).unwrap_or_default();
     let foreign = || BuildError::ForeignImage {
         service: service.name_any(),
         image: outcome.image.clone(),
@@ -430,9 +430,9 @@ fn http_host(remote: &str) -> Option<String> {
 pub fn render_job(request: &BuildRequest) -> Result<Job, BuildError> {
     let BuildRequest { app, service, redeployment, git_ref, builder_image } = *request;
     let service_name = service.name_any();
-    let git = service.spec.git.as_ref().ok_or_else(|| BuildError::NotGitBuilt { service: service_name.clone() })?;
+    let git = service.spec.git.as_deref().ok_or_else(|| BuildError::NotGitBuilt { service: service_name.clone() })?;
     let build =
-        service.spec.build.as_ref().ok_or_else(|| BuildError::MissingBuild { service: service_name.clone() })?;
+        service.spec.build.as_deref().ok_or_else(|| BuildError::MissingBuild { service: service_name.clone() })?;
     let image_repository = build.image.trim();
     ImageReference::parse_repository(image_repository).map_err(|error| BuildError::InvalidImage {
         service: service_name.clone(),

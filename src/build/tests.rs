@@ -27,19 +27,19 @@ fn service(git_secret: Option<&str>, push_secret: Option<&str>) -> Service {
         ServiceSpec {
             app: "shop".into(),
             target: WorkloadTarget { name: "web".into(), ..Default::default() },
-            git: Some(GitSource {
+            git: Some(Box::new(GitSource {
                 repository: "https://github.com/acme/shop".into(),
                 branch: Some("main".into()),
                 dockerfile: "docker/Dockerfile".into(),
                 context: "./services/web/".into(),
                 secret_ref: git_secret.map(|name| LocalObjectReference { name: name.into() }),
                 ..Default::default()
-            }),
-            build: Some(BuildSpec {
+            })),
+            build: Some(Box::new(BuildSpec {
                 image: "registry.example.com/acme/web".into(),
                 push_secret_ref: push_secret.map(|name| LocalObjectReference { name: name.into() }),
                 template: None,
-            }),
+            })),
             image: None,
         },
     );

@@ -68,20 +68,25 @@ fn service() -> impl Strategy<Value = Service> {
             service.metadata.namespace = Some(if same_namespace { NAMESPACE } else { "dev" }.into());
             match source {
                 Source::Git { repository, branch } => {
-                    service.spec.git = Some(GitSource {
+                    service.spec.git = Some(Box::new(GitSource {
                         repository: repository.into(),
                         branch: branch.map(Into::into),
                         dockerfile: "Dockerfile".into(),
                         context: ".".into(),
                         secret_ref: None,
                         ..Default::default()
-                    });
-                    service.spec.build =
-                        Some(BuildSpec { image: format!("registry.example.com/{name}"), ..Default::default() });
+                    }));
+                    service.spec.build = Some(Box::new(BuildSpec {
+                        image: format!("registry.example.com/{name}"),
+                        ..Default::default()
+                    }));
                 }
                 Source::Image { reference, resolve_digest } => {
-                    service.spec.image =
-                        Some(ImageSource { reference: reference.into(), resolve_digest, pull_secret_ref: None });
+                    service.spec.image = Some(Box::new(ImageSource {
+                        reference: reference.into(),
+                        resolve_digest,
+                        pull_secret_ref: None,
+                    }));
                 }
             }
             service
@@ -411,7 +416,7 @@ proptest! {
         let mut expected: Vec<String> = case
             .own()
             .into_iter()
-            .filter(|s| s.spec.git.as_ref().is_some_and(|git| {
+            .filter(|s| s.spec.git.as_deref().is_some_and(|git| {
                 let same_branch = match (branch, git.branch.as_deref()) {
                     (Some(pushed), Some(wanted)) => pushed == short_branch(wanted),
                     _ => true,

@@ -30,21 +30,22 @@ fn service(name: &str, app: &str) -> Service {
 
 fn git_svc(name: &str, repository: &str, branch: Option<&str>) -> Service {
     let mut s = service(name, "shop");
-    s.spec.git = Some(GitSource {
+    s.spec.git = Some(Box::new(GitSource {
         repository: repository.into(),
         branch: branch.map(Into::into),
         dockerfile: "Dockerfile".into(),
         context: ".".into(),
         secret_ref: None,
         ..Default::default()
-    });
-    s.spec.build = Some(crate::api::BuildSpec { image: format!("registry.example.com/{name}"), ..Default::default() });
+    }));
+    s.spec.build =
+        Some(Box::new(crate::api::BuildSpec { image: format!("registry.example.com/{name}"), ..Default::default() }));
     s
 }
 
 fn img_svc(name: &str, reference: &str, resolve_digest: bool) -> Service {
     let mut s = service(name, "shop");
-    s.spec.image = Some(ImageSource { reference: reference.into(), resolve_digest, pull_secret_ref: None });
+    s.spec.image = Some(Box::new(ImageSource { reference: reference.into(), resolve_digest, pull_secret_ref: None }));
     s
 }
 

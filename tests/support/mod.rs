@@ -107,7 +107,11 @@ pub fn image_service(name: &str, app: &str, reference: &str) -> Service {
         ServiceSpec {
             app: app.into(),
             target: WorkloadTarget { name: name.into(), ..Default::default() },
-            image: Some(ImageSource { reference: reference.into(), resolve_digest: false, pull_secret_ref: None }),
+            image: Some(Box::new(ImageSource {
+                reference: reference.into(),
+                resolve_digest: false,
+                pull_secret_ref: None,
+            })),
             ..Default::default()
         },
     )

@@ -752,7 +752,7 @@ pub(super) fn plan_refusal<'a>(
             problems.push(format!("Service `{name}` belongs to App `{}`, not `{app}`", service.spec.app));
             continue;
         }
-        let resolves = service.spec.image.as_ref().is_some_and(|i| i.resolve_digest);
+        let resolves = service.spec.image.as_deref().is_some_and(|i| i.resolve_digest);
         let fits = match planned.action {
             PlanAction::Build => service.spec.git.is_some(),
             PlanAction::Restart => service.spec.git.is_none(),
