@@ -359,6 +359,7 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
         settle(&big, &s, &pids).await?;
         tracker.drain();
 
+        let requests_before = support::apiserver_requests(&client).await?;
         let started = Instant::now();
         let response = http.post(&url).header("Content-Length", "0").send().await?;
         report.rounds[r].posted = Some(started.elapsed());
@@ -369,6 +370,13 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
         let (first, last) = tracker.wait_all(&names, &name, s.patience()).await?;
         report.rounds[r].first = Some(first.saturating_duration_since(started));
         report.rounds[r].fan_out = Some(last.saturating_duration_since(started));
+        let requests_after = support::apiserver_requests(&client).await?;
+        report.rounds[r].requests = requests_after
+            .iter()
+            .filter(|(key, _)| key.contains(" deployments ") || key.contains(" redeployments"))
+            .map(|(key, after)| (key.clone(), after - requests_before.get(key).copied().unwrap_or_default()))
+            .filter(|(_, count)| *count >= 1.0)
+            .collect();
         operator.check_running()?;
         let patched = list_all(&big).await?;
         let missing = patched
@@ -905,6 +913,9 @@ struct Round {
     fan_out: Option<Duration>,
     /// Until the Redeployment was seen finished (Succeeded).
     finished: Option<Duration>,
+    /// The API server's requests on Deployments and Redeployments from before
+    /// the POST until the last Deployment was seen patched, by verb, resource and code.
+    requests: Vec<(String, f64)>,
 }
 
 /// What the run measured; filled in step by step, so it may stop short.
@@ -1115,6 +1126,10 @@ impl Report {
                 cell(ratio(r.fan_out, r.c32), 2),
                 cell(secs(r.finished), 2)
             );
+        }
+        for (i, r) in self.rounds.iter().enumerate().filter(|(_, r)| !r.requests.is_empty()) {
+            let requests: Vec<String> = r.requests.iter().map(|(what, count)| format!("{count:.0} {what}")).collect();
+            println!("round {} requests during the fan-out: {}", i + 1, requests.join(", "));
         }
         // The target compares the rounds whose fan-out was measured with their own
         // baseline, both timed by the same watch: from the first request (the POST, the
