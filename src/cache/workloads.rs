@@ -79,21 +79,22 @@ impl WorkloadIndex {
     }
 
     fn set(&self, key: Key, workload: Option<Workload>, on_change: &impl Fn(WorkloadChange<'_>)) {
+        let workload = workload.map(Arc::new);
         let before = {
             let mut by_key = self.by_key.write().unwrap_or_else(|e| e.into_inner());
-            match workload.clone() {
-                Some(workload) => by_key.insert(key.clone(), Arc::new(workload)),
+            match &workload {
+                Some(workload) => by_key.insert(key.clone(), workload.clone()),
                 None => by_key.remove(&key),
             }
         };
-        if before.as_deref() != workload.as_ref() {
+        if before != workload {
             let (kind, namespace, name) = &key;
             on_change(WorkloadChange {
                 kind: *kind,
                 namespace,
                 name,
                 before: before.as_deref(),
-                after: workload.as_ref(),
+                after: workload.as_deref(),
             });
         }
     }
