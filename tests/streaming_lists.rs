@@ -52,16 +52,25 @@ async fn list_through_the_driver(client: &Client) -> anyhow::Result<(BTreeSet<St
     let waited = tokio::time::timeout(Duration::from_secs(30), synced.wait()).await;
     watch.abort();
     waited.map_err(|_| anyhow::anyhow!("the watch did not list within 30 s"))?;
-    let after = support::apiserver_requests(client).await?;
-    let requests = |verb: &str| -> f64 {
+    let requests = |after: &std::collections::BTreeMap<String, f64>, verb: &str| -> f64 {
         let prefix = format!("{verb} configmaps ");
         let count = |counts: &std::collections::BTreeMap<String, f64>| -> f64 {
             counts.iter().filter(|(key, _)| key.starts_with(&prefix)).map(|(_, n)| n).sum()
         };
-        count(&after) - count(&before)
+        count(after) - count(&before)
+    };
+    // The API server counts a WATCH in `apiserver_request_total` only once
+    // the request has ended, which follows the aborted watch by a moment.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let after = loop {
+        let after = support::apiserver_requests(client).await?;
+        if requests(&after, "WATCH") >= 1.0 || tokio::time::Instant::now() >= deadline {
+            break after;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     };
     let held = names.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
-    Ok((held, requests("LIST"), requests("WATCH")))
+    Ok((held, requests(&after, "LIST"), requests(&after, "WATCH")))
 }
 
 #[tokio::test(flavor = "multi_thread")]
