@@ -13,7 +13,6 @@ use futures::{FutureExt, StreamExt, future::BoxFuture};
 use k8s_openapi::api::batch::v1::Job;
 use kube::{
     Client, Resource,
-    core::error_boundary::DeserializeGuard,
     runtime::{
         Controller, controller,
         events::{Recorder, Reporter},
@@ -22,6 +21,7 @@ use kube::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
+use crate::cache::Guarded;
 use crate::{
     api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase},
     build::REDEPLOYMENT_LABEL,
@@ -167,7 +167,7 @@ fn apps_woken_by_service(service: &Service, indexed: Indexed) -> Vec<String> {
 /// Redeployment and its history keeps the newest finished ones, so it
 /// hears of a Redeployment created, finished or deleted, not of each step
 /// of one in progress (each would cost it a reconciliation).
-fn app_woken_by_redeployment<'a>(change: &Change<'a, DeserializeGuard<Redeployment>>) -> Option<&'a str> {
+fn app_woken_by_redeployment<'a>(change: &Change<'a, Guarded<Redeployment>>) -> Option<&'a str> {
     let (guard, deleted) = match *change {
         Change::Applied(guard) => (guard, false),
         Change::Deleted(guard) => (guard, true),
@@ -181,8 +181,8 @@ fn app_woken_by_redeployment<'a>(change: &Change<'a, DeserializeGuard<Redeployme
 /// The Services to reconcile when a Redeployment changed: those whose status
 /// records what it did, i.e. its results that built an image or rolled out.
 /// A deleted one wakes none: what it recorded stays in the Services' status.
-fn services_woken_by_redeployment<'a>(change: &Change<'a, DeserializeGuard<Redeployment>>) -> Vec<&'a str> {
-    let Change::Applied(DeserializeGuard(Ok(redeployment))) = *change else { return Vec::new() };
+fn services_woken_by_redeployment<'a>(change: &Change<'a, Guarded<Redeployment>>) -> Vec<&'a str> {
+    let Change::Applied(Guarded(Ok(redeployment))) = *change else { return Vec::new() };
     let results = redeployment.status.iter().flat_map(|s| &s.services);
     results.filter(|r| r.built.is_some() || r.phase == ServicePhase::Succeeded).map(|r| r.service.as_str()).collect()
 }
@@ -222,13 +222,13 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
 
     // Each controller is told what to reconcile by the watches below: one
     // watch per kind, shared by every controller and reader.
-    let (app_trigger, app_requests) = Trigger::<DeserializeGuard<App>>::new();
-    let (service_trigger, service_requests) = Trigger::<DeserializeGuard<Service>>::new();
-    let (redeployment_trigger, redeployment_requests) = Trigger::<DeserializeGuard<Redeployment>>::new();
-    let (apps, apps_writer) = reflector::store::<DeserializeGuard<App>>();
-    let (services, services_writer) = reflector::store::<DeserializeGuard<Service>>();
-    let (profiles, profiles_writer) = reflector::store::<DeserializeGuard<DeploymentProfile>>();
-    let (redeployments, redeployments_writer) = reflector::store::<DeserializeGuard<Redeployment>>();
+    let (app_trigger, app_requests) = Trigger::<Guarded<App>>::new();
+    let (service_trigger, service_requests) = Trigger::<Guarded<Service>>::new();
+    let (redeployment_trigger, redeployment_requests) = Trigger::<Guarded<Redeployment>>::new();
+    let (apps, apps_writer) = reflector::store::<Guarded<App>>();
+    let (services, services_writer) = reflector::store::<Guarded<Service>>();
+    let (profiles, profiles_writer) = reflector::store::<Guarded<DeploymentProfile>>();
+    let (redeployments, redeployments_writer) = reflector::store::<Guarded<Redeployment>>();
     let redeployments_writer = SharedWriter::new(redeployments_writer);
     let (jobs, jobs_writer) = reflector::store::<Job>();
     let service_index = ServiceIndex::default();
@@ -297,7 +297,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         SharedWriter::new(profiles_writer),
         profiles_synced,
         |change, _| {
-            if let Change::Applied(DeserializeGuard(Err(invalid))) = change {
+            if let Change::Applied(Guarded(Err(invalid))) = change {
                 tracing::warn!(
                     kind = "DeploymentProfile",
                     name = ?invalid.metadata.name,
@@ -531,7 +531,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("a valid Service: {e}"))
     }
 
-    fn redeployment(phase: Option<&str>) -> DeserializeGuard<Redeployment> {
+    fn redeployment(phase: Option<&str>) -> Guarded<Redeployment> {
         let mut object = json!({
             "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment",
             "metadata": { "name": "shop-1", "namespace": "ns" },
@@ -540,7 +540,7 @@ mod tests {
         if let Some(phase) = phase {
             object["status"] = json!({ "phase": phase });
         }
-        DeserializeGuard(Ok(serde_json::from_value(object).unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))))
+        Guarded(Ok(serde_json::from_value(object).unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))))
     }
 
     fn deployment(image: &str, redeployment: Option<&str>) -> Workload {
@@ -573,7 +573,7 @@ mod tests {
 
     #[test]
     fn a_redeployment_wakes_its_app_when_created_finished_or_deleted() {
-        let woken = |guard: &DeserializeGuard<Redeployment>, deleted: bool| {
+        let woken = |guard: &Guarded<Redeployment>, deleted: bool| {
             let change = if deleted { Change::Deleted(guard) } else { Change::Applied(guard) };
             app_woken_by_redeployment(&change).map(str::to_string)
         };

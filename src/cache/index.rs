@@ -277,11 +277,11 @@ pub fn key<K: Resource>(object: &K) -> ObjectKey {
 #[cfg(test)]
 pub(super) mod tests {
     use k8s_openapi::api::core::v1::ConfigMap;
-    use kube::{api::ObjectMeta, core::error_boundary::DeserializeGuard};
+    use kube::api::ObjectMeta;
     use serde_json::json;
 
     use super::*;
-    use crate::api::App;
+    use crate::{api::App, cache::Guarded};
 
     pub(in crate::cache) fn map(namespace: &str, name: &str) -> ConfigMap {
         let metadata = ObjectMeta {
@@ -440,14 +440,14 @@ pub(super) mod tests {
 
     #[tokio::test]
     async fn a_malformed_object_is_handed_on_and_does_not_stall_the_watch() {
-        let malformed: DeserializeGuard<App> = serde_json::from_value(json!({
+        let malformed: Guarded<App> = serde_json::from_value(json!({
             "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
             "metadata": { "name": "broken", "namespace": "ns" },
             "spec": { "environment": ["not", "a", "string"] },
         }))
         .unwrap_or_else(|e| panic!("a guard holds a malformed object: {e}"));
         assert!(malformed.0.is_err(), "the object is malformed");
-        let valid: DeserializeGuard<App> = serde_json::from_value(json!({
+        let valid: Guarded<App> = serde_json::from_value(json!({
             "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
             "metadata": { "name": "shop", "namespace": "ns" }, "spec": {},
         }))

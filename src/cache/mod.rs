@@ -3,6 +3,7 @@
 //! workloads kept as small summaries. A malformed object stays in its store
 //! as an error, is skipped by every reader, and never stalls a watch.
 
+mod guarded;
 pub mod index;
 pub mod known;
 mod scope;
@@ -19,11 +20,11 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
 use kube::{
     Resource, ResourceExt,
-    core::error_boundary::DeserializeGuard,
     runtime::reflector::{ObjectRef, Store},
 };
 
 pub use self::{
+    guarded::Guarded,
     index::{Index, Synced, run_index},
     scope::Scope,
     service_index::{Indexed, ServiceIndex},
@@ -37,12 +38,12 @@ use crate::{
 
 #[derive(Clone)]
 pub struct Caches {
-    pub apps: Store<DeserializeGuard<App>>,
-    pub services: Store<DeserializeGuard<Service>>,
+    pub apps: Store<Guarded<App>>,
+    pub services: Store<Guarded<Service>>,
     /// Which Services belong to which App and target which workload.
     pub service_index: ServiceIndex,
-    pub profiles: Store<DeserializeGuard<DeploymentProfile>>,
-    pub redeployments: Store<DeserializeGuard<Redeployment>>,
+    pub profiles: Store<Guarded<DeploymentProfile>>,
+    pub redeployments: Store<Guarded<Redeployment>>,
     /// Stores and reconciles a Redeployment this process created without
     /// waiting for its watch ([`OwnRedeployments`]).
     pub own_redeployments: OwnRedeployments,
@@ -107,8 +108,8 @@ impl Caches {
 /// trigger, for what this process itself creates and finds gone.
 #[derive(Clone)]
 pub struct OwnRedeployments {
-    pub writer: SharedWriter<DeserializeGuard<Redeployment>>,
-    pub trigger: Trigger<DeserializeGuard<Redeployment>>,
+    pub writer: SharedWriter<Guarded<Redeployment>>,
+    pub trigger: Trigger<Guarded<Redeployment>>,
 }
 
 impl OwnRedeployments {
@@ -117,7 +118,7 @@ impl OwnRedeployments {
     /// milliseconds, on the path from the call to the rollout).
     pub fn created(&self, redeployment: &Redeployment) {
         let (namespace, name) = (redeployment.namespace().unwrap_or_default(), redeployment.name_any());
-        if self.writer.created(DeserializeGuard(Ok(redeployment.clone()))) {
+        if self.writer.created(Guarded(Ok(redeployment.clone()))) {
             self.trigger.reconcile(&namespace, &name);
         }
     }
@@ -130,7 +131,7 @@ impl OwnRedeployments {
 
 /// Valid objects of a store, shared with it rather than copied.
 #[derive(Debug)]
-pub struct Shared<K>(Vec<Arc<DeserializeGuard<K>>>);
+pub struct Shared<K>(Vec<Arc<Guarded<K>>>);
 
 impl<K> Clone for Shared<K> {
     fn clone(&self) -> Self {
@@ -147,7 +148,7 @@ impl<K> Default for Shared<K> {
 /// Objects of no store (tests, and what a pass adds to what it read).
 impl<K> From<Vec<K>> for Shared<K> {
     fn from(objects: Vec<K>) -> Self {
-        Self(objects.into_iter().map(|object| Arc::new(DeserializeGuard(Ok(object)))).collect())
+        Self(objects.into_iter().map(|object| Arc::new(Guarded(Ok(object)))).collect())
     }
 }
 
@@ -162,12 +163,7 @@ impl<K> Shared<K> {
 }
 
 /// The valid objects of `store` in `namespace` that belong to `app`.
-fn of_app<K>(
-    store: &Store<DeserializeGuard<K>>,
-    namespace: &str,
-    app: &str,
-    app_of: impl Fn(&K) -> &String,
-) -> Shared<K>
+fn of_app<K>(store: &Store<Guarded<K>>, namespace: &str, app: &str, app_of: impl Fn(&K) -> &String) -> Shared<K>
 where
     K: Resource<DynamicType = ()> + Clone,
 {

@@ -18,7 +18,6 @@ use std::{
 use k8s_openapi::{api::core::v1::Secret, apimachinery::pkg::apis::meta::v1::Time};
 use kube::{
     Client, Resource, ResourceExt,
-    core::error_boundary::DeserializeGuard,
     runtime::{
         reflector::{ObjectRef, Store},
         watcher,
@@ -27,6 +26,7 @@ use kube::{
 use subtle::ConstantTimeEq;
 
 use super::credentials::{self, APP_LABEL, HOOK_LABEL, HookCredentials};
+use crate::cache::Guarded;
 use crate::{
     api::App,
     cache::{Index, Scope, Synced, run_index, slim},
@@ -106,7 +106,7 @@ pub struct HookIndex {
     /// The App cache, to check that a Secret's owner is the App it names
     /// (same uid) and that the Secret is that App's hook Secret. Without it
     /// (unit tests of other modules) only the Secret itself is checked.
-    apps: Option<Store<DeserializeGuard<App>>>,
+    apps: Option<Store<Guarded<App>>>,
     synced: Synced,
 }
 
@@ -116,7 +116,7 @@ impl HookIndex {
     }
 
     /// Checks every claim against the App cache as well.
-    pub fn with_apps(mut self, apps: Store<DeserializeGuard<App>>) -> Self {
+    pub fn with_apps(mut self, apps: Store<Guarded<App>>) -> Self {
         self.apps = Some(apps);
         self
     }
@@ -444,11 +444,11 @@ mod tests {
 
     #[test]
     fn with_the_app_cache_only_the_apps_own_secret_counts() {
-        let (apps, mut writer) = reflector::store::<DeserializeGuard<App>>();
+        let (apps, mut writer) = reflector::store::<Guarded<App>>();
         let mut app = App::new("shop", AppSpec::default());
         app.metadata.namespace = Some("team".into());
         app.metadata.uid = Some("uid-shop".into());
-        writer.apply_watcher_event(&watcher::Event::Apply(DeserializeGuard(Ok(app))));
+        writer.apply_watcher_event(&watcher::Event::Apply(Guarded(Ok(app))));
         let index = HookIndex::default().with_apps(apps);
         let mut feed = Feed::new(&index);
         // Owned by an App of that name that no longer exists (another uid): older, yet not counted.

@@ -10,12 +10,12 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::{
     Api, Resource, ResourceExt,
     api::{Patch, PatchParams, PostParams},
-    core::error_boundary::DeserializeGuard,
     runtime::controller::Action,
 };
 use serde_json::json;
 
 use super::{Error, first_pass::AppsFirst, service};
+use crate::cache::Guarded;
 use crate::{
     api::{App, AppStatus, HookStatus, Redeployment, conditions},
     cache::known::{self, Freshness},
@@ -29,7 +29,7 @@ pub const CONTROLLER: &str = "app";
 /// Reconciles one App; `first_pass` holds its status write back at start-up
 /// until every App listed then has its hook Secret.
 pub async fn reconcile(
-    guard: Arc<DeserializeGuard<App>>,
+    guard: Arc<Guarded<App>>,
     context: Arc<Context>,
     first_pass: &AppsFirst,
 ) -> Result<Action, Error> {

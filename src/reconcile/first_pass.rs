@@ -25,12 +25,10 @@ use std::{
     time::Duration,
 };
 
-use kube::{
-    core::error_boundary::DeserializeGuard,
-    runtime::reflector::{Lookup, Store},
-};
+use kube::runtime::reflector::{Lookup, Store};
 use tokio::sync::watch;
 
+use crate::cache::Guarded;
 use crate::{
     api::{App, Service},
     cache::Trigger,
@@ -41,7 +39,7 @@ pub const FIRST_PASS_LIMIT: Duration = Duration::from_secs(60);
 
 type Key = (String, String);
 
-fn key_of(app: &DeserializeGuard<App>) -> Key {
+fn key_of(app: &Guarded<App>) -> Key {
     (app.namespace().unwrap_or_default().into_owned(), app.name().unwrap_or_default().into_owned())
 }
 
@@ -71,8 +69,8 @@ impl Reconciled {
 /// reconciliations `reconciled` counts. Those counted include reconciliations
 /// asked for by others, so it may run a little ahead; never behind.
 pub async fn hand_over_listed(
-    services: Store<DeserializeGuard<Service>>,
-    trigger: Trigger<DeserializeGuard<Service>>,
+    services: Store<Guarded<Service>>,
+    trigger: Trigger<Guarded<Service>>,
     first: AppsFirst,
     reconciled: Reconciled,
     queued: u64,
@@ -102,9 +100,9 @@ struct Pending {
 
 #[derive(Clone)]
 pub struct AppsFirst {
-    apps: Store<DeserializeGuard<App>>,
+    apps: Store<Guarded<App>>,
     /// Wakes the deferred Apps once every Secret was made.
-    wake: Trigger<DeserializeGuard<App>>,
+    wake: Trigger<Guarded<App>>,
     pending: Arc<Mutex<Option<Pending>>>,
     /// Every listed App went through its Secret step: statuses may be written.
     secrets_done: watch::Sender<bool>,
@@ -115,7 +113,7 @@ pub struct AppsFirst {
 
 impl AppsFirst {
     /// Each wait ends after `limit` at most ([`FIRST_PASS_LIMIT`] in the operator).
-    pub fn new(apps: Store<DeserializeGuard<App>>, wake: Trigger<DeserializeGuard<App>>, limit: Duration) -> Self {
+    pub fn new(apps: Store<Guarded<App>>, wake: Trigger<Guarded<App>>, limit: Duration) -> Self {
         Self {
             apps,
             wake,
@@ -129,7 +127,7 @@ impl AppsFirst {
     /// Called by the App reconciler once `app`'s hook Secret is made (or
     /// found, or cannot be): false, and `app` is woken later, while other
     /// Apps listed at start have not had their Secret step yet.
-    pub fn may_write_status(&self, app: &DeserializeGuard<App>) -> bool {
+    pub fn may_write_status(&self, app: &Guarded<App>) -> bool {
         if *self.secrets_done.borrow() {
             return true;
         }
@@ -148,7 +146,7 @@ impl AppsFirst {
     }
 
     /// Notes that `app` was reconciled (whatever the outcome), unless its status write was deferred.
-    pub fn reconciled(&self, app: &DeserializeGuard<App>) {
+    pub fn reconciled(&self, app: &Guarded<App>) {
         let key = key_of(app);
         self.with_pending(|pending| {
             if !pending.deferred.contains(&key) {
@@ -237,7 +235,7 @@ mod tests {
 
     use super::*;
 
-    fn app(name: &str) -> DeserializeGuard<App> {
+    fn app(name: &str) -> Guarded<App> {
         serde_json::from_value(json!({
             "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
             "metadata": { "name": name, "namespace": "ns" }, "spec": {},
@@ -245,7 +243,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("a valid App: {e}"))
     }
 
-    fn service(name: &str) -> DeserializeGuard<Service> {
+    fn service(name: &str) -> Guarded<Service> {
         serde_json::from_value(json!({
             "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
             "metadata": { "name": name, "namespace": "ns" },
@@ -254,7 +252,7 @@ mod tests {
         .unwrap_or_else(|e| panic!("a valid Service: {e}"))
     }
 
-    fn listed(names: &[&str]) -> Store<DeserializeGuard<App>> {
+    fn listed(names: &[&str]) -> Store<Guarded<App>> {
         let (store, mut writer) = reflector::store();
         for name in names {
             writer.apply_watcher_event(&Event::Apply(app(name)));
@@ -334,8 +332,8 @@ mod tests {
     }
 
     async fn next_asked(
-        asked: &mut UnboundedReceiver<ObjectRef<DeserializeGuard<Service>>>,
-    ) -> Option<ObjectRef<DeserializeGuard<Service>>> {
+        asked: &mut UnboundedReceiver<ObjectRef<Guarded<Service>>>,
+    ) -> Option<ObjectRef<Guarded<Service>>> {
         tokio::time::timeout(Duration::from_millis(200), asked.next()).await.ok().flatten()
     }
 

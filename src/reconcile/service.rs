@@ -14,12 +14,12 @@ use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, Client, ResourceExt,
     api::{Patch, PatchParams},
-    core::error_boundary::DeserializeGuard,
     runtime::controller::Action,
 };
 use serde_json::{Value, json};
 
 use super::Error;
+use crate::cache::Guarded;
 use crate::{
     api::{BuiltImage, Redeployment, Service, ServicePhase, ServiceResult, ServiceStatus, conditions},
     context::Context,
@@ -31,7 +31,7 @@ pub const CONTROLLER: &str = "service";
 /// Condition type: the target workload exists and has the container.
 pub const TARGET_READY: &str = "TargetReady";
 
-pub async fn reconcile(guard: Arc<DeserializeGuard<Service>>, context: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guard: Arc<Guarded<Service>>, context: Arc<Context>) -> Result<Action, Error> {
     let started = Instant::now();
     let service = match &guard.0 {
         Ok(service) => service,

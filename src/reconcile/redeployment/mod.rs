@@ -17,7 +17,6 @@ use std::sync::Arc;
 use k8s_openapi::jiff::Timestamp;
 use kube::{
     Api, ResourceExt,
-    core::error_boundary::DeserializeGuard,
     runtime::{
         controller::Action,
         finalizer::{Event as Finalizer, finalizer},
@@ -26,6 +25,7 @@ use kube::{
 
 pub use self::decide::overall_phase;
 use super::Error;
+use crate::cache::Guarded;
 use crate::cache::known::{self, Freshness};
 use crate::{
     api::{CANCEL_FINALIZER, Redeployment},
@@ -34,7 +34,7 @@ use crate::{
 
 pub const CONTROLLER: &str = "redeployment";
 
-pub async fn reconcile(guard: Arc<DeserializeGuard<Redeployment>>, context: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(guard: Arc<Guarded<Redeployment>>, context: Arc<Context>) -> Result<Action, Error> {
     let started = std::time::Instant::now();
     let redeployment = match &guard.0 {
         Ok(redeployment) => Arc::new(redeployment.clone()),

@@ -9,11 +9,11 @@ use k8s_openapi::api::{batch::v1::Job, core::v1::Pod};
 use kube::{
     Api, Resource, ResourceExt,
     api::{ListParams, LogParams},
-    core::error_boundary::DeserializeGuard,
     runtime::reflector::ObjectRef,
 };
 
 use super::decide;
+use crate::cache::Guarded;
 use crate::{
     api::{App, DeploymentProfile, PlanAction, Redeployment, Service, ServicePhase},
     build,
@@ -55,18 +55,18 @@ pub struct Observed {
 /// A valid Service as the cache holds it: shared with the cache, not copied
 /// (a large App's pass reads hundreds of them).
 #[derive(Clone, Debug)]
-pub struct SharedService(Arc<DeserializeGuard<Service>>);
+pub struct SharedService(Arc<Guarded<Service>>);
 
 impl SharedService {
     /// `None` for an object that is not a valid Service.
-    pub fn new(cached: Arc<DeserializeGuard<Service>>) -> Option<Self> {
+    pub fn new(cached: Arc<Guarded<Service>>) -> Option<Self> {
         cached.0.is_ok().then_some(Self(cached))
     }
 }
 
 impl From<Service> for SharedService {
     fn from(service: Service) -> Self {
-        Self(Arc::new(DeserializeGuard(Ok(service))))
+        Self(Arc::new(Guarded(Ok(service))))
     }
 }
 
