@@ -20,7 +20,7 @@ pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Free heap beyond which [`return_free_memory`] gives pages back.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
-const MAX_FREE_BYTES: usize = 4 << 20;
+const MAX_FREE_BYTES: usize = 1 << 20;
 
 /// Applies the settings: one arena (the runtime has one worker per core,
 /// and each thread's allocation cache keeps most allocations off its lock),

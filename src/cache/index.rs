@@ -205,16 +205,25 @@ struct WatchState {
 /// An [`ObjectKey`] as the driver holds it, `namespace/name` in one
 /// allocation: it keeps a key per watched object (two during a re-list), a
 /// third of the room of two `String`s. Neither part can hold a `/`.
-#[derive(Clone, PartialEq, Eq, Hash)]
-struct HeldKey(Box<str>);
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct HeldKey(Box<str>);
 
 impl HeldKey {
-    fn of((namespace, name): &ObjectKey) -> Self {
+    pub(crate) fn new(namespace: &str, name: &str) -> Self {
         Self(format!("{namespace}/{name}").into_boxed_str())
     }
 
+    fn of((namespace, name): &ObjectKey) -> Self {
+        Self::new(namespace, name)
+    }
+
+    /// Namespace and name.
+    pub(crate) fn parts(&self) -> (&str, &str) {
+        self.0.split_once('/').unwrap_or_default()
+    }
+
     fn into_key(self) -> ObjectKey {
-        let (namespace, name) = self.0.split_once('/').unwrap_or_default();
+        let (namespace, name) = self.parts();
         (namespace.to_string(), name.to_string())
     }
 }

@@ -11,14 +11,15 @@ use kube::{Client, ResourceExt, runtime::watcher};
 
 use super::{
     Scope,
-    index::{Index, Keyed, ObjectKey, Synced, run_index_as},
+    index::{HeldKey, Index, Keyed, ObjectKey, Synced, run_index_as},
 };
 use crate::{
     api::WorkloadKind,
     workload::{Workload, WorkloadObject},
 };
 
-type Key = (WorkloadKind, String, String);
+/// A workload's kind and `namespace/name`, one allocation per workload.
+type Key = (WorkloadKind, HeldKey);
 
 /// A workload changed: its kind, namespace, name, and what it was and is now
 /// (`None`: absent).
@@ -42,7 +43,7 @@ pub struct WorkloadIndex {
 impl WorkloadIndex {
     pub fn get(&self, kind: WorkloadKind, namespace: &str, name: &str) -> Option<Arc<Workload>> {
         let by_key = self.by_key.read().unwrap_or_else(|e| e.into_inner());
-        by_key.get(&(kind, namespace.to_string(), name.to_string())).cloned()
+        by_key.get(&(kind, HeldKey::new(namespace, name))).cloned()
     }
 
     pub async fn wait_synced(&self) {
@@ -88,7 +89,8 @@ impl WorkloadIndex {
             }
         };
         if before != workload {
-            let (kind, namespace, name) = &key;
+            let (kind, held) = &key;
+            let (namespace, name) = held.parts();
             on_change(WorkloadChange {
                 kind: *kind,
                 namespace,
@@ -108,14 +110,15 @@ struct Summarized {
 
 impl Summarized {
     fn of<K: WorkloadObject>(object: K) -> Self {
-        Self { key: (K::KIND, object.namespace().unwrap_or_default(), object.name_any()), workload: object.summary() }
+        let key = (K::KIND, HeldKey::new(&object.namespace().unwrap_or_default(), &object.name_any()));
+        Self { key, workload: object.summary() }
     }
 }
 
 impl Keyed for Summarized {
     fn key(&self) -> ObjectKey {
-        let (_, namespace, name) = &self.key;
-        (namespace.clone(), name.clone())
+        let (namespace, name) = self.key.1.parts();
+        (namespace.to_string(), name.to_string())
     }
 }
 
@@ -138,7 +141,7 @@ impl<F: Fn(WorkloadChange<'_>)> Index<Summarized> for KindIndex<F> {
     }
 
     fn delete(&mut self, namespace: String, name: String) {
-        self.workloads.set((self.kind, namespace, name), None, &self.on_change);
+        self.workloads.set((self.kind, HeldKey::new(&namespace, &name)), None, &self.on_change);
     }
 }
 

@@ -3,7 +3,7 @@
 //! was observed stops the pass before the status is written: the next pass
 //! observes again and recognises what this one did (see [`super::decide`]).
 
-use std::{collections::BTreeMap, time::Duration};
+use std::{borrow::Cow, collections::BTreeMap, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -18,7 +18,6 @@ use kube::{
         events::{Event, EventType},
     },
 };
-use serde_json::json;
 
 use super::{
     decide::{self, Decision, Effect},
@@ -210,7 +209,16 @@ async fn write_status(
     redeployment: &Redeployment,
     status: &RedeploymentStatus,
 ) -> Result<(), Error> {
-    let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment", "status": status });
+    // Serialized straight from the status: a `json!` tree of a status
+    // listing 500 Services is thousands of short-lived allocations.
+    #[derive(Debug, serde::Serialize)]
+    #[serde(rename_all = "camelCase")]
+    struct StatusApply<'a> {
+        api_version: Cow<'a, str>,
+        kind: Cow<'a, str>,
+        status: &'a RedeploymentStatus,
+    }
+    let patch = StatusApply { api_version: Redeployment::api_version(&()), kind: Redeployment::kind(&()), status };
     let (namespace, name) = (redeployment.namespace().unwrap_or_default(), redeployment.name_any());
     let written = Api::<Redeployment>::namespaced(context.client.clone(), &namespace)
         .patch_status(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
