@@ -21,13 +21,12 @@ use kube::{
 };
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
-use crate::cache::Guarded;
 use crate::{
     api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase},
     build::REDEPLOYMENT_LABEL,
     cache::{
-        Caches, Change, Indexed, OwnRedeployments, Scope, ServiceIndex, SharedWriter, Synced, Trigger, WorkloadChange,
-        WorkloadIndex, known::KnownVersions, watch_into,
+        Caches, Change, Guarded, Indexed, OwnRedeployments, Scope, ServiceIndex, SharedWriter, Synced, Trigger,
+        WorkloadChange, WorkloadIndex, known::KnownVersions, watch_into,
     },
     context::{Context, Settings},
     hook::{

@@ -26,10 +26,9 @@ use kube::{
 use subtle::ConstantTimeEq;
 
 use super::credentials::{self, APP_LABEL, HOOK_LABEL, HookCredentials};
-use crate::cache::Guarded;
 use crate::{
     api::App,
-    cache::{Index, Scope, Synced, run_index, slim},
+    cache::{Guarded, Index, Scope, Synced, run_index, slim},
 };
 
 /// Where an authenticated hook call goes.

@@ -15,10 +15,12 @@ use kube::{
 use serde_json::json;
 
 use super::{Error, first_pass::AppsFirst, service};
-use crate::cache::Guarded;
 use crate::{
     api::{App, AppStatus, HookStatus, Redeployment, conditions},
-    cache::known::{self, Freshness},
+    cache::{
+        Guarded,
+        known::{self, Freshness},
+    },
     context::Context,
     hook::credentials::{self, HookCredentials},
     install::FIELD_MANAGER,

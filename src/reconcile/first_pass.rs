@@ -28,10 +28,9 @@ use std::{
 use kube::runtime::reflector::{Lookup, Store};
 use tokio::sync::watch;
 
-use crate::cache::Guarded;
 use crate::{
     api::{App, Service},
-    cache::Trigger,
+    cache::{Guarded, Trigger},
 };
 
 /// The longest the first pass holds back the App status writes and the Service reconciliations.

@@ -19,9 +19,9 @@ use kube::{
 use serde_json::{Value, json};
 
 use super::Error;
-use crate::cache::Guarded;
 use crate::{
     api::{BuiltImage, Redeployment, Service, ServicePhase, ServiceResult, ServiceStatus, conditions},
+    cache::Guarded,
     context::Context,
     install::FIELD_MANAGER,
     workload::{self, Workload},

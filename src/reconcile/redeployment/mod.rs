@@ -25,10 +25,12 @@ use kube::{
 
 pub use self::decide::overall_phase;
 use super::Error;
-use crate::cache::Guarded;
-use crate::cache::known::{self, Freshness};
 use crate::{
     api::{CANCEL_FINALIZER, Redeployment},
+    cache::{
+        Guarded,
+        known::{self, Freshness},
+    },
     context::Context,
 };
 

@@ -13,11 +13,10 @@ use kube::{
 };
 
 use super::decide;
-use crate::cache::Guarded;
 use crate::{
     api::{App, DeploymentProfile, PlanAction, Redeployment, Service, ServicePhase},
     build,
-    cache::Shared,
+    cache::{Guarded, Shared},
     context::Context,
     reconcile::{
         Error,
