@@ -198,7 +198,7 @@ fn services_woken_by_workload(change: &WorkloadChange<'_>, index: &ServiceIndex)
 /// The Redeployments to reconcile when a workload changed: the one its pod
 /// template names now, and the one it named before, if another.
 fn redeployments_woken_by_workload(change: &WorkloadChange<'_>) -> Vec<String> {
-    let named = |w: Option<&Workload>| w.and_then(|w| w.redeployment.clone());
+    let named = |w: Option<&Workload>| w.and_then(|w| w.redeployment().map(str::to_string));
     let (before, after) = (named(change.before), named(change.after));
     let before = before.filter(|b| Some(b) != after.as_ref());
     after.into_iter().chain(before).collect()

@@ -37,19 +37,24 @@ pub const RESTARTED_AT_ANNOTATION: &str = "kubectl.kubernetes.io/restartedAt";
 #[derive(Clone, Debug, PartialEq)]
 pub struct Workload {
     pub kind: WorkloadKind,
+    pub generation: i64,
+    observed_generation: i64,
     /// For a patch that must apply to exactly this version.
     pub resource_version: Option<String>,
-    pub generation: i64,
     pub containers: Vec<ContainerImage>,
-    /// The Redeployment its pod template names.
-    pub redeployment: Option<String>,
-    /// Its pod template's restart annotation.
-    pub restarted_at: Option<String>,
-    /// What ran before the current Redeployment's rollout, as recorded by [`record_previous`].
-    pub previous: Option<PreviousTemplate>,
-    observed_generation: i64,
+    /// What rollouts left on it, behind a pointer: most workloads of a
+    /// large cluster carry none of it, and inline it would double the
+    /// summary (10,000 summaries are kept).
+    marks: Option<Box<RolloutMarks>>,
     /// Progress as the status shows it, once its controller has observed the spec.
     rollout: Progress,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+struct RolloutMarks {
+    redeployment: Option<String>,
+    restarted_at: Option<String>,
+    previous: Option<PreviousTemplate>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -80,14 +85,7 @@ pub trait WorkloadObject:
         let template = self.template();
         let annotation = |name: &str| template.metadata.as_ref()?.annotations.as_ref()?.get(name).cloned();
         let containers = template.spec.as_ref().map(|s| s.containers.as_slice()).unwrap_or_default();
-        Workload {
-            kind: Self::KIND,
-            resource_version: self.meta().resource_version.clone(),
-            generation: self.meta().generation.unwrap_or_default(),
-            containers: containers
-                .iter()
-                .map(|c| ContainerImage { name: c.name.clone(), image: c.image.clone().unwrap_or_default() })
-                .collect(),
+        let marks = RolloutMarks {
             redeployment: annotation(REDEPLOYMENT_ANNOTATION),
             restarted_at: annotation(RESTARTED_AT_ANNOTATION),
             previous: self
@@ -96,6 +94,17 @@ pub trait WorkloadObject:
                 .as_ref()
                 .and_then(|a| a.get(PREVIOUS_ANNOTATION))
                 .and_then(|json| serde_json::from_str(json).ok()),
+        };
+        let marked = marks.redeployment.is_some() || marks.restarted_at.is_some() || marks.previous.is_some();
+        Workload {
+            kind: Self::KIND,
+            resource_version: self.meta().resource_version.clone(),
+            generation: self.meta().generation.unwrap_or_default(),
+            containers: containers
+                .iter()
+                .map(|c| ContainerImage { name: c.name.clone(), image: c.image.clone().unwrap_or_default() })
+                .collect(),
+            marks: marked.then(|| Box::new(marks)),
             observed_generation: self.observed_generation(),
             rollout: self.rollout(),
         }
@@ -186,6 +195,21 @@ impl WorkloadObject for DaemonSet {
 }
 
 impl Workload {
+    /// The Redeployment its pod template names.
+    pub fn redeployment(&self) -> Option<&str> {
+        self.marks.as_ref()?.redeployment.as_deref()
+    }
+
+    /// Its pod template's restart annotation.
+    pub fn restarted_at(&self) -> Option<&str> {
+        self.marks.as_ref()?.restarted_at.as_deref()
+    }
+
+    /// What ran before the current Redeployment's rollout, as recorded by [`record_previous`].
+    pub fn previous(&self) -> Option<&PreviousTemplate> {
+        self.marks.as_ref()?.previous.as_ref()
+    }
+
     /// The container a Service deploys: the one named, or the only one.
     pub fn container(&self, name: Option<&str>) -> Result<&ContainerImage, String> {
         match name {
@@ -349,6 +373,20 @@ mod tests {
     }
 
     #[test]
+    fn a_workload_no_rollout_touched_keeps_no_marks_and_its_summary_stays_small() {
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": { "name": "web" },
+            "spec": { "selector": {}, "template": { "spec": { "containers": [ { "name": "web", "image": "web:1" } ] } } },
+        }))
+        .expect("a valid Deployment");
+        let summary = d.summary();
+        assert_eq!((summary.redeployment(), summary.restarted_at(), summary.previous()), (None, None, None));
+        assert!(summary.marks.is_none());
+        // One summary per workload of the cluster is kept: 216 bytes with the marks inline.
+        assert!(std::mem::size_of::<Workload>() <= 128, "{} bytes", std::mem::size_of::<Workload>());
+    }
+
+    #[test]
     fn the_summary_keeps_containers_and_the_operators_annotations() {
         let d: Deployment = serde_json::from_value(json!({
             "metadata": { "name": "web", "resourceVersion": "42", "generation": 7, "annotations": {
@@ -362,9 +400,12 @@ mod tests {
         .expect("a valid Deployment");
         let summary = d.summary();
         assert_eq!(summary.resource_version.as_deref(), Some("42"));
-        assert_eq!(summary.redeployment.as_deref(), Some("rd-1"));
-        assert_eq!(summary.restarted_at.as_deref(), Some("t1"));
-        assert_eq!(summary.previous, Some(PreviousTemplate { image: "web:1".into(), restarted_at: Some("t0".into()) }));
+        assert_eq!(summary.redeployment(), Some("rd-1"));
+        assert_eq!(summary.restarted_at(), Some("t1"));
+        assert_eq!(
+            summary.previous(),
+            Some(&PreviousTemplate { image: "web:1".into(), restarted_at: Some("t0".into()) })
+        );
         assert_eq!(summary.container(Some("web")).map(|c| c.image.as_str()), Ok("web:2"));
         assert!(summary.container(None).is_err_and(|m| m.contains("2 containers")));
         assert!(summary.container(Some("db")).is_err_and(|m| m.contains("web, sidecar")));

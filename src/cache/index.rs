@@ -184,12 +184,12 @@ async fn drive<T: Keyed, I: Index<T>>(
 
 /// What identifies a watched object: its namespace and name.
 pub trait Keyed {
-    fn key(&self) -> ObjectKey;
+    fn key(&self) -> HeldKey;
 }
 
 impl<K: Resource> Keyed for K {
-    fn key(&self) -> ObjectKey {
-        key(self)
+    fn key(&self) -> HeldKey {
+        HeldKey::new(&self.namespace().unwrap_or_default(), &self.name_any())
     }
 }
 
@@ -206,23 +206,19 @@ struct WatchState {
 /// allocation: it keeps a key per watched object (two during a re-list), a
 /// third of the room of two `String`s. Neither part can hold a `/`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(crate) struct HeldKey(Box<str>);
+pub struct HeldKey(Box<str>);
 
 impl HeldKey {
-    pub(crate) fn new(namespace: &str, name: &str) -> Self {
+    pub fn new(namespace: &str, name: &str) -> Self {
         Self(format!("{namespace}/{name}").into_boxed_str())
     }
 
-    fn of((namespace, name): &ObjectKey) -> Self {
-        Self::new(namespace, name)
-    }
-
     /// Namespace and name.
-    pub(crate) fn parts(&self) -> (&str, &str) {
+    pub fn parts(&self) -> (&str, &str) {
         self.0.split_once('/').unwrap_or_default()
     }
 
-    fn into_key(self) -> ObjectKey {
+    pub fn into_key(self) -> ObjectKey {
         let (namespace, name) = self.parts();
         (namespace.to_string(), name.to_string())
     }
@@ -249,7 +245,7 @@ impl Driver {
             Event::InitApply(object) => {
                 // Known at once: a list that fails midway leaves it in the
                 // index, and the next complete list must be able to remove it.
-                let key = HeldKey::of(&object.key());
+                let key = object.key();
                 state.known.insert(key.clone());
                 state.listing.get_or_insert_with(HashSet::new).insert(key);
                 index.apply(object, !state.listed);
@@ -266,21 +262,17 @@ impl Driver {
                 }
             }
             Event::Apply(object) => {
-                state.known.insert(HeldKey::of(&object.key()));
+                state.known.insert(object.key());
                 index.apply(object, false);
             }
             Event::Delete(object) => {
                 let key = object.key();
-                state.known.remove(&HeldKey::of(&key));
-                let (namespace, name) = key;
+                state.known.remove(&key);
+                let (namespace, name) = key.into_key();
                 index.delete(namespace, name);
             }
         }
     }
-}
-
-pub fn key<K: Resource>(object: &K) -> ObjectKey {
-    (object.namespace().unwrap_or_default(), object.name_any())
 }
 
 #[cfg(test)]
@@ -325,7 +317,7 @@ pub(super) mod tests {
 
     impl<K: Resource> Index<K> for Log {
         fn apply(&mut self, object: K, first: bool) {
-            let (namespace, name) = key(&object);
+            let (namespace, name) = object.key().into_key();
             let first = if first { " (first)" } else { "" };
             self.0.push(format!("apply {namespace}/{name}{first}"));
         }

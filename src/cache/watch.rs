@@ -18,7 +18,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::index::{Index, ObjectKey, Synced, key, run_index};
+use super::index::{HeldKey, Index, Keyed, Synced, run_index};
 
 /// An object the watch saw applied or deleted.
 pub enum Change<'a, K> {
@@ -38,7 +38,7 @@ where
 {
     writer: Writer<K>,
     /// Stored by [`SharedWriter::created`], not yet by the watch.
-    unconfirmed: HashSet<ObjectKey>,
+    unconfirmed: HashSet<HeldKey>,
 }
 
 impl<K: Lookup + Clone + 'static> Clone for SharedWriter<K>
@@ -74,7 +74,7 @@ where
         if shared.writer.as_reader().get(&reference).is_some() {
             return false;
         }
-        shared.unconfirmed.insert(key(&object));
+        shared.unconfirmed.insert(object.key());
         shared.writer.apply_watcher_event(&Event::Apply(object));
         true
     }
@@ -85,7 +85,7 @@ where
     /// the watch stored, the watch removes.
     pub fn gone(&self, namespace: &str, name: &str) {
         let mut shared = self.lock();
-        if shared.unconfirmed.remove(&(namespace.to_string(), name.to_string())) {
+        if shared.unconfirmed.remove(&HeldKey::new(namespace, name)) {
             shared.remove(namespace, name);
         }
     }
@@ -94,7 +94,7 @@ where
     /// returned as it was stored.
     fn delete_watched(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
         let mut shared = self.lock();
-        shared.unconfirmed.remove(&(namespace.to_string(), name.to_string()));
+        shared.unconfirmed.remove(&HeldKey::new(namespace, name));
         shared.remove(namespace, name)
     }
 
@@ -104,7 +104,7 @@ where
         if !shared.unconfirmed.is_empty()
             && let Event::Apply(object) | Event::Delete(object) = event
         {
-            shared.unconfirmed.remove(&key(object));
+            shared.unconfirmed.remove(&object.key());
         }
         shared.writer.apply_watcher_event(event);
     }

@@ -11,7 +11,7 @@ use kube::{Client, ResourceExt, runtime::watcher};
 
 use super::{
     Scope,
-    index::{HeldKey, Index, Keyed, ObjectKey, Synced, run_index_as},
+    index::{HeldKey, Index, Keyed, Synced, run_index_as},
 };
 use crate::{
     api::WorkloadKind,
@@ -116,9 +116,8 @@ impl Summarized {
 }
 
 impl Keyed for Summarized {
-    fn key(&self) -> ObjectKey {
-        let (namespace, name) = self.key.1.parts();
-        (namespace.to_string(), name.to_string())
+    fn key(&self) -> HeldKey {
+        self.key.1.clone()
     }
 }
 

@@ -15,7 +15,7 @@ use kube::{Client, ResourceExt, core::PartialObjectMeta, runtime::watcher};
 
 use crate::cache::{
     Index, Scope, Synced,
-    index::{Keyed, ObjectKey, run_index_as},
+    index::{HeldKey, Keyed, ObjectKey, run_index_as},
 };
 
 #[derive(Clone, Default)]
@@ -77,8 +77,8 @@ impl Version {
 }
 
 impl Keyed for Version {
-    fn key(&self) -> ObjectKey {
-        self.secret.clone()
+    fn key(&self) -> HeldKey {
+        HeldKey::new(&self.secret.0, &self.secret.1)
     }
 }
 

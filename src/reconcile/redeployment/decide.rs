@@ -559,16 +559,16 @@ impl Pass<'_> {
             Ok(running) => running.image.clone(),
             Err(message) => return self.finish(result, ServicePhase::Failed, format!("{what} {message}")),
         };
-        let mine = current.redeployment.as_deref() == Some(self.redeployment().name_any().as_str());
+        let mine = current.redeployment() == Some(self.redeployment().name_any().as_str());
         let applied = mine
             && match rollout {
-                Rollout::Restart { stamp } => current.restarted_at.as_deref() == Some(stamp),
+                Rollout::Restart { stamp } => current.restarted_at() == Some(stamp),
                 Rollout::Image { image } => running == image,
             };
         result.phase = ServicePhase::Deploying;
         result.image.get_or_insert(running.clone());
         if mine {
-            result.previous = current.previous.clone();
+            result.previous = current.previous().cloned();
         }
         if applied {
             // An earlier pass patched it and its status write did not happen.
@@ -578,7 +578,8 @@ impl Pass<'_> {
         if !mine {
             // Recorded on the workload in the same patch that changes it, so a
             // restarted operator still knows what to roll back to.
-            let previous = PreviousTemplate { image: running, restarted_at: current.restarted_at.clone() };
+            let previous =
+                PreviousTemplate { image: running, restarted_at: current.restarted_at().map(str::to_string) };
             workload::record_previous(&mut patch, &previous);
             result.previous = Some(previous);
         }
@@ -661,7 +662,7 @@ fn rolled_back_already<'a>(
     let previous = result.previous.as_ref().filter(|_| auto_rollback && !result.rolled_back)?;
     let restored = match planned.action {
         PlanAction::Restart => {
-            current.restarted_at.as_deref() != Some(stamp) && current.restarted_at == previous.restarted_at
+            current.restarted_at() != Some(stamp) && current.restarted_at() == previous.restarted_at.as_deref()
         }
         PlanAction::Build | PlanAction::PinDigest => {
             let running = current.container(container).ok().map(|c| c.image.as_str());
