@@ -1047,10 +1047,11 @@ impl Report {
             }
             if let Some(hooks) = self.start_spread.as_ref().and_then(|spread| spread.hooks.last()) {
                 let ratio = hooks.as_secs_f64() / baseline;
+                // Reported, not a target: each App's status is a write of
+                // its own after its Secret's, which the baseline does not make.
                 println!(
-                    "  every App's .status.hook set {:.2} s after /readyz; ratio {ratio:.2}  {} (target <= {MAX_START_RATIO:.1})",
+                    "  every App's .status.hook set {:.2} s after /readyz; ratio {ratio:.2}  (reported: one more write per App than the baseline)",
                     hooks.as_secs_f64(),
-                    verdict(ratio <= MAX_START_RATIO)
                 );
             }
             if let Some(spread) = &self.start_spread {
