@@ -244,9 +244,15 @@ async fn load(control_plane: &ControlPlane, addrs: Addrs, settings: Settings) ->
     // its history pruning deletes finished ones, so a list at the end would undercount.
     let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
     let finished: Finished = Default::default();
+    // What a few of the Redeployments that did not succeed said, to tell why.
+    let unsuccessful = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, String>::new()));
     let watch = {
-        let (seen, finished, api) =
-            (seen.clone(), finished.clone(), Api::<Redeployment>::namespaced(client.clone(), &namespace));
+        let (seen, finished, unsuccessful, api) = (
+            seen.clone(),
+            finished.clone(),
+            unsuccessful.clone(),
+            Api::<Redeployment>::namespaced(client.clone(), &namespace),
+        );
         tokio::spawn(async move {
             use futures::StreamExt;
             use kube::{
@@ -260,6 +266,15 @@ async fn load(control_plane: &ControlPlane, addrs: Addrs, settings: Settings) ->
                     if let Some(phase) = object.status.as_ref().and_then(|s| s.phase).filter(|p| p.is_finished()) {
                         let mut finished = finished.lock().unwrap_or_else(|e| e.into_inner());
                         finished.entry(delivery.clone()).or_insert((Instant::now(), phase));
+                        let mut unsuccessful = unsuccessful.lock().unwrap_or_else(|e| e.into_inner());
+                        if !matches!(
+                            phase,
+                            redeploy_operator::api::Phase::Succeeded | redeploy_operator::api::Phase::Superseded
+                        ) && unsuccessful.len() < 3
+                        {
+                            let message = object.status.as_ref().and_then(|s| s.message.clone()).unwrap_or_default();
+                            unsuccessful.insert(object.name_any(), format!("{phase:?}: {message}"));
+                        }
                     }
                     seen.lock().unwrap_or_else(|e| e.into_inner()).insert(delivery);
                 }
@@ -322,6 +337,7 @@ async fn load(control_plane: &ControlPlane, addrs: Addrs, settings: Settings) ->
             *phases.entry(format!("{phase:?}")).or_default() += 1;
             phases
         });
+    report.unsuccessful = unsuccessful.lock().unwrap_or_else(|e| e.into_inner()).clone();
     report.warm_up = [&raw_warm_up, &hook_warm_up].map(|r| (r.ok(), r.failed()));
 
     // Every 202 and every successful create stored exactly one object (the
@@ -573,6 +589,8 @@ struct Report {
     objects: BTreeMap<&'static str, usize>,
     /// Redeployments seen finished, by phase.
     phases: BTreeMap<String, usize>,
+    /// A few Redeployments that finished neither Succeeded nor Superseded, and their message.
+    unsuccessful: BTreeMap<String, String>,
 }
 
 impl Report {
@@ -585,6 +603,7 @@ impl Report {
             load: Vec::new(),
             objects: BTreeMap::new(),
             phases: BTreeMap::new(),
+            unsuccessful: BTreeMap::new(),
         }
     }
 
@@ -690,6 +709,9 @@ impl Report {
             ends.join(", ")
         );
         println!("Redeployments seen finished, by phase: {:?}", self.phases);
+        for (name, said) in &self.unsuccessful {
+            println!("  for example {name}: {said}");
+        }
         let verdict = |pass: bool| if pass { "PASS" } else { "FAIL" };
         let rate_ratio = hook.rate / raw.rate;
         let p99_ratio = hook.p99 / raw.p99;

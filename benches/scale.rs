@@ -20,16 +20,18 @@
 //!   `.status.hook`;
 //! - its resident memory (VmRSS, and the peak VmHWM) at those points and after
 //!   each fan-out;
-//! - rounds of, alternately: a plain `kube::Client` applying
-//!   `workload::restart_patch` (a fresh value each time) to the `BIG`
-//!   Deployments at concurrency 32, timed until a watch has seen every
-//!   Deployment changed and, for context, until every patch returned (and at
-//!   concurrency 1, and as a GET then the PATCH of each Deployment at
-//!   concurrency 32, until every patch returned); then one empty POST to App
-//!   `big`'s hook, timed until the same watch has seen every one of its
-//!   Deployments name the new Redeployment on its pod template. Each round waits for the previous Redeployment to
-//!   finish, and every timed step for the control plane and the operator to
-//!   be quiet (see `settle`).
+//! - rounds of two timed steps, which take turns going first (the plain
+//!   client in odd rounds, the hook in even ones): a plain `kube::Client`
+//!   applying `workload::restart_patch` (a fresh value each time) to the
+//!   `BIG` Deployments at concurrency 32, timed until a watch has seen every
+//!   Deployment changed and, for context, until every patch returned; and one
+//!   empty POST to App `big`'s hook, timed until the same watch has seen
+//!   every one of its Deployments name the new Redeployment on its pod
+//!   template, and waited on until that Redeployment finished. The first
+//!   round also times, for context, the plain client at concurrency 1 and as
+//!   a GET then the PATCH of each Deployment at concurrency 32. Every timed
+//!   step waits for the control plane and the operator to be quiet (see
+//!   `settle`).
 //!
 //! Before the operator starts, a plain client creates one Secret per App at
 //! concurrency 32: what the App reconciler's writes cost this API server.
@@ -51,7 +53,7 @@
 //!
 //! `cargo bench --bench scale` (or `make scale`) measures; env `SCALE_APPS`
 //! (default 1000), `SCALE_SERVICES` (10), `SCALE_NAMESPACES` (10), `SCALE_BIG`
-//! (500), `SCALE_ROUNDS` (2). `cargo test --all-targets` runs it without
+//! (500), `SCALE_ROUNDS` (4). `cargo test --all-targets` runs it without
 //! `--bench`: a smoke run (5 Apps x 2 Services, a fan-out of 10) that asserts
 //! the fan-out patched every Deployment.
 
@@ -134,7 +136,7 @@ impl Settings {
             services: support::env_count("SCALE_SERVICES", 10)?,
             namespaces: support::env_count("SCALE_NAMESPACES", 10)?,
             big: support::env_count("SCALE_BIG", 500)?,
-            rounds: support::env_count("SCALE_ROUNDS", 2)?,
+            rounds: support::env_count("SCALE_ROUNDS", 4)?,
             create_concurrency: 64,
             smoke: false,
         })
@@ -344,56 +346,74 @@ async fn scale(control_plane: &ControlPlane, report: &mut Report) -> anyhow::Res
         // Pushed first and filled in as it goes, so a failed step leaves what was measured before it.
         report.rounds.push(Round::default());
         let r = report.rounds.len() - 1;
-        settle(&big, &s, &pids).await?;
-        tracker.drain();
-        let value = format!("baseline-{round}-c{BASELINE_CONCURRENCY}");
-        let (started, answered) = baseline(&big, &names, &value, BASELINE_CONCURRENCY, Read::No).await?;
-        report.rounds[r].c32 = Some(answered);
-        let (_, last) = tracker.wait_all(&names, &value, s.patience()).await?;
-        report.rounds[r].c32_seen = Some(last.saturating_duration_since(started));
-        settle(&big, &s, &pids).await?;
-        report.rounds[r].c1 = Some(baseline(&big, &names, &format!("baseline-{round}-c1"), 1, Read::No).await?.1);
-        settle(&big, &s, &pids).await?;
-        let value = format!("baseline-{round}-get-c{BASELINE_CONCURRENCY}");
-        report.rounds[r].get_c32 = Some(baseline(&big, &names, &value, BASELINE_CONCURRENCY, Read::First).await?.1);
-        settle(&big, &s, &pids).await?;
-        tracker.drain();
-
-        let requests_before = support::apiserver_requests(&client).await?;
-        let started = Instant::now();
-        let response = http.post(&url).header("Content-Length", "0").send().await?;
-        report.rounds[r].posted = Some(started.elapsed());
-        let status = response.status();
-        let body: serde_json::Value = response.json().await?;
-        anyhow::ensure!(status == 202, "the hook answered {status}: {body}");
-        let name = body["redeployment"].as_str().unwrap_or_default().to_string();
-        let (first, last) = tracker.wait_all(&names, &name, s.patience()).await?;
-        report.rounds[r].first = Some(first.saturating_duration_since(started));
-        report.rounds[r].fan_out = Some(last.saturating_duration_since(started));
-        let requests_after = support::apiserver_requests(&client).await?;
-        report.rounds[r].requests = requests_after
-            .iter()
-            .filter(|(key, _)| key.contains(" deployments ") || key.contains(" redeployments"))
-            .map(|(key, after)| (key.clone(), after - requests_before.get(key).copied().unwrap_or_default()))
-            .filter(|(_, count)| *count >= 1.0)
-            .collect();
-        operator.check_running()?;
-        let patched = list_all(&big).await?;
-        let missing = patched
-            .iter()
-            .filter(|d| workload::redeployment_of(Some(&d.spec.template)).as_deref() != Some(name.as_str()))
-            .count();
-        anyhow::ensure!(missing == 0, "{missing} Deployments of App {BIG} do not name Redeployment {name}");
-        let phase = operator
-            .wait_for(&format!("Redeployment {name} to finish"), s.patience(), Duration::from_millis(200), || async {
-                let phase = retrying(|| redeployments.get(&name)).await?.status.and_then(|s| s.phase);
-                Ok(phase.filter(|p| p.is_finished()))
-            })
-            .await?;
-        let finished = started.elapsed();
-        anyhow::ensure!(phase == Phase::Succeeded, "Redeployment {name} finished {phase:?}");
-        report.rounds[r].finished = Some(finished);
-        report.point(&format!("after fan-out {round}"), &operator)?;
+        // The two sides take turns going first, so that neither always meets
+        // the machine as the other left it.
+        let sides = if round % 2 == 1 { [Side::Plain, Side::Hook] } else { [Side::Hook, Side::Plain] };
+        for side in sides {
+            settle(&big, &s, &pids).await?;
+            tracker.drain();
+            match side {
+                Side::Plain => {
+                    let value = format!("baseline-{round}-c{BASELINE_CONCURRENCY}");
+                    let (started, answered) = baseline(&big, &names, &value, BASELINE_CONCURRENCY, Read::No).await?;
+                    report.rounds[r].c32 = Some(answered);
+                    let (_, last) = tracker.wait_all(&names, &value, s.patience()).await?;
+                    report.rounds[r].c32_seen = Some(last.saturating_duration_since(started));
+                }
+                Side::Hook => {
+                    let requests_before = support::apiserver_requests(&client).await?;
+                    let started = Instant::now();
+                    let response = http.post(&url).header("Content-Length", "0").send().await?;
+                    report.rounds[r].posted = Some(started.elapsed());
+                    let status = response.status();
+                    let body: serde_json::Value = response.json().await?;
+                    anyhow::ensure!(status == 202, "the hook answered {status}: {body}");
+                    let name = body["redeployment"].as_str().unwrap_or_default().to_string();
+                    let (first, last) = tracker.wait_all(&names, &name, s.patience()).await?;
+                    report.rounds[r].first = Some(first.saturating_duration_since(started));
+                    report.rounds[r].fan_out = Some(last.saturating_duration_since(started));
+                    let requests_after = support::apiserver_requests(&client).await?;
+                    report.rounds[r].requests = requests_after
+                        .iter()
+                        .filter(|(key, _)| key.contains(" deployments ") || key.contains(" redeployments"))
+                        .map(|(key, after)| {
+                            (key.clone(), after - requests_before.get(key).copied().unwrap_or_default())
+                        })
+                        .filter(|(_, count)| *count >= 1.0)
+                        .collect();
+                    operator.check_running()?;
+                    let patched = list_all(&big).await?;
+                    let missing = patched
+                        .iter()
+                        .filter(|d| workload::redeployment_of(Some(&d.spec.template)).as_deref() != Some(name.as_str()))
+                        .count();
+                    anyhow::ensure!(missing == 0, "{missing} Deployments of App {BIG} do not name Redeployment {name}");
+                    let phase = operator
+                        .wait_for(
+                            &format!("Redeployment {name} to finish"),
+                            s.patience(),
+                            Duration::from_millis(200),
+                            || async {
+                                let phase = retrying(|| redeployments.get(&name)).await?.status.and_then(|s| s.phase);
+                                Ok(phase.filter(|p| p.is_finished()))
+                            },
+                        )
+                        .await?;
+                    let finished = started.elapsed();
+                    anyhow::ensure!(phase == Phase::Succeeded, "Redeployment {name} finished {phase:?}");
+                    report.rounds[r].finished = Some(finished);
+                    report.point(&format!("after fan-out {round}"), &operator)?;
+                }
+            }
+        }
+        // For context only, once: the plain client one patch at a time, and reading each Deployment first.
+        if round == 1 {
+            settle(&big, &s, &pids).await?;
+            report.rounds[r].c1 = Some(baseline(&big, &names, "baseline-c1", 1, Read::No).await?.1);
+            settle(&big, &s, &pids).await?;
+            let value = format!("baseline-get-c{BASELINE_CONCURRENCY}");
+            report.rounds[r].get_c32 = Some(baseline(&big, &names, &value, BASELINE_CONCURRENCY, Read::First).await?.1);
+        }
         report.load(&format!("after round {round}"));
     }
     Ok(())
@@ -524,6 +544,15 @@ async fn settle(big: &Api<Deployment>, s: &Settings, pids: &[u32]) -> anyhow::Re
 
 /// CPU ticks per second under which the control plane and the operator count as quiet: 10%.
 const QUIET_TICKS_PER_SECOND: u64 = 10;
+
+/// Who patches App `big`'s Deployments in a timed step of a round.
+#[derive(Clone, Copy)]
+enum Side {
+    /// The plain client, at concurrency 32.
+    Plain,
+    /// The operator, for one empty POST to the hook.
+    Hook,
+}
 
 /// Whether the plain client reads each Deployment before it patches it.
 #[derive(Clone, Copy, PartialEq, Eq)]
