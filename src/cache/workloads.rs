@@ -7,7 +7,7 @@ use std::{
 };
 
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment, StatefulSet};
-use kube::{Client, ResourceExt, runtime::watcher};
+use kube::{Client, runtime::watcher};
 
 use super::{
     Scope,
@@ -110,7 +110,7 @@ struct Summarized {
 
 impl Summarized {
     fn of<K: WorkloadObject>(object: K) -> Self {
-        let key = (K::KIND, HeldKey::new(&object.namespace().unwrap_or_default(), &object.name_any()));
+        let key = (K::KIND, object.key());
         Self { key, workload: object.summary() }
     }
 }

@@ -11,7 +11,11 @@
 //! the Redeployment's own status (`built`), in the same write that moves the
 //! Service on; the Service reconciler copies it into the Service's status.
 
-use std::{borrow::Cow, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::{HashMap, HashSet},
+    time::Duration,
+};
 
 use k8s_openapi::{apimachinery::pkg::apis::meta::v1::Time, jiff::Timestamp};
 use kube::{ResourceExt, runtime::events::EventType};
@@ -122,7 +126,11 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
         let effects = github_report(observed, &previous).into_iter().collect();
         return Decision { status: previous, effects, requeue: None, finished: None };
     }
-    let mut pass = Pass { observed, now, effects: Vec::new(), notes: Vec::new() };
+    let mut plan = HashMap::with_capacity(redeployment.spec.plan.len());
+    for planned in &redeployment.spec.plan {
+        plan.entry(planned.service.as_str()).or_insert(planned);
+    }
+    let mut pass = Pass { observed, plan, now, effects: Vec::new(), notes: Vec::new() };
     let mut status = previous.clone();
     if status.services.is_empty() {
         status.services = redeployment
@@ -275,6 +283,8 @@ type Noted = (EventType, &'static str, String);
 /// One pass over the Services: what it asked for so far.
 struct Pass<'a> {
     observed: &'a Observed,
+    /// The plan by Service name (a large App's pass looks up hundreds).
+    plan: HashMap<&'a str, &'a PlannedService>,
     now: Timestamp,
     effects: Vec<Effect>,
     notes: Vec<Noted>,
@@ -350,7 +360,7 @@ impl Pass<'_> {
     }
 
     fn planned(&self, service: &str) -> Option<PlannedService> {
-        self.redeployment().spec.plan.iter().find(|p| p.service == service).cloned()
+        self.plan.get(service).map(|planned| (*planned).clone())
     }
 
     /// One step of one Service.
@@ -735,6 +745,7 @@ pub(super) fn plan_refusal<'a>(
     profile: Option<&DeploymentProfile>,
 ) -> Option<String> {
     let mut problems = Vec::new();
+    let mut seen = HashSet::with_capacity(plan.len());
     if let Some(profile) = profile.filter(|p| p.spec.app != app) {
         problems.push(format!(
             "spec.profile `{}` belongs to App `{}`, not `{app}`",
@@ -742,9 +753,9 @@ pub(super) fn plan_refusal<'a>(
             profile.spec.app
         ));
     }
-    for (index, planned) in plan.iter().enumerate() {
+    for planned in plan {
         let name = &planned.service;
-        if plan[..index].iter().any(|p| &p.service == name) {
+        if !seen.insert(name.as_str()) {
             problems.push(format!("Service `{name}` is planned more than once"));
             continue;
         }

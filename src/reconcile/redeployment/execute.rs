@@ -3,7 +3,11 @@
 //! was observed stops the pass before the status is written: the next pass
 //! observes again and recognises what this one did (see [`super::decide`]).
 
-use std::{borrow::Cow, collections::BTreeMap, time::Duration};
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    time::Duration,
+};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -73,17 +77,20 @@ pub async fn execute(observed: &Observed, decision: Decision, context: &Context)
         .await;
     let mut conflict = false;
     let mut first_error = None;
+    // A large App's pass has hundreds of outcomes: each finds its result by name in one lookup.
+    let positions: HashMap<String, usize> =
+        status.services.iter().enumerate().map(|(index, result)| (result.service.clone(), index)).collect();
     for (service, outcome) in outcomes {
+        let index = positions.get(&service).copied();
         match outcome {
             Ok(Outcome::Done { rollout_generation: Some(generation) }) => {
-                if let Some(result) = status.services.iter_mut().find(|r| r.service == service) {
+                if let Some(result) = index.and_then(|index| status.services.get_mut(index)) {
                     result.rollout_generation = Some(generation);
                 }
             }
             Ok(Outcome::Done { rollout_generation: None }) => {}
             Ok(Outcome::Conflict) => conflict = true,
             Err(error) => {
-                let index = status.services.iter().position(|r| r.service == service);
                 if first_error.as_ref().is_none_or(|(i, _)| index < *i) {
                     first_error = Some((index, error));
                 }
