@@ -26,7 +26,7 @@ use crate::{
     build::REDEPLOYMENT_LABEL,
     cache::{
         Caches, Change, Guarded, Indexed, OwnRedeployments, Scope, ServiceIndex, SharedWriter, Synced, Trigger,
-        WorkloadChange, WorkloadIndex, known::KnownVersions, watch_into,
+        WorkloadChange, WorkloadIndex, as_history_when_finished, known::KnownVersions, watch_into,
     },
     context::{Context, Settings},
     hook::{
@@ -242,6 +242,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
+        std::convert::identity,
         SharedWriter::new(apps_writer),
         listed[0].clone(),
         move |change, _| match change {
@@ -265,6 +266,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
+        std::convert::identity,
         SharedWriter::new(services_writer),
         listed[1].clone(),
         move |change, initial| match change {
@@ -293,6 +295,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
+        std::convert::identity,
         SharedWriter::new(profiles_writer),
         profiles_synced,
         |change, _| {
@@ -313,6 +316,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis(&client),
         watcher::Config::default(),
+        as_history_when_finished,
         redeployments_writer.clone(),
         listed[3].clone(),
         move |change, initial| {
@@ -338,6 +342,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
     background.spawn(watch_into(
         scope.apis::<Job>(&client),
         watcher::Config::default().labels(REDEPLOYMENT_LABEL),
+        std::convert::identity,
         SharedWriter::new(jobs_writer),
         Synced::default(),
         move |change, _| {

@@ -32,7 +32,7 @@ pub use self::{
     workloads::{WorkloadChange, WorkloadIndex},
 };
 use crate::{
-    api::{App, DeploymentProfile, Redeployment, Service},
+    api::{App, DeploymentProfile, Redeployment, Service, ServiceResult},
     hook::{index::HookIndex, signature_keys::SignatureKeys},
 };
 
@@ -200,6 +200,38 @@ pub fn slim<K: Resource>(object: &mut K) {
     }
 }
 
+/// A finished Redeployment as the cache keeps it: the history its readers
+/// still ask of one (its order, its phase, whether GitHub heard, and per
+/// Service the phase and what was built and deployed: the Service status,
+/// build reuse and pruning read those), without its plan, decisions, Git
+/// details and messages. An App fanned out to 500 Services keeps 20 finished
+/// ones by default: whole, they would be most of the operator's memory. A
+/// pass over a finished Redeployment reads it from the API server instead
+/// (see `reconcile::redeployment`), so nothing is ever written from this copy.
+pub fn as_history_when_finished(mut guard: Guarded<Redeployment>) -> Guarded<Redeployment> {
+    if let Ok(redeployment) = guard.0.as_mut()
+        && redeployment.is_finished()
+    {
+        let spec = &mut redeployment.spec;
+        (spec.plan, spec.decisions, spec.services, spec.git) = (Vec::new(), Vec::new(), Vec::new(), None);
+        if let Some(status) = redeployment.status.as_mut() {
+            (status.message, status.conditions) = (None, Vec::new());
+            for result in &mut status.services {
+                *result = ServiceResult {
+                    service: std::mem::take(&mut result.service),
+                    phase: result.phase,
+                    git_ref: result.git_ref.take(),
+                    image: result.image.take(),
+                    built: result.built.take(),
+                    ..Default::default()
+                };
+            }
+            status.services.shrink_to_fit();
+        }
+    }
+    guard
+}
+
 /// The field managers whose entries a reader of a cached object looks for.
 const KEPT_MANAGERS: &[&str] = &[crate::reconcile::service::LEGACY_RECORD_FIELD_MANAGER];
 
@@ -207,11 +239,14 @@ const KEPT_MANAGERS: &[&str] = &[crate::reconcile::service::LEGACY_RECORD_FIELD_
 mod tests {
     use std::collections::BTreeMap;
 
-    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::FieldsV1};
+    use k8s_openapi::{api::core::v1::ConfigMap, apimachinery::pkg::apis::meta::v1::FieldsV1, jiff::Timestamp};
     use kube::api::ObjectMeta;
 
     use super::*;
-    use crate::reconcile::service::LEGACY_RECORD_FIELD_MANAGER;
+    use crate::{
+        api::Phase,
+        reconcile::service::{self, LEGACY_RECORD_FIELD_MANAGER},
+    };
 
     #[test]
     fn slim_keeps_only_the_managers_a_reader_asks_about_without_their_field_sets() {
@@ -239,5 +274,70 @@ mod tests {
         map.metadata.managed_fields = Some(vec![entry("kubectl", None)]);
         slim(&mut map);
         assert_eq!(map.metadata.managed_fields, None);
+    }
+
+    fn redeployment(phase: Phase) -> Redeployment {
+        let object = serde_json::json!({
+            "apiVersion": "redeploy.dev/v1alpha1", "kind": "Redeployment",
+            "metadata": { "name": "shop-1", "namespace": "ns", "creationTimestamp": "2026-12-01T10:00:00Z" },
+            "spec": {
+                "app": "shop",
+                "trigger": { "provider": "github", "event": "push", "receivedAt": "2026-12-01T10:00:00.000000Z" },
+                "git": { "repository": "acme/shop", "branch": "main", "sha": "0123456789abcdef0123456789abcdef01234567" },
+                "plan": [ { "service": "web", "action": "build", "ref": "0123456789abcdef0123456789abcdef01234567" },
+                          { "service": "worker", "action": "restart" } ],
+                "decisions": [ { "service": "web", "decision": "deployed", "reason": "pushed to main" } ],
+                "githubDeployment": 7,
+            },
+            "status": {
+                "phase": phase, "message": "2 of 2 Services done", "githubState": "success",
+                "services": [
+                    { "service": "web", "phase": "Succeeded", "ref": "0123456789abcdef0123456789abcdef01234567",
+                      "image": "registry.test/shop/web:0123456", "buildJob": "shop-1-web",
+                      "built": { "commit": "0123456789abcdef0123456789abcdef01234567", "image": "registry.test/shop/web:0123456" },
+                      "rolloutGeneration": 4, "previous": { "image": "registry.test/shop/web:old" },
+                      "message": "Deployment ns/web rolled out", "startedAt": "2026-12-01T10:00:01Z" },
+                    { "service": "worker", "phase": "Failed", "message": "Deployment ns/worker failed to roll out" },
+                ],
+            },
+        });
+        serde_json::from_value(object).unwrap_or_else(|e| panic!("a valid Redeployment: {e}"))
+    }
+
+    #[test]
+    fn a_finished_redeployment_is_kept_as_what_its_readers_ask_of_history() {
+        let full = redeployment(Phase::Succeeded);
+        let Guarded(Ok(kept)) = as_history_when_finished(Guarded(Ok(full.clone()))) else { panic!("still valid") };
+        assert!(kept.spec.plan.is_empty() && kept.spec.decisions.is_empty() && kept.spec.git.is_none());
+        assert!(kept.status.as_ref().is_some_and(|s| s.message.is_none() && s.services[0].previous.is_none()));
+
+        // What every reader of a cached finished Redeployment computes from it is the same.
+        assert_eq!((kept.is_finished(), kept.order_key()), (full.is_finished(), full.order_key()));
+        assert_eq!(crate::reconcile::redeployment::is_done(&kept), crate::reconcile::redeployment::is_done(&full));
+        for name in ["web", "worker", "other"] {
+            let service: Service = serde_json::from_value(serde_json::json!({
+                "apiVersion": "redeploy.dev/v1alpha1", "kind": "Service",
+                "metadata": { "name": name, "namespace": "ns", "generation": 1 },
+                "spec": { "app": "shop", "target": { "kind": "Deployment", "name": name } },
+            }))
+            .unwrap_or_else(|e| panic!("a valid Service: {e}"));
+            let now = Timestamp::UNIX_EPOCH;
+            let (kept, full) = ([&kept], [&full]);
+            assert_eq!(
+                service::desired_status(&service, None, &kept, now),
+                service::desired_status(&service, None, &full, now)
+            );
+            assert_eq!(service::recorded_builds(&service, &kept), service::recorded_builds(&service, &full));
+            assert_eq!(service::records_current(&service, &kept), service::records_current(&service, &full));
+        }
+    }
+
+    #[test]
+    fn an_unfinished_redeployment_is_kept_whole() {
+        for phase in [Phase::Pending, Phase::Building, Phase::Deploying] {
+            let full = redeployment(phase);
+            let Guarded(Ok(kept)) = as_history_when_finished(Guarded(Ok(full.clone()))) else { panic!("still valid") };
+            assert_eq!((&kept.spec, &kept.status), (&full.spec, &full.status));
+        }
     }
 }

@@ -18,7 +18,7 @@ use kube::{
 };
 use serde::de::DeserializeOwned;
 
-use super::index::{HeldKey, Index, Keyed, Synced, run_index};
+use super::index::{HeldKey, Index, Keyed, Synced, run_index_as};
 
 /// An object the watch saw applied or deleted.
 pub enum Change<'a, K> {
@@ -124,12 +124,13 @@ where
     }
 }
 
-/// Watches `apis` into `writer`, and tells `on_change` of every object
-/// applied or deleted, with `true` for the objects of a watch's first full
-/// list. Returns only if every watch ends.
+/// Watches `apis` into `writer`, each object as `keep` makes it, and tells
+/// `on_change` of every object applied or deleted, with `true` for the
+/// objects of a watch's first full list. Returns only if every watch ends.
 pub async fn watch_into<K>(
     apis: Vec<Api<K>>,
     config: watcher::Config,
+    keep: fn(K) -> K,
     writer: SharedWriter<K>,
     synced: Synced,
     on_change: impl FnMut(Change<'_, K>, bool),
@@ -143,7 +144,7 @@ pub async fn watch_into<K>(
     // reconciles before every cache has listed (see `operator::start`).
     writer.apply_watched(&Event::Init);
     writer.apply_watched(&Event::InitDone);
-    run_index(apis, config, StoreIndex { writer, on_change }, synced).await;
+    run_index_as(apis, config, keep, StoreIndex { writer, on_change }, synced).await;
 }
 
 /// A reflector store as an [`Index`].

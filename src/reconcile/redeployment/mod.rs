@@ -23,7 +23,7 @@ use kube::{
     },
 };
 
-pub use self::decide::overall_phase;
+pub use self::decide::{is_done, overall_phase};
 use super::Error;
 use crate::{
     api::{CANCEL_FINALIZER, Redeployment},
@@ -77,8 +77,10 @@ async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error
     }
     // The cache can lag behind our own last status write (a workload event
     // may wake us before the watch echoes it): trust it only at the version
-    // this process last wrote or read.
-    let redeployment = match context.known_versions.freshness(cached) {
+    // this process last wrote or read. A finished one (left to tell GitHub)
+    // is read whole: the cache keeps finished ones only as history.
+    let freshness = if cached.is_finished() { Freshness::Unknown } else { context.known_versions.freshness(cached) };
+    let redeployment = match freshness {
         Freshness::Current => cached.clone(),
         Freshness::Behind => return Ok(Action::requeue(known::ECHO_WAIT)),
         Freshness::Unknown => {
