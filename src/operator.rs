@@ -22,7 +22,7 @@ use kube::{
 use tokio::{net::TcpListener, sync::watch, task::JoinSet};
 
 use crate::{
-    api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase},
+    api::{App, DeploymentProfile, Phase, Redeployment, Service, ServicePhase, ServiceResult},
     build::REDEPLOYMENT_LABEL,
     cache::{
         Caches, Change, Guarded, Indexed, OwnRedeployments, Scope, ServiceIndex, SharedWriter, Synced, Trigger,
@@ -178,12 +178,18 @@ fn app_woken_by_redeployment<'a>(change: &Change<'a, Guarded<Redeployment>>) -> 
 }
 
 /// The Services to reconcile when a Redeployment changed: those whose status
-/// records what it did, i.e. its results that built an image or rolled out.
-/// A deleted one wakes none: what it recorded stays in the Services' status.
+/// records what it did, once it is done with them, i.e. its finished
+/// results that built an image or rolled out. One status write per Service
+/// and call: a build is recorded with the rollout that follows it, not
+/// apart (build reuse reads the Redeployments themselves, so it knows a
+/// build as soon as it is recorded there). A deleted one wakes none: what it
+/// recorded stays in the Services' status (deleting an unfinished one first
+/// finishes it, Canceled).
 fn services_woken_by_redeployment<'a>(change: &Change<'a, Guarded<Redeployment>>) -> Vec<&'a str> {
     let Change::Applied(Guarded(Ok(redeployment))) = *change else { return Vec::new() };
     let results = redeployment.status.iter().flat_map(|s| &s.services);
-    results.filter(|r| r.built.is_some() || r.phase == ServicePhase::Succeeded).map(|r| r.service.as_str()).collect()
+    let recorded = |r: &&ServiceResult| r.built.is_some() || r.phase == ServicePhase::Succeeded;
+    results.filter(|r| r.phase.is_finished()).filter(recorded).map(|r| r.service.as_str()).collect()
 }
 
 /// The Services to reconcile when a workload changed: those targeting it,
@@ -593,14 +599,15 @@ mod tests {
     }
 
     #[test]
-    fn a_redeployment_wakes_the_services_it_built_or_rolled_out() {
+    fn a_redeployment_wakes_the_services_it_built_or_rolled_out_once_done_with_them() {
         let mut guard = redeployment(Some("Deploying"));
         let results = json!([
-            { "service": "web", "phase": "Deploying", "built": { "commit": "c1", "image": "r/web:c1" } },
+            { "service": "web", "phase": "Failed", "built": { "commit": "c1", "image": "r/web:c1" } },
             { "service": "worker", "phase": "Succeeded" },
             { "service": "api", "phase": "Building", "buildJob": "shop-1-api" },
             { "service": "cron", "phase": "Skipped" },
             { "service": "db", "phase": "Failed" },
+            { "service": "queue", "phase": "Deploying", "built": { "commit": "c1", "image": "r/queue:c1" } },
         ]);
         if let Ok(redeployment) = guard.0.as_mut()
             && let Some(status) = redeployment.status.as_mut()
