@@ -53,7 +53,7 @@ pub async fn reconcile(guard: Arc<Guarded<Redeployment>>, context: Arc<Context>)
     let api = Api::<Redeployment>::namespaced(context.client.clone(), &namespace);
     let action = finalizer(&api, CANCEL_FINALIZER, redeployment, |event| async {
         match event {
-            Finalizer::Apply(redeployment) => apply(&redeployment, &context).await,
+            Finalizer::Apply(redeployment) => apply(redeployment, &context).await,
             Finalizer::Cleanup(redeployment) => cancel(&redeployment, &context).await,
         }
     })
@@ -69,19 +69,20 @@ pub async fn reconcile(guard: Arc<Guarded<Redeployment>>, context: Arc<Context>)
     Ok(action)
 }
 
-async fn apply(cached: &Redeployment, context: &Context) -> Result<Action, Error> {
+async fn apply(cached: Arc<Redeployment>, context: &Context) -> Result<Action, Error> {
     // A finished Redeployment never starts again: the cached copy tells,
     // without a read (a start reconciles every one kept in history).
-    if decide::is_done(cached) {
+    if decide::is_done(&cached) {
         return Ok(Action::await_change());
     }
     // The cache can lag behind our own last status write (a workload event
     // may wake us before the watch echoes it): trust it only at the version
     // this process last wrote or read. A finished one (left to tell GitHub)
     // is read whole: the cache keeps finished ones only as history.
-    let freshness = if cached.is_finished() { Freshness::Unknown } else { context.known_versions.freshness(cached) };
+    let freshness = if cached.is_finished() { Freshness::Unknown } else { context.known_versions.freshness(&*cached) };
     let redeployment = match freshness {
-        Freshness::Current => cached.clone(),
+        // The pass's own copy (a 500-Service Redeployment is large): the one this call was given.
+        Freshness::Current => Arc::unwrap_or_clone(cached),
         Freshness::Behind => return Ok(Action::requeue(known::ECHO_WAIT)),
         Freshness::Unknown => {
             let api = Api::<Redeployment>::namespaced(context.client.clone(), &cached.namespace().unwrap_or_default());
