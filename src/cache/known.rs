@@ -23,6 +23,10 @@ type Key = (String, String, String);
 
 struct Known {
     version: String,
+    /// The version our last write replaced: a cached copy still at it only
+    /// waits for the watch to echo that write (however late the watch is),
+    /// never for a read.
+    replaced: Option<String>,
     /// The cached version a pass already waited on once.
     waited_at: Option<String>,
     /// When this process last wrote the object.
@@ -49,6 +53,11 @@ impl KnownVersions {
         let Some(known) = known.get_mut(&key(cached)) else { return Freshness::Unknown };
         if known.version == version {
             Freshness::Current
+        } else if known.replaced.as_deref() == Some(version.as_str()) {
+            // Under load the watch can lag our writes by seconds: reading
+            // every object it lags on would add a read to each pass just
+            // when the API server is slowest.
+            Freshness::Behind
         } else if known.waited_at.as_deref() != Some(version.as_str()) {
             known.waited_at = Some(version);
             Freshness::Behind
@@ -64,10 +73,12 @@ impl KnownVersions {
         self.note(current, done, None);
     }
 
-    /// [`saw`](Self::saw) for the answer to this process's own write (a
-    /// create or an update), noting when it was made.
-    pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K, done: bool) {
-        self.note(written, done, Some(Instant::now()));
+    /// [`saw`](Self::saw) for the answer to this process's own write: a
+    /// create (`replaced` is `None`), or an update of the copy `replaced`;
+    /// notes when it was made.
+    pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K, replaced: Option<&K>, done: bool) {
+        let replaced = replaced.and_then(|r| r.resource_version());
+        self.note(written, done, Some((Instant::now(), replaced)));
     }
 
     /// How long ago this process last wrote the object, if it did and still tracks it.
@@ -76,13 +87,16 @@ impl KnownVersions {
         known.get(&key(object))?.written_at.map(|at| at.elapsed())
     }
 
-    fn note<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool, written_at: Option<Instant>) {
+    fn note<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool, write: Option<(Instant, Option<String>)>) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let key = key(current);
         match current.resource_version() {
             Some(version) if !done => {
-                let written_at = written_at.or_else(|| known.get(&key).and_then(|k| k.written_at));
-                known.insert(key, Known { version, waited_at: None, written_at })
+                let (written_at, replaced) = match write {
+                    Some((at, replaced)) => (Some(at), replaced),
+                    None => (known.get(&key).and_then(|k| k.written_at), None),
+                };
+                known.insert(key, Known { version, replaced, waited_at: None, written_at })
             }
             _ => known.remove(&key),
         };
@@ -139,7 +153,7 @@ mod tests {
         assert_eq!(known.freshness(&at("9")), Unknown, "a finished one is forgotten");
         known.saw(&at("10"), false);
         assert_eq!(known.since_written(&at("10")), None, "read, never written");
-        known.wrote(&at("11"), false);
+        known.wrote(&at("11"), None, false);
         known.saw(&at("12"), false);
         assert!(
             known.since_written(&at("12")).is_some_and(|d| d < Duration::from_secs(60)),
@@ -147,5 +161,23 @@ mod tests {
         );
         known.forget::<Redeployment>("ns", "shop-1");
         assert!(known.0.lock().unwrap_or_else(|e| e.into_inner()).is_empty());
+    }
+
+    #[test]
+    fn a_copy_at_the_version_our_write_replaced_waits_for_the_echo_however_long() {
+        use Freshness::*;
+        let known = KnownVersions::default();
+        known.wrote(&at("3"), None, false);
+        assert_eq!(known.freshness(&at("3")), Current, "created here, and cached as created");
+        known.wrote(&at("4"), Some(&at("3")), false);
+        for _ in 0..3 {
+            assert_eq!(known.freshness(&at("3")), Behind, "the echo of our write is late: wait, never read");
+        }
+        assert_eq!(known.freshness(&at("4")), Current, "the echo");
+        assert_eq!(known.freshness(&at("5")), Behind, "someone wrote after us: wait once");
+        assert_eq!(known.freshness(&at("5")), Unknown, "still not ours: read it");
+        known.saw(&at("5"), false);
+        assert_eq!(known.freshness(&at("4")), Behind, "a read replaced nothing: wait once");
+        assert_eq!(known.freshness(&at("4")), Unknown);
     }
 }

@@ -113,8 +113,11 @@ pub fn only_messages_differ(previous: &RedeploymentStatus, next: &RedeploymentSt
 /// Whether a Redeployment is finished with nothing left to tell GitHub: its
 /// cached copy is then enough to know that a pass has nothing to do.
 pub fn is_done(redeployment: &Redeployment) -> bool {
-    let status = redeployment.status.clone().unwrap_or_default();
-    status.phase.is_some_and(Phase::is_finished) && github_pending(redeployment, &status).is_none()
+    // Asked on every wake of a Redeployment kept in history (a rolled-out
+    // workload's status changes wake the one its template names): no copy.
+    redeployment.status.as_ref().is_some_and(|status| {
+        status.phase.is_some_and(Phase::is_finished) && github_pending(redeployment, status).is_none()
+    })
 }
 
 /// The next status and effects of a Redeployment that is not being deleted.

@@ -232,7 +232,7 @@ async fn write_status(
         .await;
     match written {
         Ok(written) => {
-            context.known_versions.wrote(&written, written.is_finished());
+            context.known_versions.wrote(&written, Some(redeployment), written.is_finished());
             Ok(())
         }
         // Deleted, and its finalizer removed, before this pass: nothing is left to record.
