@@ -55,6 +55,17 @@ pub fn set_condition(conditions: &mut Vec<Condition>, new: Condition) {
     }
 }
 
+/// Whether two conditions are the same but for their messages (a message
+/// alone is progress that can wait).
+pub fn equal_but_message(a: &Condition, b: &Condition) -> bool {
+    let Condition { type_, status, reason, message: _, last_transition_time, observed_generation } = a;
+    *type_ == b.type_
+        && *status == b.status
+        && *reason == b.reason
+        && *last_transition_time == b.last_transition_time
+        && *observed_generation == b.observed_generation
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

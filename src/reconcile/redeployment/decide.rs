@@ -96,18 +96,57 @@ pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// that can wait for [`PROGRESS_EVERY`], unlike any change of phase, record
 /// or condition.
 pub fn only_messages_differ(previous: &RedeploymentStatus, next: &RedeploymentStatus) -> bool {
-    fn without_messages(status: &RedeploymentStatus) -> RedeploymentStatus {
-        let mut status = status.clone();
-        status.message = None;
-        for result in &mut status.services {
-            result.message = None;
-        }
-        for condition in &mut status.conditions {
-            condition.message.clear();
-        }
-        status
-    }
-    without_messages(previous) == without_messages(next)
+    // Field by field, without copying either (a 500-Service status is
+    // large); every field is named, so one added later is compared too.
+    let RedeploymentStatus {
+        observed_generation,
+        phase,
+        message: _,
+        superseded_by,
+        services,
+        started_at,
+        finished_at,
+        github_state,
+        conditions,
+    } = previous;
+    *observed_generation == next.observed_generation
+        && *phase == next.phase
+        && *superseded_by == next.superseded_by
+        && *started_at == next.started_at
+        && *finished_at == next.finished_at
+        && *github_state == next.github_state
+        && services.len() == next.services.len()
+        && services.iter().zip(&next.services).all(|(a, b)| results_differ_in_message_only(a, b))
+        && conditions.len() == next.conditions.len()
+        && conditions.iter().zip(&next.conditions).all(|(a, b)| conditions::equal_but_message(a, b))
+}
+
+fn results_differ_in_message_only(previous: &ServiceResult, next: &ServiceResult) -> bool {
+    let ServiceResult {
+        service,
+        phase,
+        git_ref,
+        image,
+        build_job,
+        built,
+        rollout_generation,
+        previous: template,
+        rolled_back,
+        message: _,
+        started_at,
+        finished_at,
+    } = previous;
+    *service == next.service
+        && *phase == next.phase
+        && *git_ref == next.git_ref
+        && *image == next.image
+        && *build_job == next.build_job
+        && *built == next.built
+        && *rollout_generation == next.rollout_generation
+        && *template == next.previous
+        && *rolled_back == next.rolled_back
+        && *started_at == next.started_at
+        && *finished_at == next.finished_at
 }
 
 /// Whether a Redeployment is finished with nothing left to tell GitHub: its
@@ -245,11 +284,12 @@ pub fn decide_cancel(observed: &Observed, now: Timestamp) -> Decision {
 /// `serial`). [`observe`](super::observe) asks the registry for these only.
 pub fn digests_wanted(observed: &Observed) -> Vec<String> {
     let redeployment = &observed.redeployment;
-    let status = redeployment.status.clone().unwrap_or_default();
-    if status.phase.is_some_and(Phase::is_finished) || observed.app.is_none() {
+    if redeployment.is_finished() || observed.app.is_none() {
         return Vec::new();
     }
-    let results: Vec<ServiceResult> = if status.services.is_empty() {
+    // Borrowed where the status has results (a 500-Service status is large).
+    let recorded = redeployment.status.as_ref().map(|status| status.services.as_slice()).unwrap_or_default();
+    let results: Cow<'_, [ServiceResult]> = if recorded.is_empty() {
         redeployment
             .spec
             .plan
@@ -257,7 +297,7 @@ pub fn digests_wanted(observed: &Observed) -> Vec<String> {
             .map(|p| ServiceResult { service: p.service.clone(), ..Default::default() })
             .collect()
     } else {
-        status.services
+        Cow::Borrowed(recorded)
     };
     let starting = results.iter().all(|r| r.phase == ServicePhase::Pending);
     if starting && (refusal(observed).is_some() || gate(observed) != Gate::Go) {

@@ -121,11 +121,12 @@ pub async fn execute(observed: &Observed, decision: Decision, context: &Context)
     }
 
     if Some(&status) != redeployment.status.as_ref() {
-        let previous = redeployment.status.clone().unwrap_or_default();
+        let none = RedeploymentStatus::default();
+        let previous = redeployment.status.as_ref().unwrap_or(&none);
         let recent = context.known_versions.since_written(redeployment).filter(|since| *since < decide::PROGRESS_EVERY);
         match recent {
             // The pass after the wait writes it, unless one with more to write comes first.
-            Some(since) if decide::only_messages_differ(&previous, &status) => {
+            Some(since) if decide::only_messages_differ(previous, &status) => {
                 let wait = decide::PROGRESS_EVERY.saturating_sub(since);
                 requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
             }

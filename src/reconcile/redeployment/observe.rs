@@ -115,8 +115,7 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
     let app_name = redeployment.spec.app.clone();
     let app = context.caches.app(&namespace, &app_name);
     let mut observed = Observed::new(redeployment, app, &context.settings.builder_image);
-    let status = observed.redeployment.status.clone().unwrap_or_default();
-    if status.phase.is_some_and(crate::api::Phase::is_finished) {
+    if observed.redeployment.is_finished() {
         // A finished Redeployment at most tells GitHub: the App is all it needs.
         return Ok(observed);
     }
@@ -133,9 +132,11 @@ pub async fn observe(redeployment: Redeployment, context: &Context) -> Result<Ob
     }
     observed.others = context.caches.redeployments_of(&namespace, &app_name);
 
-    // One lookup per planned Service: a pass over 500 would otherwise scan 500 results for each.
-    let mut results: HashMap<&str, &ServiceResult> = HashMap::with_capacity(status.services.len());
-    for result in &status.services {
+    // One lookup per planned Service: a pass over 500 would otherwise scan 500
+    // results for each. Borrowed: a 500-Service status is large.
+    let recorded = observed.redeployment.status.as_ref().map(|status| status.services.as_slice()).unwrap_or_default();
+    let mut results: HashMap<&str, &ServiceResult> = HashMap::with_capacity(recorded.len());
+    for result in recorded {
         results.entry(result.service.as_str()).or_insert(result);
     }
     let phase_of = |service: &str| results.get(service).map(|r| r.phase);

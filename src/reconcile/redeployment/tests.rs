@@ -25,7 +25,7 @@ use crate::{
     api::{
         App, BuildPolicy, BuiltImage, DeploymentProfile, DeploymentProfileSpec, Phase, PlannedService,
         PreviousTemplate, Redeployment, RedeploymentSpec, RedeploymentStatus, Service, ServicePhase, ServiceResult,
-        ServiceStatus, Strategy,
+        ServiceStatus, Strategy, conditions,
     },
     build,
     plan::tests::{build, pin, restart},
@@ -1228,15 +1228,26 @@ fn only_a_change_of_messages_may_wait_to_be_written() {
         message: Some(message.into()),
         ..Default::default()
     };
+    let ready = |reason: &str, message: &str| {
+        conditions::condition_at(&[], conditions::READY, false, reason, message, Some(1), t0())
+    };
     let before = RedeploymentStatus {
         phase: Some(Phase::Deploying),
         services: vec![deploying("waiting for the Deployment controller")],
+        conditions: vec![ready("Deploying", "waiting")],
         ..Default::default()
     };
     let mut next = before.clone();
     next.services[0] = deploying("0 of 1 pods updated, 0 available");
     next.message = Some("rolling out".into());
+    next.conditions = vec![ready("Deploying", "rolling out")];
     assert!(only_messages_differ(&before, &next), "progress only");
+    let mut reason = next.clone();
+    reason.conditions = vec![ready("Building", "rolling out")];
+    assert!(!only_messages_differ(&before, &reason), "a condition's reason changed");
+    let mut more = next.clone();
+    more.services.push(deploying("0 of 1 pods updated, 0 available"));
+    assert!(!only_messages_differ(&before, &more), "a result was added");
     let mut finished = next.clone();
     finished.services[0].phase = ServicePhase::Succeeded;
     assert!(!only_messages_differ(&before, &finished), "a phase changed");
