@@ -67,18 +67,20 @@ impl KnownVersions {
     }
 
     /// Notes the object as the API server gave it (read, or returned by our
-    /// write); `done` forgets it instead (a pass that finds it otherwise in
-    /// the cache reads it).
-    pub fn saw<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool) {
-        self.note(current, done, None);
+    /// write). It is known until [`forget`](Self::forget): a finished
+    /// Redeployment until the cache holds it finished, so that a pass woken
+    /// before the watch echoes the last write waits for the echo instead of
+    /// reading the object.
+    pub fn saw<K: Resource<DynamicType = ()>>(&self, current: &K) {
+        self.note(current, None);
     }
 
     /// [`saw`](Self::saw) for the answer to this process's own write: a
     /// create (`replaced` is `None`), or an update of the copy `replaced`;
     /// notes when it was made.
-    pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K, replaced: Option<&K>, done: bool) {
+    pub fn wrote<K: Resource<DynamicType = ()>>(&self, written: &K, replaced: Option<&K>) {
         let replaced = replaced.and_then(|r| r.resource_version());
-        self.note(written, done, Some((Instant::now(), replaced)));
+        self.note(written, Some((Instant::now(), replaced)));
     }
 
     /// How long ago this process last wrote the object, if it did and still tracks it.
@@ -87,22 +89,22 @@ impl KnownVersions {
         known.get(&key(object))?.written_at.map(|at| at.elapsed())
     }
 
-    fn note<K: Resource<DynamicType = ()>>(&self, current: &K, done: bool, write: Option<(Instant, Option<String>)>) {
+    fn note<K: Resource<DynamicType = ()>>(&self, current: &K, write: Option<(Instant, Option<String>)>) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
         let key = key(current);
         match current.resource_version() {
-            Some(version) if !done => {
+            Some(version) => {
                 let (written_at, replaced) = match write {
                     Some((at, replaced)) => (Some(at), replaced),
                     None => (known.get(&key).and_then(|k| k.written_at), None),
                 };
                 known.insert(key, Known { version, replaced, waited_at: None, written_at })
             }
-            _ => known.remove(&key),
+            None => known.remove(&key),
         };
     }
 
-    /// Forgets a deleted object.
+    /// Forgets an object: deleted, or finished and cached so.
     pub fn forget<K: Resource<DynamicType = ()>>(&self, namespace: &str, name: &str) {
         let mut known = self.0.lock().unwrap_or_else(|e| e.into_inner());
         known.remove(&(K::kind(&()).into_owned(), namespace.to_string(), name.to_string()));
@@ -134,14 +136,14 @@ mod tests {
         use Freshness::*;
         let known = KnownVersions::default();
         assert_eq!(known.freshness(&at("5")), Unknown, "never written or read here: read it");
-        known.saw(&at("5"), false);
+        known.saw(&at("5"));
         assert_eq!(known.freshness(&at("5")), Current);
-        known.saw(&at("7"), false);
+        known.saw(&at("7"));
         assert_eq!(known.freshness(&at("5")), Behind, "the watch has not echoed our write yet");
         assert_eq!(known.freshness(&at("7")), Current, "the echo");
         assert_eq!(known.freshness(&at("8")), Behind, "someone wrote after us: wait once");
         assert_eq!(known.freshness(&at("8")), Unknown, "still not ours: read it");
-        known.saw(&at("8"), false);
+        known.saw(&at("8"));
         assert_eq!(known.freshness(&at("8")), Current);
         let app: App = serde_json::from_value(json!({
             "apiVersion": "redeploy.dev/v1alpha1", "kind": "App",
@@ -149,12 +151,10 @@ mod tests {
         }))
         .unwrap_or_else(|e| panic!("a valid App: {e}"));
         assert_eq!(known.freshness(&app), Unknown, "kinds are apart");
-        known.saw(&at("9"), true);
-        assert_eq!(known.freshness(&at("9")), Unknown, "a finished one is forgotten");
-        known.saw(&at("10"), false);
+        known.saw(&at("10"));
         assert_eq!(known.since_written(&at("10")), None, "read, never written");
-        known.wrote(&at("11"), None, false);
-        known.saw(&at("12"), false);
+        known.wrote(&at("11"), None);
+        known.saw(&at("12"));
         assert!(
             known.since_written(&at("12")).is_some_and(|d| d < Duration::from_secs(60)),
             "a read keeps the time of the write"
@@ -167,16 +167,16 @@ mod tests {
     fn a_copy_at_the_version_our_write_replaced_waits_for_the_echo_however_long() {
         use Freshness::*;
         let known = KnownVersions::default();
-        known.wrote(&at("3"), None, false);
+        known.wrote(&at("3"), None);
         assert_eq!(known.freshness(&at("3")), Current, "created here, and cached as created");
-        known.wrote(&at("4"), Some(&at("3")), false);
+        known.wrote(&at("4"), Some(&at("3")));
         for _ in 0..3 {
             assert_eq!(known.freshness(&at("3")), Behind, "the echo of our write is late: wait, never read");
         }
         assert_eq!(known.freshness(&at("4")), Current, "the echo");
         assert_eq!(known.freshness(&at("5")), Behind, "someone wrote after us: wait once");
         assert_eq!(known.freshness(&at("5")), Unknown, "still not ours: read it");
-        known.saw(&at("5"), false);
+        known.saw(&at("5"));
         assert_eq!(known.freshness(&at("4")), Behind, "a read replaced nothing: wait once");
         assert_eq!(known.freshness(&at("4")), Unknown);
     }

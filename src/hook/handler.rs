@@ -485,7 +485,7 @@ async fn store(context: &Context, redeployment: Redeployment, signed: Signed) ->
     match within_api_timeout(api.create(&params, &redeployment)).await {
         Ok(created) => {
             // The version the reconciler's first pass will find in its cache: no need to read it again.
-            context.known_versions.wrote(&created, None, false);
+            context.known_versions.wrote(&created, None);
             context.caches.own_redeployments.created(&created);
             Ok(Reply::stored(
                 StatusCode::ACCEPTED,

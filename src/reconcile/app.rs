@@ -111,7 +111,7 @@ pub async fn reconcile(
         let written = Api::<App>::namespaced(context.client.clone(), &namespace)
             .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
             .await?;
-        context.known_versions.wrote(&written, Some(app), false);
+        context.known_versions.wrote(&written, Some(app));
     }
     context.metrics.reconciled(CONTROLLER, started.elapsed());
     // Nothing wakes the App when its Services' status catches up.

@@ -233,7 +233,7 @@ async fn write_status(
         .await;
     match written {
         Ok(written) => {
-            context.known_versions.wrote(&written, Some(redeployment), written.is_finished());
+            context.known_versions.wrote(&written, Some(redeployment));
             Ok(())
         }
         // Deleted, and its finalizer removed, before this pass: nothing is left to record.

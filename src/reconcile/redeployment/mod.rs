@@ -73,6 +73,9 @@ async fn apply(cached: Arc<Redeployment>, context: &Context) -> Result<Action, E
     // A finished Redeployment never starts again: the cached copy tells,
     // without a read (a start reconciles every one kept in history).
     if decide::is_done(&cached) {
+        // Cached finished (the echo of our last write wakes it): nothing is
+        // left to wait for.
+        context.known_versions.forget::<Redeployment>(&cached.namespace().unwrap_or_default(), &cached.name_any());
         return Ok(Action::await_change());
     }
     // The cache can lag behind our own last status write (a workload event
@@ -90,7 +93,9 @@ async fn apply(cached: Arc<Redeployment>, context: &Context) -> Result<Action, E
                 context.caches.own_redeployments.gone(&cached.namespace().unwrap_or_default(), &cached.name_any());
                 return Ok(Action::await_change());
             };
-            context.known_versions.saw(&read, read.is_finished());
+            if !read.is_finished() {
+                context.known_versions.saw(&read);
+            }
             read
         }
     };
