@@ -92,6 +92,14 @@ const WAIT_POLL: Duration = Duration::from_secs(2);
 /// write per step cost the API server more than the rollout itself.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 
+/// Whether writing `next` over `previous` may wait for [`PROGRESS_EVERY`]:
+/// it changes messages only, or it only records a start that the next pass
+/// finds again in the world. A Redeployment rolled out within that time is
+/// then written once, finished, instead of once a phase.
+pub fn may_wait(plan: &[PlannedService], previous: &RedeploymentStatus, next: &RedeploymentStatus) -> bool {
+    only_messages_differ(previous, next) || records_only_a_start(plan, previous, next)
+}
+
 /// Whether `next` differs from `previous` in its messages only: progress
 /// that can wait for [`PROGRESS_EVERY`], unlike any change of phase, record
 /// or condition.
@@ -149,6 +157,51 @@ fn results_differ_in_message_only(previous: &ServiceResult, next: &ServiceResult
         && *finished_at == next.finished_at
 }
 
+/// Whether `next` records nothing but the start of a Redeployment whose
+/// status records nothing yet, in steps the next pass recognises as its own
+/// (see [`started_unrecorded`]): a restart, whose patch names the
+/// Redeployment and a stamp fixed by its creation, and a build, whose Job is
+/// named after (Redeployment, Service). Not a digest pinned nor an image
+/// reused: looked up again, either could differ and roll the workload out
+/// twice. Nothing finished, superseded or told to GitHub, and no Event (a
+/// pending one's) that a pass would publish again.
+fn records_only_a_start(plan: &[PlannedService], previous: &RedeploymentStatus, next: &RedeploymentStatus) -> bool {
+    previous.services.is_empty()
+        && matches!(next.phase, Some(Phase::Deploying | Phase::Building))
+        && next.superseded_by.is_none()
+        && next.github_state == previous.github_state
+        && next.services.len() == plan.len()
+        && plan.iter().zip(&next.services).all(|(planned, result)| {
+            planned.service == result.service
+                && match result.phase {
+                    ServicePhase::Pending => true,
+                    ServicePhase::Deploying => planned.action == PlanAction::Restart,
+                    ServicePhase::Building => planned.action == PlanAction::Build,
+                    _ => false,
+                }
+        })
+}
+
+/// Whether an earlier pass started the Redeployment without its status
+/// saying so (the write held back by [`may_wait`], or lost to a crash): a
+/// workload of its plan names it, or a build Job of its own exists. It is
+/// past its start gate then: a newer Redeployment no longer supersedes what
+/// already runs.
+fn started_unrecorded(observed: &Observed) -> bool {
+    let name = observed.redeployment.name_any();
+    observed.workloads.values().any(|w| w.redeployment() == Some(name.as_str()))
+        || observed.jobs.values().any(|job| job.owned)
+}
+
+/// When the Redeployment started: now, or, for one an earlier pass started
+/// without recording it, when it was asked for (that pass ran right then).
+fn start_time(observed: &Observed, recorded: &RedeploymentStatus, now: Timestamp) -> Timestamp {
+    if !recorded.services.is_empty() || !started_unrecorded(observed) {
+        return now;
+    }
+    observed.redeployment.order_key().0.unwrap_or(now)
+}
+
 /// Whether a Redeployment is finished with nothing left to tell GitHub: its
 /// cached copy is then enough to know that a pass has nothing to do.
 pub fn is_done(redeployment: &Redeployment) -> bool {
@@ -172,7 +225,8 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
     for planned in &redeployment.spec.plan {
         plan.entry(planned.service.as_str()).or_insert(planned);
     }
-    let mut pass = Pass { observed, plan, now, effects: Vec::new(), notes: Vec::new() };
+    let started = start_time(observed, &previous, now);
+    let mut pass = Pass { observed, plan, now, started, effects: Vec::new(), notes: Vec::new() };
     let mut status = previous.clone();
     if status.services.is_empty() {
         status.services = redeployment
@@ -181,12 +235,12 @@ pub fn decide(observed: &Observed, now: Timestamp) -> Decision {
             .iter()
             .map(|p| ServiceResult { service: p.service.clone(), phase: ServicePhase::Pending, ..Default::default() })
             .collect();
-        status.started_at = Some(Time(now));
+        status.started_at = Some(Time(started));
     }
 
     let app_name = &redeployment.spec.app;
     let mut requeue = IDLE;
-    let starting = status.services.iter().all(|r| r.phase == ServicePhase::Pending);
+    let starting = status.services.iter().all(|r| r.phase == ServicePhase::Pending) && !started_unrecorded(observed);
     if observed.app.is_none() {
         let namespace = redeployment.namespace().unwrap_or_default();
         fail_all(&mut status, &format!("App `{app_name}` does not exist in namespace {namespace}"), now);
@@ -299,7 +353,7 @@ pub fn digests_wanted(observed: &Observed) -> Vec<String> {
     } else {
         Cow::Borrowed(recorded)
     };
-    let starting = results.iter().all(|r| r.phase == ServicePhase::Pending);
+    let starting = results.iter().all(|r| r.phase == ServicePhase::Pending) && !started_unrecorded(observed);
     if starting && (refusal(observed).is_some() || gate(observed) != Gate::Go) {
         return Vec::new();
     }
@@ -329,6 +383,8 @@ struct Pass<'a> {
     /// The plan by Service name (a large App's pass looks up hundreds).
     plan: HashMap<&'a str, &'a PlannedService>,
     now: Timestamp,
+    /// When a Service starting in this pass started (see [`start_time`]).
+    started: Timestamp,
     effects: Vec<Effect>,
     notes: Vec<Noted>,
 }
@@ -428,14 +484,14 @@ impl Pass<'_> {
     fn start(&mut self, service: &Service, planned: &PlannedService, result: &mut ServiceResult) -> Duration {
         match planned.action {
             PlanAction::Restart => {
-                result.started_at = Some(Time(self.now));
+                result.started_at = Some(Time(self.started));
                 let stamp = restart_stamp(self.redeployment());
                 let patch = workload::restart_patch(&self.redeployment().name_any(), &stamp);
                 self.roll_out(service, result, None, patch, Rollout::Restart { stamp: &stamp })
             }
             PlanAction::PinDigest => self.pin_digest(service, result),
             PlanAction::Build => {
-                result.started_at = Some(Time(self.now));
+                result.started_at = Some(Time(self.started));
                 let policy = self.observed.profile.as_ref().map(|p| p.spec.build).unwrap_or_default();
                 // The Service's status may not list yet what an older
                 // Redeployment built: the gate let this one start once that
@@ -557,7 +613,7 @@ impl Pass<'_> {
         }
         // Resolved by the next observation (see `digests_wanted`).
         let Some(resolved) = self.observed.digests.get(&result.service) else { return Duration::ZERO };
-        result.started_at = Some(Time(self.now));
+        result.started_at = Some(Time(self.started));
         let resolved = match resolved {
             Ok(resolved) => resolved,
             Err(message) => return self.finish(result, ServicePhase::Failed, message.clone()),
@@ -624,9 +680,13 @@ impl Pass<'_> {
             result.previous = current.previous().cloned();
         }
         if applied {
-            // An earlier pass patched it and its status write did not happen.
+            // An earlier pass patched it and its status write did not happen
+            // (held back, or lost): the rollout is followed from where it is.
             result.rollout_generation = Some(current.generation);
-            return ROLLOUT_POLL;
+            return match self.planned(&result.service) {
+                Some(planned) => self.follow_rollout(service, &planned, result),
+                None => ROLLOUT_POLL,
+            };
         }
         if !mine {
             // Recorded on the workload in the same patch that changes it, so a

@@ -126,7 +126,7 @@ pub async fn execute(observed: &Observed, decision: Decision, context: &Context)
         let recent = context.known_versions.since_written(redeployment).filter(|since| *since < decide::PROGRESS_EVERY);
         match recent {
             // The pass after the wait writes it, unless one with more to write comes first.
-            Some(since) if decide::only_messages_differ(previous, &status) => {
+            Some(since) if decide::may_wait(&redeployment.spec.plan, previous, &status) => {
                 let wait = decide::PROGRESS_EVERY.saturating_sub(since);
                 requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
             }

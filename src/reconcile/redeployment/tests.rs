@@ -17,7 +17,8 @@ use serde_json::json;
 
 use super::{
     decide::{
-        Decision, Effect, decide, decide_cancel, digests_wanted, only_messages_differ, overall_phase, plan_refusal,
+        Decision, Effect, decide, decide_cancel, digests_wanted, may_wait, only_messages_differ, overall_phase,
+        plan_refusal,
     },
     observe::{JobState, Observed, ObservedJob},
 };
@@ -947,7 +948,8 @@ fn a_pass_after_a_half_done_one_does_not_build_patch_or_record_twice() {
             phase: Phase::Deploying,
             services: vec![("worker", Deploying)],
             effects: vec![],
-            requeue: Some(Duration::from_secs(5)),
+            // Followed from where the rollout is: its own events wake the pass.
+            requeue: Some(Duration::from_secs(300)),
         },
         Row {
             case: "built and image patched, status not written: neither again",
@@ -955,7 +957,8 @@ fn a_pass_after_a_half_done_one_does_not_build_patch_or_record_twice() {
             phase: Phase::Deploying,
             services: vec![("web", Deploying)],
             effects: vec![],
-            requeue: Some(Duration::from_secs(5)),
+            // Followed from where the rollout is: its own events wake the pass.
+            requeue: Some(Duration::from_secs(300)),
         },
         Row {
             case: "rolled back, status not written: failed as rolled back, not rolled back again",
@@ -1257,4 +1260,78 @@ fn only_a_change_of_messages_may_wait_to_be_written() {
     let mut phase = next;
     phase.phase = Some(Phase::Succeeded);
     assert!(!only_messages_differ(&before, &phase), "the overall phase changed");
+}
+
+#[test]
+fn only_a_start_the_next_pass_finds_again_may_wait_to_be_written() {
+    let worker = || img_svc("worker", false);
+    let web = || git_svc("web");
+    let old_image = image_of(&web(), OLD_SHA);
+    let nothing = RedeploymentStatus::default();
+    let first_pass = |observed: Observed| {
+        let plan = observed.redeployment.spec.plan.clone();
+        (plan, decide(&observed, at(NOW)).status)
+    };
+
+    let (plan, restarted) =
+        first_pass(observed(redeployment(vec![restart("worker")]), vec![(worker(), Some(workload(NGINX)))]));
+    assert_eq!(restarted.phase, Some(Phase::Deploying));
+    assert!(may_wait(&plan, &nothing, &restarted), "a restart: its patch names the Redeployment and its stamp");
+    let (plan, building) =
+        first_pass(observed(redeployment(vec![build("web", Some(SHA))]), vec![(web(), Some(workload(&old_image)))]));
+    assert_eq!(building.phase, Some(Phase::Building));
+    assert!(may_wait(&plan, &nothing, &building), "a build: its Job is named after the Redeployment");
+
+    let mut pinned =
+        observed(redeployment(vec![pin("worker")]), vec![(img_svc("worker", true), Some(workload(NGINX)))]);
+    pinned.digests.insert("worker".into(), Ok(Resolved { digest: "sha256:bb".into(), pinned: PINNED.into() }));
+    let (plan, pinned) = first_pass(pinned);
+    assert_eq!(pinned.phase, Some(Phase::Deploying));
+    assert!(!may_wait(&plan, &nothing, &pinned), "a digest resolved again could differ");
+    let (plan, reused) = first_pass(observed(
+        redeployment(vec![build("web", Some(SHA))]),
+        vec![(with_builds(web(), &[SHA]), Some(workload(&old_image)))],
+    ));
+    assert_eq!(reused.phase, Some(Phase::Deploying));
+    assert!(!may_wait(&plan, &nothing, &reused), "an image reused: a newer build could be listed by then");
+    let (plan, missing) = first_pass(observed(redeployment(vec![restart("worker")]), vec![(worker(), None)]));
+    assert!(!may_wait(&plan, &nothing, &missing), "finished");
+    let mut told = restarted.clone();
+    told.github_state = Some("in_progress".into());
+    assert!(!may_wait(&[restart("worker")], &nothing, &told), "GitHub was told");
+    let recorded = RedeploymentStatus { services: vec![result("web", ServicePhase::Building)], ..building.clone() };
+    let mut deploying = recorded.clone();
+    deploying.services[0].phase = ServicePhase::Deploying;
+    assert!(!may_wait(&[build("web", Some(SHA))], &recorded, &deploying), "a recorded start moving on");
+    let mut waiting = observed(redeployment(vec![restart("worker")]), vec![(worker(), Some(workload(NGINX)))]);
+    let older = redeployment_named("shop-0", at(-5), vec![restart("worker")]);
+    waiting.others = vec![with_results(older, vec![result("worker", ServicePhase::Deploying)])].into();
+    let (plan, pending) = first_pass(waiting);
+    assert_eq!(pending.phase, Some(Phase::Pending));
+    assert!(!may_wait(&plan, &nothing, &pending), "waiting: its Event is published once, with the write");
+}
+
+#[test]
+fn a_start_not_recorded_is_followed_not_superseded_and_dated_when_asked_for() {
+    use ServicePhase::*;
+    let mut restarted = workload(NGINX).patched_by_us(NGINX).at(5, true);
+    restarted.restarted_at = Some(STAMP.into());
+    let mut observed =
+        observed(redeployment(vec![restart("worker")]), vec![(img_svc("worker", false), Some(restarted))]);
+    // A newer Redeployment of the same Service came while the first pass's write was held back.
+    observed.others = vec![redeployment_named("shop-2", at(5), vec![restart("worker")])].into();
+    let decision = decide(&observed, at(NOW));
+    assert_eq!(decision.status.superseded_by, None, "{:#?}", decision.status);
+    assert_eq!(phases(&decision.status), vec![(s("worker"), Succeeded)], "followed to the end of its rollout");
+    assert_eq!(decision.status.started_at, Some(Time(t0())), "started when asked for, not in this pass");
+    assert_eq!(service_result(&decision, "worker").started_at, Some(Time(t0())));
+    assert!(lines(&decision).iter().all(|l| !l.starts_with("patch")), "not patched again: {:?}", lines(&decision));
+    assert!(digests_wanted(&observed).is_empty());
+
+    // Not started: the same newer Redeployment supersedes it, and this pass is its start.
+    let mut pending = observed.clone();
+    pending.workloads.insert("worker".into(), Arc::new(workload(NGINX).summary()));
+    let decision = decide(&pending, at(NOW));
+    assert_eq!(decision.status.superseded_by.as_deref(), Some("shop-2"));
+    assert_eq!(decision.status.started_at, Some(Time(at(NOW))));
 }
