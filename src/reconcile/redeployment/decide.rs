@@ -538,15 +538,16 @@ impl Pass<'_> {
             Ok(job) => job,
             Err(error) => return self.finish(result, ServicePhase::Failed, error.to_string()),
         };
-        let name = job.name_any();
-        // A Job found under the name of (Redeployment, Service) was made by an
-        // earlier pass whose status write did not happen: it is followed, not made twice.
-        if !self.observed.jobs.contains_key(&planned.service) {
-            self.effects.push(Effect::CreateJob { service: planned.service.clone(), job: Box::new(job) });
-        }
         result.phase = ServicePhase::Building;
-        result.build_job = Some(name);
+        result.build_job = Some(job.name_any());
         result.git_ref = planned.git_ref.clone();
+        // A Job found under the name of (Redeployment, Service) was made by an
+        // earlier pass whose status write did not happen (held back, or
+        // lost): it is followed from where it is, not made twice.
+        if self.observed.jobs.contains_key(&planned.service) {
+            return self.follow_build(service, result);
+        }
+        self.effects.push(Effect::CreateJob { service: planned.service.clone(), job: Box::new(job) });
         BUILD_POLL
     }
 

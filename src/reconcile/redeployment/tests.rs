@@ -1316,20 +1316,37 @@ fn a_start_not_recorded_is_followed_not_superseded_and_dated_when_asked_for() {
     use ServicePhase::*;
     let mut restarted = workload(NGINX).patched_by_us(NGINX).at(5, true);
     restarted.restarted_at = Some(STAMP.into());
-    let mut observed =
+    let mut recovered =
         observed(redeployment(vec![restart("worker")]), vec![(img_svc("worker", false), Some(restarted))]);
     // A newer Redeployment of the same Service came while the first pass's write was held back.
-    observed.others = vec![redeployment_named("shop-2", at(5), vec![restart("worker")])].into();
-    let decision = decide(&observed, at(NOW));
+    recovered.others = vec![redeployment_named("shop-2", at(5), vec![restart("worker")])].into();
+    let decision = decide(&recovered, at(NOW));
     assert_eq!(decision.status.superseded_by, None, "{:#?}", decision.status);
     assert_eq!(phases(&decision.status), vec![(s("worker"), Succeeded)], "followed to the end of its rollout");
     assert_eq!(decision.status.started_at, Some(Time(t0())), "started when asked for, not in this pass");
     assert_eq!(service_result(&decision, "worker").started_at, Some(Time(t0())));
     assert!(lines(&decision).iter().all(|l| !l.starts_with("patch")), "not patched again: {:?}", lines(&decision));
-    assert!(digests_wanted(&observed).is_empty());
+    assert!(digests_wanted(&recovered).is_empty());
+
+    // A build Job made, and finished, before any status was written: what it built is deployed in this pass.
+    let web = || git_svc("web");
+    let (old_image, web_image) = (image_of(&web(), OLD_SHA), image_of(&web(), SHA));
+    let built = with_job(
+        observed(redeployment(vec![build("web", Some(SHA))]), vec![(web(), Some(workload(&old_image)))]),
+        "web",
+        job("web", reported(&web(), SHA)),
+    );
+    let decision = decide(&built, at(NOW));
+    assert_eq!(phases(&decision.status), vec![(s("web"), Deploying)]);
+    assert_eq!(
+        lines(&decision),
+        vec![format!("patch web image={web_image} by=shop-1 previous={{\"image\":\"{old_image}\"}} if-version=7")]
+    );
+    assert_eq!(service_result(&decision, "web").built.as_ref().map(|b| b.image.as_str()), Some(web_image.as_str()));
+    assert!(!may_wait(&built.redeployment.spec.plan, &RedeploymentStatus::default(), &decision.status));
 
     // Not started: the same newer Redeployment supersedes it, and this pass is its start.
-    let mut pending = observed.clone();
+    let mut pending = recovered.clone();
     pending.workloads.insert("worker".into(), Arc::new(workload(NGINX).summary()));
     let decision = decide(&pending, at(NOW));
     assert_eq!(decision.status.superseded_by.as_deref(), Some("shop-2"));
