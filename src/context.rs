@@ -33,4 +33,6 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// The versions of the objects the reconcilers last wrote or read.
     pub known_versions: crate::cache::known::KnownVersions,
+    /// Redeployment statuses decided and not written yet.
+    pub held_statuses: crate::reconcile::redeployment::HeldStatuses,
 }

@@ -415,6 +415,7 @@ pub async fn start(client: Client, config: Config) -> anyhow::Result<Running> {
         caches,
         metrics: metrics.clone(),
         known_versions,
+        held_statuses: Default::default(),
     });
 
     // The reconcilers start once every cache holds a full list: before, a

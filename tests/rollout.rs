@@ -145,6 +145,59 @@ async fn an_image_service_restarts_and_rolls_out() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A hook call whose rollout is over within the progress interval is
+/// recorded once, finished: its start ("Deploying") is held back, not
+/// written, and the Redeployment still tells when it started.
+#[tokio::test]
+async fn a_quick_rollout_by_hook_is_written_once_finished() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    let objects = format!("{}{}{}", app(20), image_service("quick"), deployment("quick", json!({}), 600));
+    let (client, namespace) = setup("quick", &objects).await?;
+    let url = support::hook_url(&client, &namespace, "shop").await?;
+    let api = Api::<Redeployment>::namespaced(client.clone(), &namespace);
+    // Every version of every Redeployment the API server stores, and when it was seen.
+    let (sender, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watch =
+        tokio::spawn(watcher(api.clone(), watcher::Config::default()).applied_objects().for_each(move |object| {
+            if let Ok(object) = object {
+                let _ = sender.send((std::time::Instant::now(), object));
+            }
+            std::future::ready(())
+        }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let answer = reqwest::Client::new().post(&url).send().await?;
+    let answered = std::time::Instant::now();
+    assert_eq!(answer.status(), 202);
+    let name = answer.json::<serde_json::Value>().await?["redeployment"].as_str().unwrap_or_default().to_string();
+    let done = finished(&client, &namespace, &name).await?;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    watch.abort();
+    let mut versions = Vec::new();
+    while let Ok((at, object)) = seen.try_recv() {
+        let phase = object.status.as_ref().and_then(|s| s.phase);
+        versions.push((at.saturating_duration_since(answered), object.resource_version(), phase));
+    }
+    versions.dedup_by(|a, b| a.1 == b.1);
+    println!("quick: every stored version (seen after the answer, version, phase): {versions:?}");
+    let status = done.status.clone().unwrap_or_default();
+    assert_eq!(status.phase, Some(Phase::Succeeded), "{status:?}");
+    // A start written anyway could only come once the interval (2 s) is over:
+    // the rollout was slower than that here, which this test reports, not fails.
+    let early: Vec<_> = versions
+        .iter()
+        .filter(|(after, _, phase)| {
+            matches!(phase, Some(Phase::Deploying | Phase::Building)) && *after < Duration::from_millis(1900)
+        })
+        .collect();
+    assert!(early.is_empty(), "a start was written within the progress interval: {versions:?}");
+    let result = &status.services[0];
+    assert!(status.started_at.is_some() && result.started_at.is_some(), "{status:?}");
+    assert!(status.started_at <= status.finished_at, "{status:?}");
+    assert!(result.rollout_generation.is_some(), "the rollout's generation is recorded: {result:?}");
+    Ok(())
+}
+
 /// The Service reconciler is the one writer of a Service's status: it takes
 /// over the fields the records manager of earlier versions owned, records what
 /// a Redeployment built and deployed (read from the Redeployment's own

@@ -840,6 +840,7 @@ mod tests {
             caches,
             metrics: metrics.clone(),
             known_versions: Default::default(),
+            held_statuses: Default::default(),
         });
         Ok((Arc::new(HookState::new(context, limits)), metrics))
     }

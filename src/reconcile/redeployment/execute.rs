@@ -50,7 +50,14 @@ enum Outcome {
     Conflict,
 }
 
-pub async fn execute(observed: &Observed, decision: Decision, context: &Context) -> Result<Action, Error> {
+/// `stored` is the status the API server has: the observed one, or the one
+/// a status held back by an earlier pass stood in for.
+pub async fn execute(
+    observed: &Observed,
+    decision: Decision,
+    stored: Option<&RedeploymentStatus>,
+    context: &Context,
+) -> Result<Action, Error> {
     let Decision { mut status, effects, requeue, finished } = decision;
     let redeployment = &observed.redeployment;
     let namespace = redeployment.namespace().unwrap_or_default();
@@ -120,15 +127,17 @@ pub async fn execute(observed: &Observed, decision: Decision, context: &Context)
         }
     }
 
-    if Some(&status) != redeployment.status.as_ref() {
+    if Some(&status) != stored {
         let none = RedeploymentStatus::default();
-        let previous = redeployment.status.as_ref().unwrap_or(&none);
+        let previous = stored.unwrap_or(&none);
         let recent = context.known_versions.since_written(redeployment).filter(|since| *since < decide::PROGRESS_EVERY);
         match recent {
-            // The pass after the wait writes it, unless one with more to write comes first.
+            // Held for the next pass to go on from; the pass after the wait
+            // writes it, unless one with more to write comes first.
             Some(since) if decide::may_wait(&redeployment.spec.plan, previous, &status) => {
                 let wait = decide::PROGRESS_EVERY.saturating_sub(since);
                 requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+                context.held_statuses.hold(redeployment, status);
             }
             _ => write_status(context, redeployment, &status).await?,
         }

@@ -5,9 +5,13 @@
 //! read back from the API server (the Redeployment's status, Jobs named after
 //! it, the workloads' annotations), so an operator restarted at any point goes
 //! on where it stood and never builds or rolls out the same thing twice.
+//! That lets a status whose write may wait (progress, and a start the world
+//! shows) be [`held`] in memory for the next pass instead of written: a
+//! rollout over within [`decide::PROGRESS_EVERY`] is written once, finished.
 
 mod decide;
 mod execute;
+mod held;
 mod observe;
 #[cfg(test)]
 mod tests;
@@ -23,7 +27,10 @@ use kube::{
     },
 };
 
-pub use self::decide::{is_done, overall_phase};
+pub use self::{
+    decide::{is_done, overall_phase},
+    held::HeldStatuses,
+};
 use super::Error;
 use crate::{
     api::{CANCEL_FINALIZER, Redeployment},
@@ -83,7 +90,7 @@ async fn apply(cached: Arc<Redeployment>, context: &Context) -> Result<Action, E
     // this process last wrote or read. A finished one (left to tell GitHub)
     // is read whole: the cache keeps finished ones only as history.
     let freshness = if cached.is_finished() { Freshness::Unknown } else { context.known_versions.freshness(&*cached) };
-    let redeployment = match freshness {
+    let mut redeployment = match freshness {
         // The pass's own copy (a 500-Service Redeployment is large): the one this call was given.
         Freshness::Current => Arc::unwrap_or_clone(cached),
         Freshness::Behind => return Ok(Action::requeue(known::ECHO_WAIT)),
@@ -99,14 +106,21 @@ async fn apply(cached: Arc<Redeployment>, context: &Context) -> Result<Action, E
             read
         }
     };
+    // A pass goes on from the status an earlier one held back, if any;
+    // `replaced` keeps what the API server has.
+    let replaced = context.held_statuses.take(&redeployment).map(|held| redeployment.status.replace(held));
     let observed = observe::observe(redeployment, context).await?;
     let decision = decide::decide(&observed, Timestamp::now());
-    execute::execute(&observed, decision, context).await
+    let stored = replaced.as_ref().map_or(observed.redeployment.status.as_ref(), Option::as_ref);
+    execute::execute(&observed, decision, stored, context).await
 }
 
 /// Deleting a Redeployment cancels what it still runs.
 async fn cancel(redeployment: &Redeployment, context: &Context) -> Result<Action, Error> {
-    let observed = observe::observe_deleted(redeployment.clone(), context);
+    let mut redeployment = redeployment.clone();
+    let replaced = context.held_statuses.take_deleted(&redeployment).map(|held| redeployment.status.replace(held));
+    let observed = observe::observe_deleted(redeployment, context);
     let decision = decide::decide_cancel(&observed, Timestamp::now());
-    execute::execute(&observed, decision, context).await
+    let stored = replaced.as_ref().map_or(observed.redeployment.status.as_ref(), Option::as_ref);
+    execute::execute(&observed, decision, stored, context).await
 }
