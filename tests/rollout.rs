@@ -198,6 +198,58 @@ async fn a_quick_rollout_by_hook_is_written_once_finished() -> anyhow::Result<()
     Ok(())
 }
 
+/// A burst of hook calls to one App names a newer Redeployment with each:
+/// the App's `lastRedeployment` ends at the newest, written about once per
+/// 2 s of the burst instead of once per call.
+#[tokio::test]
+async fn a_burst_of_calls_writes_the_apps_newest_redeployment_a_few_times() -> anyhow::Result<()> {
+    use futures::StreamExt;
+    use kube::runtime::{WatchStreamExt, watcher};
+    use redeploy_operator::api::App;
+    const CALLS: usize = 10;
+    let objects = format!("{}{}{}", app(20), image_service("burst"), deployment("burst", json!({}), 600));
+    let (client, namespace) = setup("burst", &objects).await?;
+    let url = support::hook_url(&client, &namespace, "shop").await?;
+    let apps = Api::<App>::namespaced(client.clone(), &namespace);
+    let (sender, mut seen) = tokio::sync::mpsc::unbounded_channel();
+    let watch =
+        tokio::spawn(watcher(apps.clone(), watcher::Config::default()).applied_objects().for_each(move |object| {
+            if let Ok(app) = object {
+                let _ = sender.send(app.status.and_then(|s| s.last_redeployment));
+            }
+            std::future::ready(())
+        }));
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let http = reqwest::Client::new();
+    let started = std::time::Instant::now();
+    let mut names = Vec::new();
+    for _ in 0..CALLS {
+        let answer = http.post(&url).send().await?;
+        assert_eq!(answer.status(), 202);
+        names.push(answer.json::<serde_json::Value>().await?["redeployment"].as_str().unwrap_or_default().to_string());
+    }
+    let burst = started.elapsed();
+    let newest = names.last().cloned().unwrap_or_default();
+    eventually("the App to name the newest Redeployment", || async {
+        let app = apps.get("shop").await?;
+        Ok((app.status.and_then(|s| s.last_redeployment).as_deref() == Some(newest.as_str())).then_some(()))
+    })
+    .await?;
+    watch.abort();
+    let mut written = Vec::new();
+    while let Ok(last) = seen.try_recv() {
+        if let Some(last) = last.filter(|l| names.contains(l)) {
+            written.push(last);
+        }
+    }
+    written.dedup();
+    println!("burst: {CALLS} calls in {burst:?}; lastRedeployment written as {written:?}");
+    // One write at the start of the burst, one per 2 s of it, and the last.
+    let allowed = 2 + usize::try_from(burst.as_secs() / 2).unwrap_or(CALLS);
+    assert!(written.len() <= allowed, "{} writes for {CALLS} calls in {burst:?}: {written:?}", written.len());
+    Ok(())
+}
+
 /// The Service reconciler is the one writer of a Service's status: it takes
 /// over the fields the records manager of earlier versions owned, records what
 /// a Redeployment built and deployed (read from the Redeployment's own

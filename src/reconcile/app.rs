@@ -104,22 +104,50 @@ pub async fn reconcile(
     }
 
     let deferred = prune_history(app, &context, &namespace).await?;
+    // Nothing wakes the App when its Services' status catches up.
+    let mut requeue = deferred.then_some(PRUNE_RETRY);
     let status = desired_status(app, &context, &secret_name, hook);
     let current = app.status.clone().map(|s| AppStatus { recent_deliveries: Vec::new(), ..s });
     if current.as_ref() != Some(&status) {
-        let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
-        let written = Api::<App>::namespaced(context.client.clone(), &namespace)
-            .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
-            .await?;
-        context.known_versions.wrote(&written, Some(app));
+        let recent = context.known_versions.since_written(app).filter(|since| *since < NEWEST_EVERY);
+        match recent {
+            // A burst of calls names a newer Redeployment with each: the
+            // newest is written once the last write is NEWEST_EVERY old.
+            Some(since) if current.as_ref().is_some_and(|current| only_the_newest_differs(current, &status)) => {
+                let wait = NEWEST_EVERY.saturating_sub(since);
+                requeue = Some(requeue.map_or(wait, |r| r.min(wait)));
+            }
+            _ => {
+                let patch = json!({ "apiVersion": "redeploy.dev/v1alpha1", "kind": "App", "status": status });
+                let written = Api::<App>::namespaced(context.client.clone(), &namespace)
+                    .patch_status(&app.name_any(), &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&patch))
+                    .await?;
+                context.known_versions.wrote(&written, Some(app));
+            }
+        }
     }
     context.metrics.reconciled(CONTROLLER, started.elapsed());
-    // Nothing wakes the App when its Services' status catches up.
-    Ok(if deferred { Action::requeue(PRUNE_RETRY) } else { Action::await_change() })
+    Ok(requeue.map_or_else(Action::await_change, Action::requeue))
 }
 
 /// How soon a prune deferred until the Services record what it would delete is tried again.
 const PRUNE_RETRY: Duration = Duration::from_secs(2);
+
+/// How often at most the App's status is written when only
+/// `lastRedeployment` changed: a burst of hook calls to one App would
+/// otherwise cost an App write per call besides its Redeployment.
+const NEWEST_EVERY: Duration = Duration::from_secs(2);
+
+/// Whether `next` differs from `current` in `lastRedeployment` only.
+fn only_the_newest_differs(current: &AppStatus, next: &AppStatus) -> bool {
+    // Every field is named, so one added later is compared too.
+    let AppStatus { observed_generation, hook, services, last_redeployment: _, conditions, recent_deliveries: _ } =
+        current;
+    *observed_generation == next.observed_generation
+        && *hook == next.hook
+        && *services == next.services
+        && *conditions == next.conditions
+}
 
 /// The App's status, from what the reconciliation found (pure).
 fn desired_status(app: &App, context: &Context, secret_name: &str, hook: Result<HookCredentials, String>) -> AppStatus {
@@ -225,6 +253,22 @@ mod tests {
         redeployment.status =
             Some(RedeploymentStatus { phase: Some(Phase::Succeeded), services: vec![result], ..Default::default() });
         redeployment
+    }
+
+    #[test]
+    fn only_a_newer_redeployment_may_wait_to_be_written() {
+        let current = AppStatus {
+            observed_generation: Some(1),
+            services: vec!["web".into()],
+            last_redeployment: Some("shop-1".into()),
+            ..Default::default()
+        };
+        let newer = AppStatus { last_redeployment: Some("shop-2".into()), ..current.clone() };
+        assert!(only_the_newest_differs(&current, &newer));
+        let more = AppStatus { services: vec!["web".into(), "worker".into()], ..newer.clone() };
+        assert!(!only_the_newest_differs(&current, &more), "a Service added");
+        let generation = AppStatus { observed_generation: Some(2), ..newer };
+        assert!(!only_the_newest_differs(&current, &generation), "a new generation observed");
     }
 
     #[test]
